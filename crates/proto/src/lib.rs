@@ -18,4 +18,5 @@ pub mod admin {
 }
 
 /// Encoded `FileDescriptorSet` of every execd proto file.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/execd_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/execd_descriptor.bin"));

@@ -1,0 +1,552 @@
+//! What to run and how: validation of a client's exec request and the
+//! runtime command line built from it.
+//!
+//! Validation happens before anything is spawned. Its first job is that no
+//! client-supplied string can ever be read by the runtime CLI as a flag: the
+//! container id must look like a name or id, paths must be absolute, users
+//! must not start with `-`, and every value is passed as the separate
+//! argument that follows its flag (the CLIs' flag parsers take that argument
+//! verbatim).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+/// Environment variable execd adds to every session's process. Descendants
+/// inherit it, which is how the orphan reaper finds the whole process tree of
+/// a session, inside or outside the container.
+pub const SESSION_ENV: &str = "EXECD_SESSION_ID";
+
+/// Command used when the request names none.
+pub const DEFAULT_COMMAND: &str = "/bin/sh";
+
+/// Longest accepted container id or name.
+pub const MAX_CONTAINER_ID_LEN: usize = 255;
+/// Most command arguments accepted.
+pub const MAX_COMMAND_ARGS: usize = 4096;
+/// Most environment variables accepted.
+pub const MAX_ENV_VARS: usize = 1024;
+/// Longest accepted session id.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+/// Upper bound for the total size of argv + env strings (well below ARG_MAX).
+pub const MAX_ARGV_BYTES: usize = 256 * 1024;
+/// Largest terminal dimension accepted; larger values are clamped.
+pub const MAX_TERM_DIM: u16 = 4096;
+
+/// Why a request was refused. Every variant names the offending field.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ValidationError {
+    #[error("container_id is empty (set one, or run execd with --host-exec)")]
+    MissingContainer,
+    #[error("container_id is set but execd runs in host-exec mode, which has no containers")]
+    ContainerInHostMode,
+    #[error("container_id {0:?} is not a container name or id (allowed: [A-Za-z0-9][A-Za-z0-9_.-]*, at most {MAX_CONTAINER_ID_LEN} bytes)")]
+    BadContainerId(String),
+    #[error("command[{index}] contains a NUL byte")]
+    NulInCommand { index: usize },
+    #[error("command has {0} arguments; at most {MAX_COMMAND_ARGS} are allowed")]
+    TooManyArgs(usize),
+    #[error("command[0] is empty")]
+    EmptyProgram,
+    #[error("env has {0} variables; at most {MAX_ENV_VARS} are allowed")]
+    TooManyEnv(usize),
+    #[error("env key {0:?} is invalid (it must be non-empty and contain no '=' or NUL)")]
+    BadEnvKey(String),
+    #[error("env key {0:?} is reserved by execd")]
+    ReservedEnvKey(String),
+    #[error("env value of {0:?} contains a NUL byte")]
+    NulInEnvValue(String),
+    #[error("command and env together are {0} bytes; at most {MAX_ARGV_BYTES} are allowed")]
+    ArgvTooLarge(usize),
+    #[error("working_dir {0:?} is invalid (it must be an absolute path without NUL bytes)")]
+    BadWorkingDir(String),
+    #[error("user {0:?} is invalid (allowed: name or uid, optionally :group or :gid)")]
+    BadUser(String),
+    #[error(
+        "session_id {0:?} is invalid (allowed: [A-Za-z0-9_.:-], 1 to {MAX_SESSION_ID_LEN} bytes)"
+    )]
+    BadSessionId(String),
+}
+
+/// A client's exec request, as the session manager sees it (no gRPC types).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Container name or id; empty in host-exec mode.
+    pub container_id: String,
+    /// argv; empty means [`DEFAULT_COMMAND`].
+    pub command: Vec<String>,
+    pub tty: bool,
+    /// Initial size; 0 means the default (24 rows, 80 columns).
+    pub rows: i32,
+    pub cols: i32,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: String,
+    pub user: String,
+    /// Platform instance the session is counted under; may be empty.
+    pub instance_id: String,
+}
+
+/// Terminal size in character cells, always within `1..=MAX_TERM_DIM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl Default for TermSize {
+    fn default() -> Self {
+        TermSize { rows: 24, cols: 80 }
+    }
+}
+
+impl TermSize {
+    /// Maps a client's size onto a usable one: 0 or less selects the default
+    /// for that dimension, more than [`MAX_TERM_DIM`] is clamped to it.
+    pub fn from_client(rows: i32, cols: i32) -> TermSize {
+        let default = TermSize::default();
+        TermSize {
+            rows: clamp_dim(rows, default.rows),
+            cols: clamp_dim(cols, default.cols),
+        }
+    }
+}
+
+fn clamp_dim(value: i32, default: u16) -> u16 {
+    if value <= 0 {
+        default
+    } else {
+        value.min(i32::from(MAX_TERM_DIM)) as u16
+    }
+}
+
+/// How the runtime is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecMode {
+    /// `<cli> exec …` into a container.
+    Container { runtime_cli: String },
+    /// Run the command directly on this host (sidecar mode).
+    Host,
+}
+
+/// A fully built command line, ready to spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeCommand {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Extra environment for the spawned process itself (host-exec mode
+    /// only: in container mode everything travels as `-e` arguments).
+    pub env: Vec<(String, String)>,
+    /// Working directory for the spawned process itself (host-exec mode).
+    pub current_dir: Option<String>,
+    /// User to switch to before exec (host-exec mode).
+    pub user: Option<String>,
+}
+
+/// Checks a session id chosen by a client.
+pub fn validate_session_id(id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_SESSION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::BadSessionId(truncate_for_message(id)))
+    }
+}
+
+fn is_container_ref(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_CONTAINER_ID_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn is_user_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 256
+        && !part.starts_with('-')
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn is_valid_user(user: &str) -> bool {
+    let mut parts = user.splitn(2, ':');
+    let name_ok = parts.next().is_some_and(is_user_part);
+    let group_ok = parts.next().is_none_or(is_user_part);
+    name_ok && group_ok
+}
+
+/// Error messages quote client input; keep them short.
+fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl ExecSpec {
+    /// Checks every client-controlled field. Nothing may be spawned for a
+    /// spec that fails here.
+    pub fn validate(&self, mode: &ExecMode) -> Result<(), ValidationError> {
+        match mode {
+            ExecMode::Container { .. } => {
+                if self.container_id.is_empty() {
+                    return Err(ValidationError::MissingContainer);
+                }
+                if !is_container_ref(&self.container_id) {
+                    return Err(ValidationError::BadContainerId(truncate_for_message(
+                        &self.container_id,
+                    )));
+                }
+            }
+            ExecMode::Host => {
+                if !self.container_id.is_empty() {
+                    return Err(ValidationError::ContainerInHostMode);
+                }
+            }
+        }
+        if self.command.len() > MAX_COMMAND_ARGS {
+            return Err(ValidationError::TooManyArgs(self.command.len()));
+        }
+        if self.command.first().is_some_and(|p| p.is_empty()) {
+            return Err(ValidationError::EmptyProgram);
+        }
+        if let Some(index) = self.command.iter().position(|a| a.contains('\0')) {
+            return Err(ValidationError::NulInCommand { index });
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(ValidationError::TooManyEnv(self.env.len()));
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(ValidationError::BadEnvKey(truncate_for_message(key)));
+            }
+            if key == SESSION_ENV {
+                return Err(ValidationError::ReservedEnvKey(key.clone()));
+            }
+            if value.contains('\0') {
+                return Err(ValidationError::NulInEnvValue(truncate_for_message(key)));
+            }
+        }
+        let argv_bytes: usize = self.command.iter().map(|a| a.len() + 1).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>();
+        if argv_bytes > MAX_ARGV_BYTES {
+            return Err(ValidationError::ArgvTooLarge(argv_bytes));
+        }
+        if !self.working_dir.is_empty()
+            && (!self.working_dir.starts_with('/') || self.working_dir.contains('\0'))
+        {
+            return Err(ValidationError::BadWorkingDir(truncate_for_message(
+                &self.working_dir,
+            )));
+        }
+        if !self.user.is_empty() && !is_valid_user(&self.user) {
+            return Err(ValidationError::BadUser(truncate_for_message(&self.user)));
+        }
+        Ok(())
+    }
+
+    /// The argv to run, with the default applied.
+    pub fn effective_command(&self) -> Vec<String> {
+        if self.command.is_empty() {
+            vec![DEFAULT_COMMAND.to_string()]
+        } else {
+            self.command.clone()
+        }
+    }
+
+    /// The environment the process gets on top of the container's own:
+    /// the client's variables, `TERM=xterm` for terminals that did not name
+    /// one, and the session marker.
+    pub fn effective_env(&self, session_id: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if self.tty && !self.env.contains_key("TERM") {
+            env.push(("TERM".to_string(), "xterm".to_string()));
+        }
+        env.push((SESSION_ENV.to_string(), session_id.to_string()));
+        env
+    }
+
+    /// Builds the command line for `mode`. Call [`ExecSpec::validate`] first.
+    pub fn build_command(&self, mode: &ExecMode, session_id: &str) -> RuntimeCommand {
+        let command = self.effective_command();
+        let env = self.effective_env(session_id);
+        match mode {
+            ExecMode::Container { runtime_cli } => {
+                let mut args: Vec<OsString> = vec!["exec".into(), "-i".into()];
+                if self.tty {
+                    args.push("-t".into());
+                }
+                for (key, value) in env {
+                    args.push("-e".into());
+                    args.push(format!("{key}={value}").into());
+                }
+                if !self.working_dir.is_empty() {
+                    args.push("-w".into());
+                    args.push(self.working_dir.clone().into());
+                }
+                if !self.user.is_empty() {
+                    args.push("-u".into());
+                    args.push(self.user.clone().into());
+                }
+                args.push(self.container_id.clone().into());
+                args.extend(command.into_iter().map(OsString::from));
+                RuntimeCommand {
+                    program: runtime_cli.into(),
+                    args,
+                    env: Vec::new(),
+                    current_dir: None,
+                    user: None,
+                }
+            }
+            ExecMode::Host => {
+                let mut argv = command.into_iter().map(OsString::from);
+                let program = argv.next().unwrap_or_else(|| DEFAULT_COMMAND.into());
+                RuntimeCommand {
+                    program,
+                    args: argv.collect(),
+                    env,
+                    current_dir: (!self.working_dir.is_empty()).then(|| self.working_dir.clone()),
+                    user: (!self.user.is_empty()).then(|| self.user.clone()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docker() -> ExecMode {
+        ExecMode::Container {
+            runtime_cli: "docker".into(),
+        }
+    }
+
+    fn spec(container: &str) -> ExecSpec {
+        ExecSpec {
+            container_id: container.into(),
+            ..Default::default()
+        }
+    }
+
+    fn args(cmd: &RuntimeCommand) -> Vec<String> {
+        cmd.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn builds_full_docker_command_line() {
+        let mut s = spec("web-1");
+        s.tty = true;
+        s.command = vec!["ls".into(), "-la".into()];
+        s.env.insert("A".into(), "1".into());
+        s.working_dir = "/tmp".into();
+        s.user = "app:app".into();
+        s.validate(&docker()).unwrap();
+        let cmd = s.build_command(&docker(), "abc");
+        assert_eq!(cmd.program, "docker");
+        assert_eq!(
+            args(&cmd),
+            [
+                "exec",
+                "-i",
+                "-t",
+                "-e",
+                "A=1",
+                "-e",
+                "TERM=xterm",
+                "-e",
+                "EXECD_SESSION_ID=abc",
+                "-w",
+                "/tmp",
+                "-u",
+                "app:app",
+                "web-1",
+                "ls",
+                "-la"
+            ]
+        );
+    }
+
+    #[test]
+    fn pipe_mode_has_no_tty_flag_and_no_term_and_default_shell() {
+        let s = spec("c1");
+        let cmd = s.build_command(&docker(), "id1");
+        assert_eq!(
+            args(&cmd),
+            ["exec", "-i", "-e", "EXECD_SESSION_ID=id1", "c1", "/bin/sh"]
+        );
+    }
+
+    #[test]
+    fn client_term_wins_over_default() {
+        let mut s = spec("c1");
+        s.tty = true;
+        s.env.insert("TERM".into(), "vt100".into());
+        let env = s.effective_env("x");
+        assert!(env.contains(&("TERM".into(), "vt100".into())));
+        assert!(!env.contains(&("TERM".into(), "xterm".into())));
+    }
+
+    #[test]
+    fn runtime_cli_is_configurable() {
+        let mode = ExecMode::Container {
+            runtime_cli: "podman".into(),
+        };
+        assert_eq!(spec("c").build_command(&mode, "s").program, "podman");
+    }
+
+    #[test]
+    fn host_mode_runs_command_directly() {
+        let mut s = spec("");
+        s.command = vec!["echo".into(), "hi".into()];
+        s.working_dir = "/tmp".into();
+        s.validate(&ExecMode::Host).unwrap();
+        let cmd = s.build_command(&ExecMode::Host, "s1");
+        assert_eq!(cmd.program, "echo");
+        assert_eq!(args(&cmd), ["hi"]);
+        assert_eq!(cmd.current_dir.as_deref(), Some("/tmp"));
+        assert!(cmd.env.contains(&(SESSION_ENV.into(), "s1".into())));
+    }
+
+    #[test]
+    fn rejects_container_ids_that_could_be_flags_or_paths() {
+        for bad in [
+            "-it",
+            "--privileged",
+            "a/b",
+            "a b",
+            "a\0b",
+            "",
+            "ünï",
+            ".hidden",
+            "_x",
+        ] {
+            assert!(spec(bad).validate(&docker()).is_err(), "{bad:?} accepted");
+        }
+        assert!(spec(&"a".repeat(300)).validate(&docker()).is_err());
+        for good in ["web", "3f2a9c", "my_app.1-2", &"a".repeat(64)] {
+            spec(good).validate(&docker()).unwrap();
+        }
+    }
+
+    #[test]
+    fn empty_container_needs_host_mode() {
+        assert_eq!(
+            spec("").validate(&docker()),
+            Err(ValidationError::MissingContainer)
+        );
+        spec("").validate(&ExecMode::Host).unwrap();
+        assert_eq!(
+            spec("c").validate(&ExecMode::Host),
+            Err(ValidationError::ContainerInHostMode)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_env() {
+        for (key, value) in [("", "v"), ("A=B", "v"), ("A\0", "v"), ("A", "v\0")] {
+            let mut s = spec("c");
+            s.env.insert(key.into(), value.into());
+            assert!(s.validate(&docker()).is_err(), "{key:?}={value:?} accepted");
+        }
+        let mut s = spec("c");
+        s.env.insert(SESSION_ENV.into(), "spoof".into());
+        assert!(matches!(
+            s.validate(&docker()),
+            Err(ValidationError::ReservedEnvKey(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_nul_in_args_and_oversized_argv() {
+        let mut s = spec("c");
+        s.command = vec!["echo".into(), "a\0b".into()];
+        assert_eq!(
+            s.validate(&docker()),
+            Err(ValidationError::NulInCommand { index: 1 })
+        );
+        s.command = vec!["x".into(); MAX_COMMAND_ARGS + 1];
+        assert!(matches!(
+            s.validate(&docker()),
+            Err(ValidationError::TooManyArgs(_))
+        ));
+        s.command = vec!["x".repeat(MAX_ARGV_BYTES)];
+        assert!(matches!(
+            s.validate(&docker()),
+            Err(ValidationError::ArgvTooLarge(_))
+        ));
+        s.command = vec![String::new()];
+        assert_eq!(s.validate(&docker()), Err(ValidationError::EmptyProgram));
+    }
+
+    #[test]
+    fn rejects_bad_workdir_and_user() {
+        for dir in ["tmp", "./x", "/a\0b", "-w"] {
+            let mut s = spec("c");
+            s.working_dir = dir.into();
+            assert!(s.validate(&docker()).is_err(), "{dir:?} accepted");
+        }
+        for user in [
+            "-u", "a:b:c", "root\0", "a b", ":", "a:", ":b", "root:-g", "../x/y",
+        ] {
+            let mut s = spec("c");
+            s.user = user.into();
+            assert!(s.validate(&docker()).is_err(), "{user:?} accepted");
+        }
+        for user in ["root", "1000", "1000:1000", "app:app", "www-data"] {
+            let mut s = spec("c");
+            s.user = user.into();
+            s.validate(&docker()).unwrap();
+        }
+    }
+
+    #[test]
+    fn session_ids() {
+        validate_session_id("a1-b2_c3.d:e").unwrap();
+        for bad in ["", "a b", "a\nb", "ä", &"x".repeat(MAX_SESSION_ID_LEN + 1)] {
+            assert!(validate_session_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn term_sizes_are_clamped() {
+        assert_eq!(TermSize::from_client(0, 0), TermSize { rows: 24, cols: 80 });
+        assert_eq!(
+            TermSize::from_client(-5, 100),
+            TermSize {
+                rows: 24,
+                cols: 100
+            }
+        );
+        assert_eq!(
+            TermSize::from_client(i32::MAX, 50_000),
+            TermSize {
+                rows: MAX_TERM_DIM,
+                cols: MAX_TERM_DIM
+            }
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! The session manager: validates a request, registers the session, spawns
+//! the runtime command and confirms the container before handing back a
+//! running [`Session`].
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{validate_session_id, ExecMode, ExecSpec, TermSize};
+use crate::error::SessionError;
+use crate::preflight;
+use crate::reaper::{self, ContainerRef};
+use crate::registry::{now_ms, Limits, Registry, SessionControl, SessionEntry, SessionStats};
+use crate::session::{self, Launch, LifecycleConfig, Session};
+use crate::spawn;
+
+/// Everything the manager is configured with.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub mode: ExecMode,
+    pub limits: Limits,
+    pub lifecycle: LifecycleConfig,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            mode: ExecMode::Container {
+                runtime_cli: "docker".into(),
+            },
+            limits: Limits::default(),
+            lifecycle: LifecycleConfig::default(),
+        }
+    }
+}
+
+/// Starts sessions and owns the registry. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionManager {
+    mode: Arc<ExecMode>,
+    lifecycle: Arc<LifecycleConfig>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+}
+
+/// Generates a session id: 128 random bits, hex.
+pub fn new_session_id() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
+/// Kills whatever an abandoned start may have left in the container, when a
+/// start is dropped half-way (client gone during the preflight).
+struct AbandonGuard {
+    session_id: String,
+    container: Option<ContainerRef>,
+    tty: bool,
+    grace: std::time::Duration,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let id = std::mem::take(&mut self.session_id);
+        let container = self.container.take();
+        let polite = if self.tty {
+            nix::sys::signal::Signal::SIGHUP
+        } else {
+            nix::sys::signal::Signal::SIGTERM
+        };
+        let grace = self.grace;
+        handle.spawn(async move {
+            reaper::reap_session(&id, polite, grace, container.as_ref()).await;
+        });
+    }
+}
+
+impl SessionManager {
+    /// `shutdown` ends every session (with "server shutting down") when
+    /// cancelled.
+    pub fn new(config: ManagerConfig, shutdown: CancellationToken) -> Self {
+        SessionManager {
+            mode: Arc::new(config.mode),
+            lifecycle: Arc::new(config.lifecycle),
+            registry: Registry::new(config.limits),
+            shutdown,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn mode(&self) -> &ExecMode {
+        &self.mode
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Starts a session. On success the process runs, the engine confirmed
+    /// the container, and the session is registered; the caller may announce
+    /// STARTED. On error nothing is left running.
+    pub async fn start(
+        &self,
+        requested_id: Option<String>,
+        spec: ExecSpec,
+    ) -> Result<Session, SessionError> {
+        if self.shutdown.is_cancelled() {
+            return Err(SessionError::Ended(crate::EndReason::Shutdown));
+        }
+        spec.validate(&self.mode)?;
+        let id = match requested_id.filter(|id| !id.is_empty()) {
+            Some(id) => {
+                validate_session_id(&id)?;
+                id
+            }
+            None => new_session_id(),
+        };
+        let command = spec.effective_command();
+        let registration = self.registry.register(SessionEntry {
+            session_id: id.clone(),
+            instance_id: spec.instance_id.clone(),
+            container_id: spec.container_id.clone(),
+            command,
+            tty: spec.tty,
+            started_at_unix_ms: now_ms(),
+            stats: Arc::new(SessionStats::new()),
+            control: Arc::new(SessionControl::new(&self.shutdown)),
+        })?;
+
+        let runtime = spec.build_command(&self.mode, &id);
+        let size = TermSize::from_client(spec.rows, spec.cols);
+        let mut spawned = if spec.tty {
+            spawn::spawn_in_terminal(&runtime, size)?
+        } else {
+            spawn::spawn_piped(&runtime)?
+        };
+        let mut abandon = AbandonGuard {
+            session_id: id.clone(),
+            container: None,
+            tty: spec.tty,
+            grace: self.lifecycle.kill_grace,
+            armed: true,
+        };
+
+        // The exec is already on its way; the inspect runs alongside it.
+        let container = match self.mode.as_ref() {
+            ExecMode::Container { runtime_cli } => {
+                let inspected = tokio::select! {
+                    r = preflight::inspect_container(runtime_cli, &spec.container_id) => r,
+                    _ = registration.entry().control.token().cancelled() => {
+                        Err(preflight::PreflightError::Failed {
+                            container_id: spec.container_id.clone(),
+                            message: registration.entry().control.reason().to_string(),
+                        })
+                    }
+                };
+                match inspected {
+                    Ok(state) => Some(ContainerRef {
+                        runtime_cli: runtime_cli.clone(),
+                        container_id: spec.container_id.clone(),
+                        init_pid: state.init_pid,
+                    }),
+                    Err(e) => {
+                        // The engine refused the container, so the exec
+                        // cannot have started; only the CLI needs to go.
+                        abandon.armed = false;
+                        let _ = spawned.child.start_kill();
+                        let _ = spawned.child.wait().await;
+                        if registration.entry().control.token().is_cancelled() {
+                            return Err(SessionError::Ended(registration.entry().control.reason()));
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            ExecMode::Host => None,
+        };
+        abandon.armed = false;
+
+        Ok(session::launch(Launch {
+            id,
+            child: spawned.child,
+            io: spawned.io,
+            initial_size: size,
+            registration,
+            container,
+            config: self.lifecycle.clone(),
+        }))
+    }
+}

@@ -1,0 +1,234 @@
+//! Pseudo-terminals: open a pair, size it, and do non-blocking I/O on the
+//! master side through the tokio reactor.
+//!
+//! The master fd is registered with [`AsyncFd`], so a tty session costs no
+//! thread: reads and writes park on epoll like any socket. When every holder
+//! of the slave side has gone, Linux reports `EIO` on the master; that is the
+//! terminal's end-of-file, not an error.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::pty::{openpty, Winsize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::command::TermSize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PtyError {
+    #[error("opening a pseudo-terminal failed: {0}")]
+    Open(#[source] nix::Error),
+    #[error("making the pseudo-terminal master non-blocking failed: {0}")]
+    NonBlocking(#[source] nix::Error),
+    #[error("registering the pseudo-terminal with the reactor failed: {0}")]
+    Register(#[source] io::Error),
+    #[error("duplicating the pseudo-terminal slave for the child's stdio failed: {0}")]
+    DupSlave(#[source] io::Error),
+    #[error("setting the terminal size failed: {0}")]
+    Resize(#[source] io::Error),
+}
+
+fn winsize(size: TermSize) -> Winsize {
+    Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// A freshly opened pair. The slave goes to the child; the parent keeps only
+/// the master (it must drop its slave copy after spawning, or the master
+/// never sees end-of-file).
+pub struct PtyPair {
+    pub master: PtyMaster,
+    pub slave: OwnedFd,
+}
+
+/// Opens a pseudo-terminal with `size` already applied, so the child's
+/// first look at its terminal sees the client's size.
+pub fn open(size: TermSize) -> Result<PtyPair, PtyError> {
+    let pty = openpty(Some(&winsize(size)), None).map_err(PtyError::Open)?;
+    let flags = fcntl(pty.master.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::NonBlocking)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    fcntl(pty.master.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(PtyError::NonBlocking)?;
+    nix::fcntl::fcntl(
+        pty.master.as_raw_fd(),
+        FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(PtyError::NonBlocking)?;
+    // SAFETY: `pty.master` is an OwnedFd that the AsyncFd takes ownership
+    // of; it stays open and unchanged until the AsyncFd is dropped.
+    let fd = unsafe { AsyncFd::register(pty.master) }
+        .map_err(|e| PtyError::Register(e.into_parts().1))?;
+    Ok(PtyPair {
+        master: PtyMaster { fd: Arc::new(fd) },
+        slave: pty.slave,
+    })
+}
+
+/// The parent's side of a terminal. Cheap to clone; reader and writer halves
+/// share one registration.
+#[derive(Clone)]
+pub struct PtyMaster {
+    fd: Arc<AsyncFd<OwnedFd>>,
+}
+
+impl PtyMaster {
+    /// Applies a new window size. The kernel sends SIGWINCH to the terminal's
+    /// foreground process group if the size changed.
+    pub fn resize(&self, size: TermSize) -> Result<(), PtyError> {
+        let ws = winsize(size);
+        // SAFETY: TIOCSWINSZ reads a `winsize` struct from the pointer, which
+        // points to a live local of exactly that type; the fd is open for the
+        // lifetime of `self`.
+        let rc = unsafe { libc::ioctl(self.raw_fd(), libc::TIOCSWINSZ, &ws as *const Winsize) };
+        if rc == -1 {
+            return Err(PtyError::Resize(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// The current window size as the kernel holds it.
+    pub fn size(&self) -> io::Result<TermSize> {
+        let mut ws = winsize(TermSize::default());
+        // SAFETY: TIOCGWINSZ writes a `winsize` struct to the pointer, which
+        // points to a live, writable local of exactly that type.
+        let rc = unsafe { libc::ioctl(self.raw_fd(), libc::TIOCGWINSZ, &mut ws as *mut Winsize) };
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TermSize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        })
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+
+    pub fn reader(&self) -> PtyReader {
+        PtyReader {
+            master: self.clone(),
+        }
+    }
+
+    pub fn writer(&self) -> PtyWriter {
+        PtyWriter {
+            master: self.clone(),
+        }
+    }
+}
+
+/// Duplicates the slave fd for one of the child's stdio slots.
+pub fn dup_slave(slave: &OwnedFd) -> Result<OwnedFd, PtyError> {
+    slave
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(PtyError::DupSlave)
+}
+
+/// Output of the terminal (the child's stdout and stderr, merged).
+pub struct PtyReader {
+    master: PtyMaster,
+}
+
+impl AsyncRead for PtyReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.master.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // The last slave holder closed: end of output.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Input of the terminal (what the user types).
+pub struct PtyWriter {
+    master: PtyMaster,
+}
+
+impl AsyncWrite for PtyWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.master.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn opens_with_initial_size_and_resizes() {
+        let pair = open(TermSize {
+            rows: 33,
+            cols: 101,
+        })
+        .unwrap();
+        assert_eq!(
+            pair.master.size().unwrap(),
+            TermSize {
+                rows: 33,
+                cols: 101
+            }
+        );
+        pair.master.resize(TermSize { rows: 10, cols: 20 }).unwrap();
+        assert_eq!(pair.master.size().unwrap(), TermSize { rows: 10, cols: 20 });
+    }
+
+    #[tokio::test]
+    async fn master_sees_eof_when_slave_closes() {
+        let pair = open(TermSize::default()).unwrap();
+        let mut writer = pair.master.writer();
+        writer.write_all(b"hi\n").await.unwrap();
+        // The line discipline echoes input back to the master.
+        let mut reader = pair.master.reader();
+        let mut buf = [0u8; 64];
+        let n = reader.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        drop(pair.slave);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+    }
+}
