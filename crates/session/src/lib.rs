@@ -17,6 +17,8 @@
 //! - [`reaper`]: ending a session's processes inside the container too.
 //! - [`manager`]: [`SessionManager::start`], which ties the above together.
 //! - [`error`]: [`SessionError`] and its transport-neutral [`ErrorKind`].
+//! - `status` (feature `grpc-status`): the single mapping of those onto
+//!   `tonic::Status`, kept behind a feature so the manager stays gRPC-free.
 
 pub mod command;
 pub mod error;
@@ -27,6 +29,8 @@ pub mod reaper;
 pub mod registry;
 pub mod session;
 pub mod spawn;
+#[cfg(feature = "grpc-status")]
+pub mod status;
 
 pub use command::{ExecMode, ExecSpec, TermSize, ValidationError};
 pub use error::{EndReason, ErrorKind, SessionError};

@@ -1,0 +1,296 @@
+//! `exec_service.ExecService/ExecStream`: drives one session per stream.
+//!
+//! The handler waits for the first message, starts the session, and returns
+//! a response stream that begins with STARTED and then relays the session's
+//! events. Client messages after the start are read by a separate task, so
+//! a client pushing input never delays output (and vice versa).
+//!
+//! Every response stream ends with exactly one terminal status message: for
+//! EXITED the RPC then ends OK; for ERROR it ends with a gRPC status of the
+//! same message and a code that classifies it.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use execd_proto::exec_service::exec_message::Payload;
+use execd_proto::exec_service::exec_service_server::ExecService;
+use execd_proto::exec_service::ExecMessage;
+use execd_session::{
+    new_session_id, EndReason, SessionError, SessionEvent, SessionInput, SessionManager,
+    ValidationError,
+};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::protocol;
+
+/// The ExecService implementation.
+pub struct ExecServiceImpl {
+    manager: SessionManager,
+    start_timeout: Duration,
+}
+
+impl ExecServiceImpl {
+    pub fn new(manager: SessionManager, start_timeout: Duration) -> Self {
+        ExecServiceImpl {
+            manager,
+            start_timeout,
+        }
+    }
+}
+
+type Item = Result<ExecMessage, Status>;
+
+/// What the client reads: queued messages first (STARTED, or an early ERROR
+/// and its status), then the session's events until the terminal one.
+pub struct ExecResponseStream {
+    session_id: String,
+    queued: VecDeque<Item>,
+    events: Option<mpsc::Receiver<SessionEvent>>,
+    span: tracing::Span,
+    started_at: Instant,
+}
+
+impl ExecResponseStream {
+    fn failed(session_id: &str, err: &SessionError) -> Self {
+        let (msg, status) = protocol::error_pair(session_id, err);
+        tracing::info!(session_id, code = ?status.code(), error = %status.message(), "session refused");
+        ExecResponseStream {
+            session_id: session_id.to_string(),
+            queued: VecDeque::from([Ok(msg), Err(status)]),
+            events: None,
+            span: tracing::Span::none(),
+            started_at: Instant::now(),
+        }
+    }
+
+    fn started(
+        session_id: &str,
+        events: mpsc::Receiver<SessionEvent>,
+        span: tracing::Span,
+    ) -> Self {
+        ExecResponseStream {
+            session_id: session_id.to_string(),
+            queued: VecDeque::from([Ok(protocol::started(session_id))]),
+            events: Some(events),
+            span,
+            started_at: Instant::now(),
+        }
+    }
+}
+
+impl Stream for ExecResponseStream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(item) = self.queued.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        let Some(events) = self.events.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let event = ready!(events.poll_recv(cx));
+        let this = &mut *self;
+        let id = this.session_id.as_str();
+        let item = match event {
+            Some(SessionEvent::Output { stream, data }) => {
+                return Poll::Ready(Some(Ok(protocol::output(id, stream, data))));
+            }
+            Some(SessionEvent::Exited { code }) => {
+                this.span.in_scope(|| {
+                    tracing::info!(
+                        exit_code = code,
+                        duration_ms = this.started_at.elapsed().as_millis() as u64,
+                        "session exited"
+                    )
+                });
+                Ok(protocol::exited(id, code))
+            }
+            Some(SessionEvent::Failed(err)) => {
+                let (msg, status) = protocol::error_pair(id, &err);
+                this.span.in_scope(|| {
+                    tracing::info!(code = ?status.code(), error = %status.message(), duration_ms = this.started_at.elapsed().as_millis() as u64, "session ended")
+                });
+                this.queued.push_back(Err(status));
+                Ok(msg)
+            }
+            None => {
+                // The session gave up delivering its final event (the client
+                // did not read for a long time); still end with a status.
+                let err = Status::internal("session ended without a final status");
+                this.queued.push_back(Err(err.clone()));
+                Ok(protocol::error(id, err.message()))
+            }
+        };
+        this.events = None;
+        Poll::Ready(Some(item))
+    }
+}
+
+/// A gRPC error the client caused by sending too large a message.
+fn is_too_large(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    )
+}
+
+#[tonic::async_trait]
+impl ExecService for ExecServiceImpl {
+    type ExecStreamStream = ExecResponseStream;
+
+    async fn exec_stream(
+        &self,
+        request: Request<Streaming<ExecMessage>>,
+    ) -> Result<Response<Self::ExecStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let shutdown = self.manager.shutdown_token();
+        let first = tokio::select! {
+            first = inbound.message() => first,
+            _ = tokio::time::sleep(self.start_timeout) => {
+                let reason = EndReason::Protocol(format!(
+                    "no start_request within {}s of opening the stream",
+                    self.start_timeout.as_secs()
+                ));
+                return Ok(Response::new(ExecResponseStream::failed("", &SessionError::Ended(reason))));
+            }
+            _ = shutdown.cancelled() => {
+                return Ok(Response::new(ExecResponseStream::failed("", &SessionError::Ended(EndReason::Shutdown))));
+            }
+        };
+        let msg = match first {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                let reason =
+                    EndReason::Protocol("the stream was closed before a start_request".into());
+                return Ok(Response::new(ExecResponseStream::failed(
+                    "",
+                    &SessionError::Ended(reason),
+                )));
+            }
+            Err(status) if is_too_large(&status) => {
+                let reason = EndReason::TooLarge(status.message().to_string());
+                return Ok(Response::new(ExecResponseStream::failed(
+                    "",
+                    &SessionError::Ended(reason),
+                )));
+            }
+            Err(status) => return Err(status),
+        };
+        let requested_id = msg.session_id;
+        let request = match msg.payload {
+            Some(Payload::StartRequest(req)) => req,
+            other => {
+                let reason = EndReason::Protocol(format!(
+                    "the first message must carry start_request, got {}",
+                    protocol::payload_name(&other)
+                ));
+                let echo = if execd_session::command::validate_session_id(&requested_id).is_ok() {
+                    requested_id.as_str()
+                } else {
+                    ""
+                };
+                return Ok(Response::new(ExecResponseStream::failed(
+                    echo,
+                    &SessionError::Ended(reason),
+                )));
+            }
+        };
+        let session_id = if requested_id.is_empty() {
+            new_session_id()
+        } else {
+            requested_id
+        };
+        let spec = protocol::spec_from_start(request);
+        let span = tracing::info_span!(
+            "session",
+            session_id = %session_id,
+            instance_id = %spec.instance_id,
+            container_id = %spec.container_id,
+            tty = spec.tty,
+        );
+        let (tty, command) = (spec.tty, spec.effective_command());
+        match self
+            .manager
+            .start(Some(session_id.clone()), spec)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(session) => {
+                span.in_scope(|| tracing::info!(?command, tty, "session started"));
+                tokio::spawn(relay_input(inbound, session.input).instrument(span.clone()));
+                Ok(Response::new(ExecResponseStream::started(
+                    &session.id,
+                    session.output.into_receiver(),
+                    span,
+                )))
+            }
+            Err(err) => {
+                // An invalid id is not echoed back.
+                let echo = match err {
+                    SessionError::Invalid(ValidationError::BadSessionId(_)) => "",
+                    _ => session_id.as_str(),
+                };
+                let _entered = span.enter();
+                Ok(Response::new(ExecResponseStream::failed(echo, &err)))
+            }
+        }
+    }
+}
+
+/// Feeds client messages into the session until it ends or the client stops
+/// sending. Half-closing the request stream counts as stdin EOF.
+async fn relay_input(mut inbound: Streaming<ExecMessage>, mut input: SessionInput) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = input.finished() => return,
+            next = inbound.message() => next,
+        };
+        let msg = match next {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                tracing::debug!("client half-closed; stdin EOF");
+                input.close_stdin().await;
+                return;
+            }
+            Err(status) if is_too_large(&status) => {
+                input.end(EndReason::TooLarge(status.message().to_string()));
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(%status, "client stream failed");
+                input.end(EndReason::ClientGone);
+                return;
+            }
+        };
+        match msg.payload {
+            Some(Payload::InputData(data)) => {
+                if !input.write(data.data).await {
+                    return;
+                }
+            }
+            Some(Payload::StdinEof(_)) => input.close_stdin().await,
+            Some(Payload::Resize(size)) => {
+                let applied = input.resize(size.rows, size.cols);
+                tracing::debug!(rows = size.rows, cols = size.cols, ?applied, "resize");
+            }
+            Some(Payload::StartRequest(_)) => {
+                input.end(EndReason::SecondStart);
+                return;
+            }
+            other @ (Some(Payload::OutputData(_)) | Some(Payload::Status(_))) => {
+                input.end(EndReason::Protocol(format!(
+                    "clients must not send {}",
+                    protocol::payload_name(&other)
+                )));
+                return;
+            }
+            None => tracing::debug!("message without payload ignored"),
+        }
+    }
+}
