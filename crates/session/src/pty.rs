@@ -83,30 +83,12 @@ impl PtyMaster {
     /// Applies a new window size. The kernel sends SIGWINCH to the terminal's
     /// foreground process group if the size changed.
     pub fn resize(&self, size: TermSize) -> Result<(), PtyError> {
-        let ws = winsize(size);
-        // SAFETY: TIOCSWINSZ reads a `winsize` struct from the pointer, which
-        // points to a live local of exactly that type; the fd is open for the
-        // lifetime of `self`.
-        let rc = unsafe { libc::ioctl(self.raw_fd(), libc::TIOCSWINSZ, &ws as *const Winsize) };
-        if rc == -1 {
-            return Err(PtyError::Resize(io::Error::last_os_error()));
-        }
-        Ok(())
+        set_size(self.raw_fd(), size).map_err(PtyError::Resize)
     }
 
     /// The current window size as the kernel holds it.
     pub fn size(&self) -> io::Result<TermSize> {
-        let mut ws = winsize(TermSize::default());
-        // SAFETY: TIOCGWINSZ writes a `winsize` struct to the pointer, which
-        // points to a live, writable local of exactly that type.
-        let rc = unsafe { libc::ioctl(self.raw_fd(), libc::TIOCGWINSZ, &mut ws as *mut Winsize) };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(TermSize {
-            rows: ws.ws_row,
-            cols: ws.ws_col,
-        })
+        get_size(self.raw_fd())
     }
 
     fn raw_fd(&self) -> RawFd {
@@ -124,6 +106,69 @@ impl PtyMaster {
             master: self.clone(),
         }
     }
+}
+
+/// The terminal on fd 0 of another process (its controlling terminal in
+/// practice), opened through `/proc`. Used to look at, and fix, the size of
+/// the terminal the engine gave a process inside a container.
+pub struct ForeignTerminal {
+    fd: OwnedFd,
+}
+
+impl ForeignTerminal {
+    /// Opens `/proc/<pid>/fd/0` if it is a terminal. Needs the same
+    /// privileges as reading that process's environment.
+    pub fn of_process(pid: i32) -> Option<ForeignTerminal> {
+        use nix::fcntl::{open, OFlag};
+        use nix::sys::stat::Mode;
+        let path = format!("/proc/{pid}/fd/0");
+        let raw = open(
+            path.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        // SAFETY: `open` just returned this fd and nothing else owns it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        nix::unistd::isatty(fd.as_raw_fd())
+            .unwrap_or(false)
+            .then_some(ForeignTerminal { fd })
+    }
+
+    pub fn size(&self) -> io::Result<TermSize> {
+        get_size(self.fd.as_raw_fd())
+    }
+
+    /// Sets the size; the kernel signals SIGWINCH to that terminal's
+    /// foreground process group.
+    pub fn resize(&self, size: TermSize) -> io::Result<()> {
+        set_size(self.fd.as_raw_fd(), size)
+    }
+}
+
+fn get_size(fd: RawFd) -> io::Result<TermSize> {
+    let mut ws = winsize(TermSize::default());
+    // SAFETY: TIOCGWINSZ writes a `winsize` struct to the pointer, which
+    // points to a live, writable local of exactly that type.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws as *mut Winsize) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TermSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}
+
+fn set_size(fd: RawFd, size: TermSize) -> io::Result<()> {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads a `winsize` struct from the pointer, which
+    // points to a live local of exactly that type.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws as *const Winsize) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Duplicates the slave fd for one of the child's stdio slots.
@@ -215,6 +260,23 @@ mod tests {
         );
         pair.master.resize(TermSize { rows: 10, cols: 20 }).unwrap();
         assert_eq!(pair.master.size().unwrap(), TermSize { rows: 10, cols: 20 });
+    }
+
+    #[tokio::test]
+    async fn foreign_terminal_of_a_child_is_read_and_resized() {
+        let pair = open(TermSize { rows: 5, cols: 6 }).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .stdin(std::process::Stdio::from(dup_slave(&pair.slave).unwrap()))
+            .spawn()
+            .unwrap();
+        let term = ForeignTerminal::of_process(child.id() as i32).expect("child's stdin is a tty");
+        assert_eq!(term.size().unwrap(), TermSize { rows: 5, cols: 6 });
+        term.resize(TermSize { rows: 7, cols: 8 }).unwrap();
+        assert_eq!(pair.master.size().unwrap(), TermSize { rows: 7, cols: 8 });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(ForeignTerminal::of_process(std::process::id() as i32).is_none_or(|_| true));
     }
 
     #[tokio::test]

@@ -84,7 +84,8 @@ pub struct LifecycleConfig {
     pub kill_grace: Duration,
     /// End sessions without input or output for this long.
     pub idle_timeout: Option<Duration>,
-    /// Delays after a size change at which the runtime CLI is told again.
+    /// Delays after a size change at which the container's terminal is
+    /// checked and, if needed, corrected.
     pub resize_nudges: Vec<Duration>,
 }
 
@@ -95,7 +96,7 @@ impl Default for LifecycleConfig {
             drain_max: Duration::from_secs(10),
             kill_grace: Duration::from_millis(500),
             idle_timeout: None,
-            resize_nudges: [50, 150, 400, 1000, 2500]
+            resize_nudges: [15, 40, 100, 200, 400, 800, 1600, 3200]
                 .into_iter()
                 .map(Duration::from_millis)
                 .collect(),
@@ -236,6 +237,7 @@ pub(crate) fn launch(l: Launch) -> Session {
     if let Some(terminal) = &terminal {
         tokio::spawn(resize_terminal(
             terminal.master.clone(),
+            l.id.clone(),
             l.child.id(),
             l.container.is_some(),
             size_rx,
@@ -335,49 +337,101 @@ async fn write_stdin(
     }
 }
 
-/// Applies sizes to the terminal and, for container sessions, re-announces
-/// them to the runtime CLI a few times.
+/// Applies sizes to the terminal and, for container sessions, makes sure
+/// the container's own terminal ends up with them.
 ///
 /// Why: `docker exec -t` ignores SIGWINCH until its own first resize round
 /// trip has finished, and engines before API 1.42 cannot size the console
-/// at creation (docker/cli#1492), so a size set early can be lost. Sending
-/// SIGWINCH again makes the CLI re-read our terminal and resize the
-/// container's; repeating it with the same size is harmless.
+/// at creation (docker/cli#1492), so a size set early can be lost or
+/// overwritten by the CLI's stale first resize. After every change, on a
+/// backoff schedule, the resizer looks at the terminal of the session's
+/// process inside the container (found by its marker, through `/proc`);
+/// when the size differs it sets it there directly and sends SIGWINCH to
+/// the CLI so the engine agrees. Where execd cannot see the container's
+/// processes it can only nudge the CLI.
 async fn resize_terminal(
     master: crate::pty::PtyMaster,
+    session_id: String,
     child_pid: Option<u32>,
-    nudge: bool,
+    in_container: bool,
     mut sizes: watch::Receiver<TermSize>,
     schedule: Vec<Duration>,
     done: CancellationToken,
 ) {
-    let pgid = child_pid.map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let cli_group = child_pid.map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let mut target = *sizes.borrow_and_update();
     let mut changed_at = Instant::now();
     let mut step = 0usize;
+    let mut inner_pid: Option<i32> = None;
     loop {
-        let next_nudge = schedule
+        let next_check = schedule
             .get(step)
-            .filter(|_| nudge && pgid.is_some())
+            .filter(|_| in_container)
             .map(|d| changed_at + *d);
         tokio::select! {
             changed = sizes.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let size = *sizes.borrow_and_update();
-                if let Err(e) = master.resize(size) {
+                target = *sizes.borrow_and_update();
+                if let Err(e) = master.resize(target) {
                     tracing::debug!(error = %e, "resize failed");
                 }
                 changed_at = Instant::now();
                 step = 0;
             }
-            _ = sleep_until_opt(next_nudge) => {
-                if let Some(pgid) = pgid {
-                    let _ = nix::sys::signal::killpg(pgid, Signal::SIGWINCH);
-                }
+            _ = sleep_until_opt(next_check) => {
                 step += 1;
+                let id = session_id.clone();
+                let cached = inner_pid;
+                let (pid, verdict) = tokio::task::spawn_blocking(move || {
+                    check_container_terminal(&id, cached, target)
+                })
+                .await
+                .unwrap_or((None, TerminalCheck::NotVisible));
+                inner_pid = pid;
+                if verdict != TerminalCheck::Right {
+                    tracing::trace!(?verdict, ?target, "container terminal size re-applied");
+                    if let Some(group) = cli_group {
+                        let _ = nix::sys::signal::killpg(group, Signal::SIGWINCH);
+                    }
+                }
             }
             _ = done.cancelled() => return,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TerminalCheck {
+    /// The container's terminal already has the size.
+    Right,
+    /// It had another size; execd set it.
+    Fixed,
+    /// The session's process or its terminal is not visible from here.
+    NotVisible,
+}
+
+fn check_container_terminal(
+    session_id: &str,
+    cached: Option<i32>,
+    target: TermSize,
+) -> (Option<i32>, TerminalCheck) {
+    let terminal = cached
+        .and_then(|pid| crate::pty::ForeignTerminal::of_process(pid).map(|t| (pid, t)))
+        .or_else(|| {
+            reaper::find_marked(session_id)
+                .into_iter()
+                .find_map(|pid| crate::pty::ForeignTerminal::of_process(pid).map(|t| (pid, t)))
+        });
+    let Some((pid, terminal)) = terminal else {
+        return (None, TerminalCheck::NotVisible);
+    };
+    match terminal.size() {
+        Ok(size) if size == target => (Some(pid), TerminalCheck::Right),
+        _ => {
+            let _ = terminal.resize(target);
+            (Some(pid), TerminalCheck::Fixed)
         }
     }
 }

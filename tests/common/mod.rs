@@ -1,0 +1,484 @@
+//! Shared helpers for the integration tests: a real execd server on port 0,
+//! a real Docker engine and a busybox test container, and a small client
+//! that records everything a session sends back.
+//!
+//! Tests that need Docker call [`docker_or_skip`]. Without an engine they
+//! skip with a message, except under `CI=true`, where they fail: CI must
+//! never pass by skipping the real thing.
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use execd::{Listener, ServerConfig};
+use execd_proto::admin::session_admin_client::SessionAdminClient;
+use execd_proto::exec_service::exec_message::Payload;
+use execd_proto::exec_service::exec_output_data::StreamType;
+use execd_proto::exec_service::exec_service_client::ExecServiceClient;
+use execd_proto::exec_service::exec_status_response::Status as WireStatus;
+use execd_proto::exec_service::{
+    ExecInputData, ExecMessage, ExecResizeRequest, ExecStartRequest, ExecStdinEof,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+pub const IMAGE: &str = "execd-busybox:latest";
+pub const SHARED_CONTAINER: &str = "execd-test-shared";
+
+/// Generous upper bound for anything a test waits for; never a timing
+/// assertion, only a guard against hanging forever.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn docker_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let engine = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let image = Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        engine && image
+    })
+}
+
+/// True when Docker and the test image are there. Otherwise: panics under
+/// `CI=true`, else prints why the test is skipped and returns false.
+pub fn docker_or_skip(test: &str) -> bool {
+    if docker_available() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: Docker engine or image {IMAGE} missing and CI=true; run scripts/docker-up");
+    }
+    eprintln!("SKIPPED {test}: no Docker engine or image {IMAGE} (run scripts/docker-up)");
+    false
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running the docker CLI")
+}
+
+/// Runs a fresh container with `--network none` and returns its name.
+/// `--init` gives it a reaper for orphans, so killed processes do not linger
+/// as zombies in `ps` output.
+pub fn run_container(name: &str) -> String {
+    let _ = docker(&["rm", "-f", name]);
+    let out = docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--network",
+        "none",
+        "--label",
+        "execd-test=1",
+        "--name",
+        name,
+        IMAGE,
+        "sleep",
+        "infinity",
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    name.to_string()
+}
+
+/// The container most tests share; created once per test process, and
+/// re-created if a previous run left it stopped.
+pub fn shared_container() -> &'static str {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        for _ in 0..20 {
+            let state = docker(&[
+                "container",
+                "inspect",
+                "--format",
+                "{{.State.Status}}",
+                SHARED_CONTAINER,
+            ]);
+            if state.status.success() && String::from_utf8_lossy(&state.stdout).trim() == "running"
+            {
+                return;
+            }
+            if !state.status.success() {
+                let out = docker(&[
+                    "run",
+                    "-d",
+                    "--init",
+                    "--network",
+                    "none",
+                    "--label",
+                    "execd-test=1",
+                    "--name",
+                    SHARED_CONTAINER,
+                    IMAGE,
+                    "sleep",
+                    "infinity",
+                ]);
+                // Another test binary may have won the race: look again.
+                if out.status.success() {
+                    return;
+                }
+            } else {
+                let _ = docker(&["start", SHARED_CONTAINER]);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("could not get {SHARED_CONTAINER} running");
+    });
+    SHARED_CONTAINER
+}
+
+/// Lines of `ps` inside `container` that contain `needle`.
+pub fn container_processes(container: &str, needle: &str) -> Vec<String> {
+    let out = docker(&["exec", container, "ps", "-o", "pid,stat,args"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle) && !l.contains("ps -o"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until no process in `container` mentions `needle`.
+pub async fn wait_until_gone(container: &str, needle: &str, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = container_processes(container, needle);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a process in `container` mentions `needle`.
+pub async fn wait_until_running(container: &str, needle: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while container_processes(container, needle).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{needle} never started in {container}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A unique number for process markers like `sleep 3<n>`.
+pub fn marker() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    100_000 + (std::process::id() % 5_000) * 100 + n % 100
+}
+
+/// A running server on an ephemeral loopback port.
+pub struct TestServer {
+    pub addr: String,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<Result<(), execd::ServerError>>,
+}
+
+pub fn config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.manager.lifecycle.kill_grace = Duration::from_millis(300);
+    config
+}
+
+pub async fn start_server(config: ServerConfig) -> TestServer {
+    let listener = Listener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = format!("http://{}", listener.local_addr());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(execd::run(listener, config, shutdown.clone()));
+    TestServer {
+        addr,
+        shutdown,
+        handle,
+    }
+}
+
+impl TestServer {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    pub async fn client(&self) -> ExecServiceClient<Channel> {
+        ExecServiceClient::new(self.channel().await).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub async fn admin(&self) -> SessionAdminClient<Channel> {
+        SessionAdminClient::new(self.channel().await)
+    }
+
+    /// Opens a session stream that starts with `first`.
+    pub async fn open(&self, first: ExecMessage) -> Exec {
+        let mut client = self.client().await;
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(first).await.unwrap();
+        let stream = client
+            .exec_stream(ReceiverStream::new(rx))
+            .await
+            .expect("ExecStream call")
+            .into_inner();
+        Exec {
+            started_seen: false,
+            tx: Some(tx),
+            rx: stream,
+            _client: client,
+        }
+    }
+
+    pub async fn exec(&self, req: ExecStartRequest) -> Exec {
+        self.open(start_msg("", req)).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.handle)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+pub fn start_msg(session_id: &str, req: ExecStartRequest) -> ExecMessage {
+    ExecMessage {
+        session_id: session_id.to_string(),
+        payload: Some(Payload::StartRequest(req)),
+    }
+}
+
+pub fn req(container: &str, command: &[&str]) -> ExecStartRequest {
+    ExecStartRequest {
+        container_id: container.to_string(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn input_msg(data: impl Into<Bytes>) -> ExecMessage {
+    ExecMessage {
+        session_id: String::new(),
+        payload: Some(Payload::InputData(ExecInputData { data: data.into() })),
+    }
+}
+
+pub fn eof_msg() -> ExecMessage {
+    ExecMessage {
+        session_id: String::new(),
+        payload: Some(Payload::StdinEof(ExecStdinEof {})),
+    }
+}
+
+pub fn resize_msg(rows: i32, cols: i32) -> ExecMessage {
+    ExecMessage {
+        session_id: String::new(),
+        payload: Some(Payload::Resize(ExecResizeRequest { rows, cols })),
+    }
+}
+
+/// Everything a session sent, in order.
+#[derive(Debug, Default)]
+pub struct Transcript {
+    pub session_ids: Vec<String>,
+    /// Status messages in order: (status, exit_code, error_message).
+    pub statuses: Vec<(WireStatus, i32, String)>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Index in the message sequence of the first output message.
+    pub first_output_at: Option<usize>,
+    pub messages: usize,
+    /// How the RPC ended.
+    pub rpc: Option<tonic::Status>,
+}
+
+impl Transcript {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    pub fn terminal(&self) -> &(WireStatus, i32, String) {
+        self.statuses.last().expect("a terminal status")
+    }
+
+    /// Asserts the shape every session must have, then returns the exit code.
+    pub fn assert_exited(&self) -> i32 {
+        assert_eq!(
+            self.statuses.first().map(|s| s.0),
+            Some(WireStatus::Started),
+            "{self:#?}"
+        );
+        assert_eq!(
+            self.statuses.len(),
+            2,
+            "exactly STARTED + one terminal: {self:#?}"
+        );
+        let (status, code, _) = self.terminal();
+        assert_eq!(*status, WireStatus::Exited, "{self:#?}");
+        assert!(self.rpc.is_none(), "RPC should end OK: {self:#?}");
+        assert!(self.first_output_at.is_none_or(|i| i > 0));
+        *code
+    }
+
+    /// Asserts the session ended with ERROR and a matching gRPC status.
+    pub fn assert_error(&self, code: tonic::Code) -> String {
+        let (status, _, message) = self.terminal();
+        assert_eq!(*status, WireStatus::Error, "{self:#?}");
+        assert_eq!(
+            self.statuses
+                .iter()
+                .filter(|s| matches!(s.0, WireStatus::Error | WireStatus::Exited))
+                .count(),
+            1,
+            "{self:#?}"
+        );
+        let rpc = self.rpc.as_ref().expect("RPC ends with an error status");
+        assert_eq!(rpc.code(), code, "{self:#?}");
+        assert_eq!(rpc.message(), message);
+        message.clone()
+    }
+}
+
+/// A client end of one ExecStream.
+pub struct Exec {
+    /// Set once `started()` consumed the STARTED message.
+    started_seen: bool,
+    pub tx: Option<mpsc::Sender<ExecMessage>>,
+    pub rx: Streaming<ExecMessage>,
+    _client: ExecServiceClient<Channel>,
+}
+
+impl Exec {
+    pub async fn send(&self, msg: ExecMessage) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg).await;
+        }
+    }
+
+    /// Half-closes the request stream.
+    pub fn close_send(&mut self) {
+        self.tx = None;
+    }
+
+    /// Reads the next message, failing the test if none comes in time.
+    pub async fn next(&mut self) -> Option<Result<ExecMessage, tonic::Status>> {
+        tokio::time::timeout(PATIENCE, self.rx.message())
+            .await
+            .expect("a message in time")
+            .transpose()
+    }
+
+    /// Waits for STARTED (the first message) and returns the session id.
+    pub async fn started(&mut self) -> String {
+        let msg = self.next().await.expect("a message").expect("no RPC error");
+        match &msg.payload {
+            Some(Payload::Status(s)) if s.status == WireStatus::Started as i32 => {
+                self.started_seen = true;
+                msg.session_id
+            }
+            other => panic!("expected STARTED first, got {other:?}"),
+        }
+    }
+
+    /// Reads output until `needle` appears (returns everything read so far).
+    pub async fn read_until(&mut self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        loop {
+            let msg = self
+                .next()
+                .await
+                .expect("stream open")
+                .expect("no RPC error");
+            match msg.payload {
+                Some(Payload::OutputData(o)) => seen.extend_from_slice(&o.data),
+                Some(Payload::Status(s)) => panic!(
+                    "session ended ({s:?}) before {needle:?} appeared; output: {}",
+                    String::from_utf8_lossy(&seen)
+                ),
+                _ => {}
+            }
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                return String::from_utf8_lossy(&seen).into_owned();
+            }
+        }
+    }
+
+    /// In a tty shell session: asks `stty size` until the container's
+    /// terminal reports `expected` ("rows cols"), or gives up after a while.
+    pub async fn wait_for_terminal_size(&mut self, expected: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = String::new();
+        while Instant::now() < deadline {
+            self.send(input_msg("stty size\n")).await;
+            if let Ok(chunk) =
+                tokio::time::timeout(Duration::from_millis(300), self.read_until("\n")).await
+            {
+                seen.push_str(&chunk);
+            }
+            if seen.contains(expected) {
+                break;
+            }
+        }
+        seen
+    }
+
+    /// Reads to the end of the RPC and records everything.
+    pub async fn finish(mut self) -> Transcript {
+        let mut t = Transcript::default();
+        if self.started_seen {
+            t.statuses.push((WireStatus::Started, 0, String::new()));
+            t.messages = 1;
+        }
+        loop {
+            match self.next().await {
+                None => break,
+                Some(Err(status)) => {
+                    t.rpc = Some(status);
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    t.session_ids.push(msg.session_id.clone());
+                    match msg.payload {
+                        Some(Payload::Status(s)) => t.statuses.push((
+                            WireStatus::try_from(s.status).expect("known status"),
+                            s.exit_code,
+                            s.error_message,
+                        )),
+                        Some(Payload::OutputData(o)) => {
+                            t.first_output_at.get_or_insert(t.messages);
+                            if o.stream_type == StreamType::Stderr as i32 {
+                                t.stderr.extend_from_slice(&o.data);
+                            } else {
+                                t.stdout.extend_from_slice(&o.data);
+                            }
+                        }
+                        other => panic!("server sent {other:?}"),
+                    }
+                    t.messages += 1;
+                }
+            }
+        }
+        t
+    }
+}
