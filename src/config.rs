@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use execd_session::{ExecMode, LifecycleConfig, Limits, ManagerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,6 +30,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "execd", version, about, long_about = None)]
 pub struct Cli {
+    /// TOML file with any of these settings (keys are flag names, e.g. max-sessions = 10); flags and EXECD_* env win over it
+    #[arg(
+        long,
+        env = "EXECD_CONFIG",
+        value_name = "FILE",
+        help_heading = "Configuration"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (after flags, env and file) as TOML and exit
+    #[arg(long, help_heading = "Configuration")]
+    pub print_config: bool,
+
     /// Address to serve on: host:port (loopback recommended) or unix:/path/to.sock
     #[arg(
         long,
@@ -86,6 +103,14 @@ pub struct Cli {
     #[arg(long, env = "EXECD_KILL_GRACE", default_value = "500ms", value_parser = parse_duration, help_heading = "Timeouts")]
     pub kill_grace: Duration,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; use a loopback address)
+    #[arg(long, env = "EXECD_METRICS_LISTEN", help_heading = "Observability")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// How often the container engine is probed for gRPC health
+    #[arg(long, env = "EXECD_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration, help_heading = "Observability")]
+    pub health_interval: Duration,
+
     /// Log format
     #[arg(
         long,
@@ -110,6 +135,10 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub manager: ManagerConfig,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How often the engine is probed for gRPC health.
+    pub health_interval: Duration,
     pub max_message_size: usize,
     pub start_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -121,6 +150,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             manager: ManagerConfig::default(),
+            metrics_listen: None,
+            health_interval: Duration::from_secs(5),
             max_message_size: 4 * 1024 * 1024,
             start_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
@@ -130,7 +161,138 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    /// Prints the error like clap does (help and version go to stdout with
+    /// exit 0) and exits.
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Cli(e) => e.exit(),
+            ConfigError::File { .. } => {
+                eprintln!("execd: {self}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
+fn toml_to_arg(
+    path: &std::path::Path,
+    key: &str,
+    value: &toml::Value,
+) -> Result<Option<String>, ConfigError> {
+    let bad = |what: &str| ConfigError::File {
+        path: path.to_path_buf(),
+        message: format!("field {key:?}: {what}"),
+    };
+    Ok(match value {
+        toml::Value::String(s) => Some(format!("--{key}={s}")),
+        toml::Value::Integer(i) => Some(format!("--{key}={i}")),
+        toml::Value::Boolean(true) => Some(format!("--{key}")),
+        toml::Value::Boolean(false) => None,
+        _ => return Err(bad("expected a string, integer or boolean")),
+    })
+}
+
 impl Cli {
+    /// Parses flags, `EXECD_*` env and the optional `--config` TOML file.
+    /// Precedence: flag > env > file > default. A file key that names no
+    /// flag, or a value a flag would refuse, fails with the field named.
+    pub fn load_from<I, T>(args: I) -> Result<Cli, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Cli::from_arg_matches(&matches)?);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let mut extra: Vec<OsString> = Vec::new();
+        for (key, value) in &table {
+            let id = key.replace('-', "_");
+            let known = command
+                .get_arguments()
+                .any(|a| a.get_id().as_str() == id && a.get_long().is_some() && id != "config");
+            if !known {
+                return Err(ConfigError::File {
+                    path: path.clone(),
+                    message: format!(
+                        "unknown field {key:?} (fields are flag names, like max-sessions)"
+                    ),
+                });
+            }
+            // Only fill in what neither a flag nor the environment set.
+            if matches!(
+                matches.value_source(&id),
+                Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            if let Some(arg) = toml_to_arg(&path, key, value)? {
+                extra.push(arg.into());
+            }
+        }
+        let mut full = args.clone();
+        full.extend(extra);
+        let matches = command
+            .try_get_matches_from(&full)
+            .map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string().trim().to_string(),
+            })?;
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+
+    /// The effective settings in the `--config` file format.
+    pub fn effective_toml(&self) -> String {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
+        line("listen", format!("{:?}", self.listen));
+        line("runtime-cli", format!("{:?}", self.runtime_cli));
+        line("host-exec", self.host_exec.to_string());
+        line("max-sessions", self.max_sessions.to_string());
+        line(
+            "max-sessions-per-instance",
+            self.max_sessions_per_instance.to_string(),
+        );
+        line("max-message-size", self.max_message_size.to_string());
+        line("idle-timeout", format!("{:?}", d(&self.idle_timeout)));
+        line("start-timeout", format!("{:?}", d(&self.start_timeout)));
+        line("shutdown-grace", format!("{:?}", d(&self.shutdown_grace)));
+        line("kill-grace", format!("{:?}", d(&self.kill_grace)));
+        if let Some(addr) = self.metrics_listen {
+            line("metrics-listen", format!("{:?}", addr.to_string()));
+        }
+        line("health-interval", format!("{:?}", d(&self.health_interval)));
+        let format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        line("log-format", format!("{format:?}"));
+        line("log-level", format!("{:?}", self.log_level));
+        out
+    }
+
     pub fn server_config(&self) -> ServerConfig {
         let mode = if self.host_exec {
             ExecMode::Host
@@ -152,6 +314,8 @@ impl Cli {
                     ..LifecycleConfig::default()
                 },
             },
+            metrics_listen: self.metrics_listen,
+            health_interval: self.health_interval,
             max_message_size: self.max_message_size,
             start_timeout: self.start_timeout,
             shutdown_grace: self.shutdown_grace,
@@ -172,6 +336,45 @@ mod tests {
         assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn config_file_fills_in_below_flags_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("execd.toml");
+        std::fs::write(
+            &file,
+            "max-sessions = 7\nmax-sessions-per-instance = 3\nidle-timeout = \"5m\"\nhost-exec = true\nlog-format = \"json\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let cli = Cli::load_from(["execd", "--config", f]).unwrap();
+        assert_eq!(cli.max_sessions, 7);
+        assert_eq!(cli.max_sessions_per_instance, 3);
+        assert_eq!(cli.idle_timeout, Duration::from_secs(300));
+        assert!(cli.host_exec);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        // A flag beats the file.
+        let cli = Cli::load_from(["execd", "--config", f, "--max-sessions", "9"]).unwrap();
+        assert_eq!(cli.max_sessions, 9);
+        assert_eq!(cli.max_sessions_per_instance, 3);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "max-sesions = 7\n").unwrap();
+        let err = Cli::load_from(["execd", "--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("max-sesions"), "{err}");
+        std::fs::write(&file, "max-sessions = \"many\"\n").unwrap();
+        let err = Cli::load_from(["execd", "--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("max-sessions"), "{err}");
+        std::fs::write(&file, "idle-timeout = \"later\"\n").unwrap();
+        let err = Cli::load_from(["execd", "--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("idle-timeout"), "{err}");
+        let err = Cli::load_from(["execd", "--config", "/nonexistent/execd.toml"]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/execd.toml"), "{err}");
     }
 
     #[test]

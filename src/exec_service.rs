@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,28 +19,36 @@ use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_server::ExecService;
 use execd_proto::exec_service::ExecMessage;
 use execd_session::{
-    new_session_id, EndReason, SessionError, SessionEvent, SessionInput, SessionManager,
-    ValidationError,
+    new_session_id, EndReason, OutputStream, SessionError, SessionEvent, SessionInput,
+    SessionManager, SessionStats, ValidationError,
 };
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::metrics::{ActiveSession, Metrics};
 use crate::protocol;
 
 /// The ExecService implementation.
 pub struct ExecServiceImpl {
     manager: SessionManager,
     start_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl ExecServiceImpl {
-    pub fn new(manager: SessionManager, start_timeout: Duration) -> Self {
+    pub fn new(manager: SessionManager, start_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         ExecServiceImpl {
             manager,
             start_timeout,
+            metrics,
         }
+    }
+
+    fn refuse(&self, session_id: &str, err: SessionError) -> Response<ExecResponseStream> {
+        self.metrics.record_refused(&err);
+        Response::new(ExecResponseStream::failed(session_id, &err))
     }
 }
 
@@ -53,6 +62,8 @@ pub struct ExecResponseStream {
     events: Option<mpsc::Receiver<SessionEvent>>,
     span: tracing::Span,
     started_at: Instant,
+    /// Present once STARTED: metrics and counters of the running session.
+    active: Option<(ActiveSession, Arc<SessionStats>)>,
 }
 
 impl ExecResponseStream {
@@ -65,6 +76,7 @@ impl ExecResponseStream {
             events: None,
             span: tracing::Span::none(),
             started_at: Instant::now(),
+            active: None,
         }
     }
 
@@ -72,6 +84,8 @@ impl ExecResponseStream {
         session_id: &str,
         events: mpsc::Receiver<SessionEvent>,
         span: tracing::Span,
+        active: ActiveSession,
+        stats: Arc<SessionStats>,
     ) -> Self {
         ExecResponseStream {
             session_id: session_id.to_string(),
@@ -79,7 +93,19 @@ impl ExecResponseStream {
             events: Some(events),
             span,
             started_at: Instant::now(),
+            active: Some((active, stats)),
         }
+    }
+
+    fn duration_ms(&self) -> u64 {
+        self.started_at.elapsed().as_millis() as u64
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        self.active
+            .as_ref()
+            .map(|(_, s)| (s.stdin_bytes(), s.output_bytes()))
+            .unwrap_or_default()
     }
 }
 
@@ -98,23 +124,42 @@ impl Stream for ExecResponseStream {
         let id = this.session_id.as_str();
         let item = match event {
             Some(SessionEvent::Output { stream, data }) => {
+                if let Some((active, _)) = &this.active {
+                    let name = match stream {
+                        OutputStream::Stdout => "stdout",
+                        OutputStream::Stderr => "stderr",
+                    };
+                    active.metrics().record_bytes(name, data.len());
+                }
                 return Poll::Ready(Some(Ok(protocol::output(id, stream, data))));
             }
             Some(SessionEvent::Exited { code }) => {
+                let (stdin_bytes, output_bytes) = this.bytes();
+                let duration_ms = this.duration_ms();
                 this.span.in_scope(|| {
                     tracing::info!(
                         exit_code = code,
-                        duration_ms = this.started_at.elapsed().as_millis() as u64,
+                        duration_ms,
+                        stdin_bytes,
+                        output_bytes,
                         "session exited"
                     )
                 });
+                if let Some((active, _)) = &this.active {
+                    active.exited(code);
+                }
                 Ok(protocol::exited(id, code))
             }
             Some(SessionEvent::Failed(err)) => {
                 let (msg, status) = protocol::error_pair(id, &err);
+                let (stdin_bytes, output_bytes) = this.bytes();
+                let duration_ms = this.duration_ms();
                 this.span.in_scope(|| {
-                    tracing::info!(code = ?status.code(), error = %status.message(), duration_ms = this.started_at.elapsed().as_millis() as u64, "session ended")
+                    tracing::info!(code = ?status.code(), error = %status.message(), duration_ms, stdin_bytes, output_bytes, "session ended")
                 });
+                if let Some((active, _)) = &this.active {
+                    active.failed(&err);
+                }
                 this.queued.push_back(Err(status));
                 Ok(msg)
             }
@@ -156,10 +201,10 @@ impl ExecService for ExecServiceImpl {
                     "no start_request within {}s of opening the stream",
                     self.start_timeout.as_secs()
                 ));
-                return Ok(Response::new(ExecResponseStream::failed("", &SessionError::Ended(reason))));
+                return Ok(self.refuse("", SessionError::Ended(reason)));
             }
             _ = shutdown.cancelled() => {
-                return Ok(Response::new(ExecResponseStream::failed("", &SessionError::Ended(EndReason::Shutdown))));
+                return Ok(self.refuse("", SessionError::Ended(EndReason::Shutdown)));
             }
         };
         let msg = match first {
@@ -167,17 +212,11 @@ impl ExecService for ExecServiceImpl {
             Ok(None) => {
                 let reason =
                     EndReason::Protocol("the stream was closed before a start_request".into());
-                return Ok(Response::new(ExecResponseStream::failed(
-                    "",
-                    &SessionError::Ended(reason),
-                )));
+                return Ok(self.refuse("", SessionError::Ended(reason)));
             }
             Err(status) if is_too_large(&status) => {
                 let reason = EndReason::TooLarge(status.message().to_string());
-                return Ok(Response::new(ExecResponseStream::failed(
-                    "",
-                    &SessionError::Ended(reason),
-                )));
+                return Ok(self.refuse("", SessionError::Ended(reason)));
             }
             Err(status) => return Err(status),
         };
@@ -194,10 +233,7 @@ impl ExecService for ExecServiceImpl {
                 } else {
                     ""
                 };
-                return Ok(Response::new(ExecResponseStream::failed(
-                    echo,
-                    &SessionError::Ended(reason),
-                )));
+                return Ok(self.refuse(echo, SessionError::Ended(reason)));
             }
         };
         let session_id = if requested_id.is_empty() {
@@ -214,6 +250,7 @@ impl ExecService for ExecServiceImpl {
             tty = spec.tty,
         );
         let (tty, command) = (spec.tty, spec.effective_command());
+        let requested_at = Instant::now();
         match self
             .manager
             .start(Some(session_id.clone()), spec)
@@ -221,12 +258,26 @@ impl ExecService for ExecServiceImpl {
             .await
         {
             Ok(session) => {
-                span.in_scope(|| tracing::info!(?command, tty, "session started"));
-                tokio::spawn(relay_input(inbound, session.input).instrument(span.clone()));
+                let latency = requested_at.elapsed();
+                span.in_scope(|| {
+                    tracing::info!(
+                        ?command,
+                        tty,
+                        start_ms = latency.as_millis() as u64,
+                        "session started"
+                    )
+                });
+                let active = self.metrics.session_started(tty, latency);
+                tokio::spawn(
+                    relay_input(inbound, session.input, self.metrics.clone())
+                        .instrument(span.clone()),
+                );
                 Ok(Response::new(ExecResponseStream::started(
                     &session.id,
                     session.output.into_receiver(),
                     span,
+                    active,
+                    session.stats,
                 )))
             }
             Err(err) => {
@@ -236,7 +287,7 @@ impl ExecService for ExecServiceImpl {
                     _ => session_id.as_str(),
                 };
                 let _entered = span.enter();
-                Ok(Response::new(ExecResponseStream::failed(echo, &err)))
+                Ok(self.refuse(echo, err))
             }
         }
     }
@@ -244,7 +295,11 @@ impl ExecService for ExecServiceImpl {
 
 /// Feeds client messages into the session until it ends or the client stops
 /// sending. Half-closing the request stream counts as stdin EOF.
-async fn relay_input(mut inbound: Streaming<ExecMessage>, mut input: SessionInput) {
+async fn relay_input(
+    mut inbound: Streaming<ExecMessage>,
+    mut input: SessionInput,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let next = tokio::select! {
             biased;
@@ -270,6 +325,7 @@ async fn relay_input(mut inbound: Streaming<ExecMessage>, mut input: SessionInpu
         };
         match msg.payload {
             Some(Payload::InputData(data)) => {
+                metrics.record_bytes("stdin", data.data.len());
                 if !input.write(data.data).await {
                     return;
                 }

@@ -4,6 +4,8 @@
 //! - [`listener`]: TCP or unix-socket [`Listener`].
 //! - [`protocol`]: mapping between `exec_service` messages and sessions.
 //! - [`exec_service`] serves `ExecService/ExecStream`, one session per stream.
+//! - [`health`]: `grpc.health.v1` status that follows the engine.
+//! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`admin_service`] serves `execd.admin.v1.SessionAdmin`.
 //! - [`run`]: serves both until the shutdown token fires, then ends every
 //!   session (ERROR "server shutting down", processes killed) and returns.
@@ -11,9 +13,12 @@
 pub mod admin_service;
 pub mod config;
 pub mod exec_service;
+pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execd_proto::admin::session_admin_server::SessionAdminServer;
@@ -31,6 +36,14 @@ pub use listener::Listener;
 pub enum ServerError {
     #[error("serving gRPC failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("building the reflection service failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("binding the metrics listener {addr} failed: {source}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// HTTP/2 flow-control windows: large enough that one stream can move
@@ -47,19 +60,51 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let manager = SessionManager::new(config.manager.clone(), shutdown.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Some(addr) = config.metrics_listen {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| ServerError::MetricsBind { addr, source })?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    }
     let exec = ExecServiceServer::new(exec_service::ExecServiceImpl::new(
         manager.clone(),
         config.start_timeout,
+        metrics,
     ))
     .max_decoding_message_size(config.max_message_size);
     let admin = SessionAdminServer::new(admin_service::SessionAdminImpl::new(manager.clone()));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // NOT_SERVING until the first engine check has answered.
+    for service in health::SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(health::monitor(
+        health_reporter,
+        manager.mode().clone(),
+        config.health_interval,
+        shutdown.clone(),
+    ));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(execd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let router = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(exec)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let signal = shutdown.clone().cancelled_owned();
     let local = listener.local_addr();
     tracing::info!(listen = %local, mode = ?manager.mode(), "execd serving");

@@ -2,7 +2,6 @@
 //! SIGTERM.
 
 use anyhow::Context;
-use clap::Parser;
 use execd::config::LogFormat;
 use execd::{Cli, Listener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -28,7 +27,11 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::load_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if cli.print_config {
+        print!("{}", cli.effective_toml());
+        return Ok(());
+    }
     init_logging(&cli)?;
     let listener = Listener::bind(&cli.listen)
         .await

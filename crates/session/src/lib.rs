@@ -37,6 +37,7 @@ pub use error::{EndReason, ErrorKind, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};
 pub use registry::{
     CloseTarget, InstanceEvent, InstanceEventKind, Limits, Registration, Registry, SessionSnapshot,
+    SessionStats,
 };
 pub use session::{
     LifecycleConfig, OutputStream, Session, SessionEvent, SessionInput, SessionOutput,

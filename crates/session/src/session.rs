@@ -110,6 +110,8 @@ pub struct Session {
     pub id: String,
     pub input: SessionInput,
     pub output: SessionOutput,
+    /// Live byte and activity counters (also shown by the admin API).
+    pub stats: Arc<SessionStats>,
 }
 
 /// The client-facing input side: stdin, EOF, resize, ending.
@@ -269,6 +271,7 @@ pub(crate) fn launch(l: Launch) -> Session {
     };
     tokio::spawn(pump.run());
     Session {
+        stats: entry.stats.clone(),
         id: l.id,
         input: SessionInput {
             stdin: stdin_tx,

@@ -1,0 +1,372 @@
+//! Prometheus metrics, served at `/metrics` on `--metrics-listen`.
+//!
+//! Recorded by the ExecStream handler at the points the protocol defines:
+//! STARTED (started, start latency, active), every output/input chunk
+//! (bytes), and the terminal status (ended by outcome, exit code class).
+//! An RAII [`ActiveSession`] makes sure a session that vanishes without a
+//! terminal status (client gone) still leaves the gauge and counts right.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use execd_session::preflight::PreflightError;
+use execd_session::spawn::SpawnError;
+use execd_session::{EndReason, ErrorKind, SessionError};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TtyLabels {
+    pub tty: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExitClassLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: String,
+}
+
+/// All of execd's metrics and the registry that exposes them.
+pub struct Metrics {
+    registry: Registry,
+    sessions_active: Family<TtyLabels, Gauge>,
+    sessions_started: Family<TtyLabels, Counter>,
+    sessions_ended: Family<OutcomeLabels, Counter>,
+    start_latency: Histogram,
+    bytes: Family<StreamLabels, Counter>,
+    exit_codes: Family<ExitClassLabels, Counter>,
+    runtime_failures: Family<FailureLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn tty_label(tty: bool) -> TtyLabels {
+    TtyLabels {
+        tty: tty.to_string(),
+    }
+}
+
+/// The outcome label of a session that ended with an error.
+pub fn outcome_of(err: &SessionError) -> &'static str {
+    match err {
+        SessionError::Ended(EndReason::ClientGone) => "cancelled",
+        SessionError::Ended(EndReason::Closed(_)) => "closed",
+        SessionError::Ended(EndReason::IdleTimeout) => "idle",
+        SessionError::Ended(EndReason::Shutdown) => "shutdown",
+        other => match other.kind() {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Aborted => "closed",
+            ErrorKind::DeadlineExceeded => "idle",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Internal => "internal",
+        },
+    }
+}
+
+/// Exit codes by class: success, failure, not executable, not found, signal.
+pub fn exit_class(code: i32) -> &'static str {
+    match code {
+        0 => "0",
+        126 => "126",
+        127 => "127",
+        c if c > 128 => "signal",
+        _ => "1-125",
+    }
+}
+
+/// The runtime failure behind an error, if it was one.
+fn runtime_failure(err: &SessionError) -> Option<&'static str> {
+    match err {
+        SessionError::Preflight(PreflightError::NotFound { .. }) => Some("container_not_found"),
+        SessionError::Preflight(PreflightError::NotRunning { .. }) => Some("container_not_running"),
+        SessionError::Preflight(PreflightError::EngineUnavailable { .. }) => {
+            Some("engine_unavailable")
+        }
+        SessionError::Preflight(PreflightError::CliNotFound { .. })
+        | SessionError::Spawn(SpawnError::ProgramNotFound { .. })
+        | SessionError::Spawn(SpawnError::NotExecutable { .. }) => Some("cli_missing"),
+        SessionError::Preflight(PreflightError::Failed { .. }) => Some("inspect_failed"),
+        SessionError::Spawn(_) => Some("spawn_failed"),
+        _ => None,
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("execd");
+        let sessions_active = Family::<TtyLabels, Gauge>::default();
+        registry.register(
+            "sessions_active",
+            "Sessions currently running",
+            sessions_active.clone(),
+        );
+        let sessions_started = Family::<TtyLabels, Counter>::default();
+        registry.register(
+            "sessions_started",
+            "Sessions that reached STARTED",
+            sessions_started.clone(),
+        );
+        let sessions_ended = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sessions_ended",
+            "Sessions that ended (refused ones included), by outcome",
+            sessions_ended.clone(),
+        );
+        let start_latency = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "session_start_latency_seconds",
+            "Time from start_request to STARTED",
+            start_latency.clone(),
+        );
+        let bytes = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "bytes",
+            "Bytes moved, by stream (stdin, stdout, stderr)",
+            bytes.clone(),
+        );
+        let exit_codes = Family::<ExitClassLabels, Counter>::default();
+        registry.register(
+            "exit_codes",
+            "Exit codes of EXITED sessions, by class",
+            exit_codes.clone(),
+        );
+        let runtime_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "runtime_failures",
+            "Failures of the runtime CLI or engine, by kind",
+            runtime_failures.clone(),
+        );
+        Metrics {
+            registry,
+            sessions_active,
+            sessions_started,
+            sessions_ended,
+            start_latency,
+            bytes,
+            exit_codes,
+            runtime_failures,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn record_bytes(&self, stream: &'static str, n: usize) {
+        self.bytes
+            .get_or_create(&StreamLabels {
+                stream: stream.to_string(),
+            })
+            .inc_by(n as u64);
+    }
+
+    /// A session was refused before it started.
+    pub fn record_refused(&self, err: &SessionError) {
+        self.record_error_outcome(err);
+    }
+
+    fn record_error_outcome(&self, err: &SessionError) {
+        self.sessions_ended
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome_of(err).to_string(),
+            })
+            .inc();
+        if let Some(kind) = runtime_failure(err) {
+            self.runtime_failures
+                .get_or_create(&FailureLabels {
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// A session reached STARTED; the returned guard ends it in the metrics.
+    pub fn session_started(
+        self: &Arc<Self>,
+        tty: bool,
+        latency: std::time::Duration,
+    ) -> ActiveSession {
+        self.sessions_started.get_or_create(&tty_label(tty)).inc();
+        self.sessions_active.get_or_create(&tty_label(tty)).inc();
+        self.start_latency.observe(latency.as_secs_f64());
+        ActiveSession {
+            metrics: self.clone(),
+            tty,
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Keeps a session in the `sessions_active` gauge until it ends.
+pub struct ActiveSession {
+    metrics: Arc<Metrics>,
+    tty: bool,
+    ended: AtomicBool,
+}
+
+impl ActiveSession {
+    pub fn exited(&self, code: i32) {
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            let m = &self.metrics;
+            m.sessions_ended
+                .get_or_create(&OutcomeLabels {
+                    outcome: "exited".into(),
+                })
+                .inc();
+            m.exit_codes
+                .get_or_create(&ExitClassLabels {
+                    class: exit_class(code).into(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn failed(&self, err: &SessionError) {
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            self.metrics.record_error_outcome(err);
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        // No terminal status was delivered: the client went away.
+        self.failed(&SessionError::Ended(EndReason::ClientGone));
+        self.metrics
+            .sessions_active
+            .get_or_create(&tty_label(self.tty))
+            .dec();
+    }
+}
+
+/// Serves `/metrics` over plain HTTP/1.1 until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = if req.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(metrics.encode())))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+                        };
+                        response
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection failed");
+            }
+        });
+    }
+}
+
+/// Binds the metrics listener (loopback recommended).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_classes() {
+        assert_eq!(exit_class(0), "0");
+        assert_eq!(exit_class(3), "1-125");
+        assert_eq!(exit_class(127), "127");
+        assert_eq!(exit_class(137), "signal");
+    }
+
+    #[test]
+    fn active_guard_counts_a_vanished_session_as_cancelled() {
+        let m = Arc::new(Metrics::new());
+        let guard = m.session_started(true, std::time::Duration::from_millis(10));
+        assert!(m.encode().contains("execd_sessions_active{tty=\"true\"} 1"));
+        drop(guard);
+        let text = m.encode();
+        assert!(
+            text.contains("execd_sessions_active{tty=\"true\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("execd_sessions_ended_total{outcome=\"cancelled\"} 1"),
+            "{text}"
+        );
+        let guard = m.session_started(false, std::time::Duration::from_millis(10));
+        guard.exited(0);
+        drop(guard);
+        let text = m.encode();
+        assert!(
+            text.contains("execd_sessions_ended_total{outcome=\"exited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("execd_exit_codes_total{class=\"0\"} 1"),
+            "{text}"
+        );
+    }
+}

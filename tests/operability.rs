@@ -1,0 +1,485 @@
+//! Health, reflection, metrics, configuration and deployment manifests.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use clap::CommandFactory;
+use common::*;
+use serde::Deserialize;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+macro_rules! need_docker {
+    () => {
+        if !docker_or_skip(module_path!()) {
+            return;
+        }
+    };
+}
+
+async fn health(server: &TestServer, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(server.channel().await);
+    let resp = client
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(resp.status).unwrap()
+}
+
+async fn wait_health(server: &TestServer, service: &str, want: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got = health(server, service).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service:?} stuck at {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The engine "stops" and "starts" for this server only: its runtime CLI
+/// talks to the engine through a symlink the test removes and restores, so
+/// other tests keep their engine.
+#[tokio::test]
+async fn health_follows_the_engine() {
+    need_docker!();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("engine.sock");
+    let real = ["/var/run/docker.sock", "/run/docker.sock"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("docker socket");
+    std::os::unix::fs::symlink(real, &link).unwrap();
+    let cli = dir.path().join("docker-via-link");
+    std::fs::write(
+        &cli,
+        format!(
+            "#!/bin/sh\nexec docker -H unix://{} \"$@\"\n",
+            link.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut cfg = config();
+    cfg.manager.mode = execd_session::ExecMode::Container {
+        runtime_cli: cli.to_string_lossy().into_owned(),
+    };
+    cfg.health_interval = Duration::from_millis(200);
+    let server = start_server(cfg).await;
+    for service in [
+        "",
+        "exec_service.ExecService",
+        "execd.admin.v1.SessionAdmin",
+    ] {
+        wait_health(&server, service, ServingStatus::Serving).await;
+    }
+    std::fs::remove_file(&link).unwrap();
+    wait_health(&server, "", ServingStatus::NotServing).await;
+    wait_health(
+        &server,
+        "exec_service.ExecService",
+        ServingStatus::NotServing,
+    )
+    .await;
+    // Liveness does not follow the engine.
+    assert_eq!(
+        health(&server, "execd.admin.v1.SessionAdmin").await,
+        ServingStatus::Serving
+    );
+    // Sessions meanwhile fail with UNAVAILABLE, not "exit 1".
+    let t = server
+        .exec(req(shared_container(), &["true"]))
+        .await
+        .finish()
+        .await;
+    t.assert_error(tonic::Code::Unavailable);
+    std::os::unix::fs::symlink(real, &link).unwrap();
+    wait_health(&server, "", ServingStatus::Serving).await;
+    wait_health(&server, "exec_service.ExecService", ServingStatus::Serving).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::v1;
+    use tonic_reflection::pb::v1alpha;
+    let server = start_server(config()).await;
+    let expected: BTreeSet<String> = [
+        "exec_service.ExecService",
+        "execd.admin.v1.SessionAdmin",
+        "grpc.health.v1.Health",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = responses.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        panic!("unexpected {resp:?}");
+    };
+    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.is_superset(&expected), "{names:?}");
+
+    // `describe` needs the file that defines a symbol.
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "exec_service.ExecMessage".into(),
+            ),
+        ),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = responses.message().await.unwrap().unwrap();
+    assert!(matches!(
+        resp.message_response,
+        Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+    ));
+
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = responses.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        panic!("unexpected {resp:?}");
+    };
+    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.is_superset(&expected), "{names:?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Samples of the exposition as `name{labels}` → value.
+async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The server binds its metrics listener in its own task: retry briefly.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("metrics endpoint {addr}: {e}"),
+        }
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_sessions_bytes_and_outcomes_exactly() {
+    need_docker!();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cfg = config();
+    cfg.metrics_listen = Some(addr);
+    let server = start_server(cfg).await;
+    let before = scrape(addr).await;
+    assert_eq!(
+        before.get("execd_sessions_started_total{tty=\"false\"}"),
+        None
+    );
+
+    let t = server
+        .exec(req(shared_container(), &["echo", "hello"]))
+        .await
+        .finish()
+        .await;
+    assert_eq!(t.assert_exited(), 0);
+    let t = server
+        .exec(req(
+            shared_container(),
+            &["sh", "-c", "echo oops >&2; exit 3"],
+        ))
+        .await
+        .finish()
+        .await;
+    assert_eq!(t.assert_exited(), 3);
+    let mut tty = req(shared_container(), &["cat"]);
+    tty.tty = true;
+    let mut exec = server.exec(tty).await;
+    exec.started().await;
+    exec.send(input_msg("abc")).await;
+    exec.read_until("abc").await;
+    drop(exec);
+    let t = server
+        .exec(req("execd-no-such-container", &["true"]))
+        .await
+        .finish()
+        .await;
+    t.assert_error(tonic::Code::NotFound);
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let m = loop {
+        let m = scrape(addr).await;
+        if m.get("execd_sessions_active{tty=\"true\"}") == Some(&0.0) {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tty session never ended: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    assert_eq!(get("execd_sessions_started_total{tty=\"false\"}"), 2.0);
+    assert_eq!(get("execd_sessions_started_total{tty=\"true\"}"), 1.0);
+    assert_eq!(get("execd_sessions_active{tty=\"false\"}"), 0.0);
+    assert_eq!(get("execd_sessions_ended_total{outcome=\"exited\"}"), 2.0);
+    assert_eq!(
+        get("execd_sessions_ended_total{outcome=\"cancelled\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("execd_sessions_ended_total{outcome=\"not_found\"}"),
+        1.0
+    );
+    assert_eq!(get("execd_exit_codes_total{class=\"0\"}"), 1.0);
+    assert_eq!(get("execd_exit_codes_total{class=\"1-125\"}"), 1.0);
+    assert_eq!(get("execd_bytes_total{stream=\"stderr\"}"), 5.0);
+    assert!(get("execd_bytes_total{stream=\"stdout\"}") >= 6.0 + 3.0);
+    assert_eq!(get("execd_bytes_total{stream=\"stdin\"}"), 3.0);
+    assert_eq!(
+        get("execd_runtime_failures_total{kind=\"container_not_found\"}"),
+        1.0
+    );
+    assert_eq!(get("execd_session_start_latency_seconds_count"), 3.0);
+}
+
+#[test]
+fn config_precedence_is_flag_then_env_then_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("execd.toml");
+    std::fs::write(
+        &file,
+        "max-sessions = 11\nmax-sessions-per-instance = 12\nkill-grace = \"1s\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--max-sessions",
+            "21",
+        ])
+        .env("EXECD_MAX_SESSIONS", "31")
+        .env("EXECD_MAX_SESSIONS_PER_INSTANCE", "32")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("max-sessions = 21\n"), "flag wins: {text}");
+    assert!(
+        text.contains("max-sessions-per-instance = 32\n"),
+        "env beats file: {text}"
+    );
+    assert!(
+        text.contains("kill-grace = \"1s\"\n"),
+        "file beats default: {text}"
+    );
+    assert!(
+        text.contains("shutdown-grace = \"10s\"\n"),
+        "default: {text}"
+    );
+    // The output is itself a valid config file.
+    std::fs::write(&file, &text).unwrap();
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["--config", file.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), text);
+
+    std::fs::write(&file, "max-sessions = \"lots\"\n").unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("max-sessions"), "{err}");
+}
+
+fn flag_name(arg: &str) -> Option<String> {
+    arg.strip_prefix("--")
+        .map(|f| format!("--{}", f.split('=').next().unwrap_or_default()))
+}
+
+fn env_names(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("EXECD_"))
+        .map(String::from)
+        .collect()
+}
+
+/// Every flag and `EXECD_*` variable the deployment files use must be one
+/// execd accepts, so the manifests cannot rot.
+#[test]
+fn deployment_manifests_only_use_real_flags() {
+    let command = execd::Cli::command();
+    let flags: BTreeSet<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let envs: BTreeSet<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut used_flags: Vec<(String, String)> = Vec::new();
+    let mut used_envs: Vec<(String, String)> = Vec::new();
+
+    // systemd: the ExecStart command line and Environment= lines.
+    let unit = std::fs::read_to_string(deploy.join("execd.service")).unwrap();
+    for line in unit.lines() {
+        if let Some(cmd) = line.strip_prefix("ExecStart=") {
+            assert!(cmd.contains("execd"), "{cmd}");
+            used_flags.extend(
+                cmd.split_whitespace()
+                    .filter_map(flag_name)
+                    .map(|f| ("execd.service".into(), f)),
+            );
+        }
+        if line.starts_with("Environment=") {
+            used_envs.extend(
+                env_names(line)
+                    .into_iter()
+                    .map(|e| ("execd.service".into(), e)),
+            );
+        }
+    }
+
+    // Dockerfile: the arguments of CMD and the ENV lines.
+    let dockerfile = std::fs::read_to_string(deploy.join("Dockerfile")).unwrap();
+    for line in dockerfile.lines() {
+        if let Some(json) = line.strip_prefix("CMD ") {
+            let args: Vec<String> = serde_json::from_str(json).unwrap();
+            used_flags.extend(
+                args.iter()
+                    .filter_map(|a| flag_name(a))
+                    .map(|f| ("Dockerfile".into(), f)),
+            );
+        }
+        if line.starts_with("ENV ") {
+            used_envs.extend(
+                env_names(line)
+                    .into_iter()
+                    .map(|e| ("Dockerfile".into(), e)),
+            );
+        }
+    }
+
+    // Kubernetes: every container's args and env of every document.
+    let manifest = std::fs::read_to_string(deploy.join("kubernetes/daemonset.yaml")).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&manifest) {
+        let value = serde_yaml_ng::Value::deserialize(doc).unwrap();
+        kinds.push(value["kind"].as_str().unwrap_or_default().to_string());
+        let containers = &value["spec"]["template"]["spec"]["containers"];
+        for container in containers.as_sequence().into_iter().flatten() {
+            for arg in container["args"].as_sequence().into_iter().flatten() {
+                let arg = arg.as_str().expect("string arg");
+                let flag = flag_name(arg).expect("args are flags");
+                used_flags.push(("daemonset.yaml".into(), flag));
+            }
+            for env in container["env"].as_sequence().into_iter().flatten() {
+                used_envs.push((
+                    "daemonset.yaml".into(),
+                    env["name"].as_str().unwrap().to_string(),
+                ));
+            }
+            assert!(
+                container["readinessProbe"]["grpc"].is_mapping(),
+                "readiness via gRPC health"
+            );
+            assert!(
+                container["livenessProbe"]["grpc"].is_mapping(),
+                "liveness via gRPC health"
+            );
+        }
+    }
+    assert_eq!(kinds, ["Namespace", "DaemonSet", "Service"]);
+    for (file, flag) in &used_flags {
+        assert!(flags.contains(flag), "{file}: execd has no flag {flag}");
+    }
+    for (file, var) in &used_envs {
+        assert!(envs.contains(var), "{file}: execd reads no {var}");
+    }
+    assert!(
+        used_flags.len() >= 6 && used_envs.len() >= 5,
+        "{used_flags:?} {used_envs:?}"
+    );
+}
