@@ -128,18 +128,14 @@ pub async fn run(
         ),
     };
     let mut serve = serve;
+    let mut shutdown_at = None;
     let result = tokio::select! {
         r = &mut serve => r,
         _ = shutdown.cancelled() => {
+            shutdown_at = Some(Instant::now());
             // Sessions got their ERROR and are killing their processes; the
-            // server drains the streams. Wait for both, but not forever.
-            let deadline = Instant::now() + config.shutdown_grace;
-            let drained = wait_for_sessions(&manager, deadline).await;
-            if !drained {
-                tracing::warn!(left = manager.registry().total(), "shutdown grace elapsed with sessions left");
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(200));
-            match tokio::time::timeout(remaining, &mut serve).await {
+            // server drains the streams, but not forever.
+            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!("shutdown grace elapsed; dropping remaining connections");
@@ -148,6 +144,17 @@ pub async fn run(
             }
         }
     };
+    if shutdown.is_cancelled() {
+        // The streams may be gone before the processes are: returning now
+        // would drop the runtime under the reapers.
+        let deadline = shutdown_at.unwrap_or_else(Instant::now) + config.shutdown_grace;
+        if !wait_for_sessions(&manager, deadline).await {
+            tracing::warn!(
+                left = manager.registry().total(),
+                "shutdown grace elapsed with sessions left"
+            );
+        }
+    }
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
     }

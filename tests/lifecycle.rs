@@ -83,6 +83,28 @@ async fn cancel_in_tty_mode_leaves_no_process_in_the_container() {
     cancel_leaves_nothing(true).await;
 }
 
+/// Ending a session the instant it started must still catch its process,
+/// which may only be coming up inside the container at that moment.
+#[tokio::test]
+async fn cancel_right_after_started_leaves_nothing() {
+    need_docker!();
+    let server = start_server(config()).await;
+    let n = marker();
+    for (i, tty) in [(0, false), (1, true)] {
+        let mut r = req(shared_container(), &["sleep", &(n + i).to_string()]);
+        r.tty = tty;
+        let mut exec = server.exec(r).await;
+        exec.started().await;
+        drop(exec);
+    }
+    // Give a late starter the chance to show up before looking.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..2 {
+        let left = wait_until_gone(shared_container(), &format!("sleep {}", n + i), GONE_WITHIN).await;
+        assert!(left.is_empty(), "left in container: {left:?}");
+    }
+}
+
 #[tokio::test]
 async fn admin_lists_and_closes_sessions() {
     need_docker!();

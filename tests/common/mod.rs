@@ -176,16 +176,20 @@ pub async fn wait_until_running(container: &str, needle: &str) {
     }
 }
 
-/// A unique number for process markers like `sleep 3<n>`.
+/// A unique number for process markers like `sleep <n>`. Tests may use
+/// `n + 1` … `n + 9` too, so markers are ten apart.
 pub fn marker() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    100_000 + (std::process::id() % 5_000) * 100 + n % 100
+    100_000 + (std::process::id() % 5_000) * 1_000 + (n % 100) * 10
 }
 
 /// A running server on an ephemeral loopback port.
 pub struct TestServer {
+    /// One connection shared by every session of a test, like a real
+    /// client multiplexing streams.
+    shared: tokio::sync::OnceCell<Channel>,
     pub addr: String,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<Result<(), execd::ServerError>>,
@@ -198,11 +202,19 @@ pub fn config() -> ServerConfig {
 }
 
 pub async fn start_server(config: ServerConfig) -> TestServer {
+    // EXECD_TEST_LOG=debug (or any filter) shows the server's logs.
+    if let Ok(filter) = std::env::var("EXECD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let listener = Listener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = format!("http://{}", listener.local_addr());
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(execd::run(listener, config, shutdown.clone()));
     TestServer {
+        shared: tokio::sync::OnceCell::new(),
         addr,
         shutdown,
         handle,
@@ -219,7 +231,8 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> ExecServiceClient<Channel> {
-        ExecServiceClient::new(self.channel().await).max_decoding_message_size(64 * 1024 * 1024)
+        let channel = self.shared.get_or_init(|| self.channel()).await.clone();
+        ExecServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
     }
 
     pub async fn admin(&self) -> SessionAdminClient<Channel> {

@@ -14,7 +14,8 @@
 //!   so a missing container is an error rather than "exit 1".
 //! - [`session`]: the running session's tasks and the [`Session`] handle
 //!   (input side, output side) the server drives.
-//! - [`reaper`]: ending a session's processes inside the container too.
+//! - [`reaper`]: ending a session's processes inside the container too;
+//!   [`procfs`] runs its `/proc` scans on one dedicated thread.
 //! - [`manager`]: [`SessionManager::start`], which ties the above together.
 //! - [`error`]: [`SessionError`] and its transport-neutral [`ErrorKind`].
 //! - `status` (feature `grpc-status`): the single mapping of those onto
@@ -24,6 +25,7 @@ pub mod command;
 pub mod error;
 pub mod manager;
 pub mod preflight;
+pub mod procfs;
 pub mod pty;
 pub mod reaper;
 pub mod registry;

@@ -3,6 +3,7 @@
 //! running [`Session`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,8 @@ struct AbandonGuard {
     session_id: String,
     container: Option<ContainerRef>,
     tty: bool,
-    grace: std::time::Duration,
+    grace: Duration,
+    started: std::time::Instant,
     armed: bool,
 }
 
@@ -75,8 +77,11 @@ impl Drop for AbandonGuard {
             nix::sys::signal::Signal::SIGTERM
         };
         let grace = self.grace;
+        let started = self.started;
         handle.spawn(async move {
             reaper::reap_session(&id, polite, grace, container.as_ref()).await;
+            reaper::reap_late_starters(&id, started, Duration::from_millis(300), polite, grace)
+                .await;
         });
     }
 }
@@ -138,6 +143,7 @@ impl SessionManager {
 
         let runtime = spec.build_command(&self.mode, &id);
         let size = TermSize::from_client(spec.rows, spec.cols);
+        let spawned_at = std::time::Instant::now();
         let mut spawned = if spec.tty {
             spawn::spawn_in_terminal(&runtime, size)?
         } else {
@@ -145,9 +151,19 @@ impl SessionManager {
         };
         let mut abandon = AbandonGuard {
             session_id: id.clone(),
-            container: None,
+            // init_pid unknown yet: if execd cannot see the container's
+            // processes, the reaper falls back to the runtime CLI.
+            container: match self.mode.as_ref() {
+                ExecMode::Container { runtime_cli } => Some(ContainerRef {
+                    runtime_cli: runtime_cli.clone(),
+                    container_id: spec.container_id.clone(),
+                    init_pid: 0,
+                }),
+                ExecMode::Host => None,
+            },
             tty: spec.tty,
             grace: self.lifecycle.kill_grace,
+            started: spawned_at,
             armed: true,
         };
 
@@ -170,14 +186,17 @@ impl SessionManager {
                         init_pid: state.init_pid,
                     }),
                     Err(e) => {
-                        // The engine refused the container, so the exec
-                        // cannot have started; only the CLI needs to go.
-                        abandon.armed = false;
                         let _ = spawned.child.start_kill();
                         let _ = spawned.child.wait().await;
-                        if registration.entry().control.token().is_cancelled() {
-                            return Err(SessionError::Ended(registration.entry().control.reason()));
+                        let control = &registration.entry().control;
+                        if control.token().is_cancelled() {
+                            // Ended while the exec was under way: it may have
+                            // started, so the guard (still armed) reaps it.
+                            return Err(SessionError::Ended(control.reason()));
                         }
+                        // The engine refused the container, so the exec
+                        // cannot have started; only the CLI needed to go.
+                        abandon.armed = false;
                         return Err(e.into());
                     }
                 }
@@ -194,6 +213,7 @@ impl SessionManager {
             registration,
             container,
             config: self.lifecycle.clone(),
+            spawned_at,
         }))
     }
 }

@@ -39,19 +39,28 @@ pub enum PreflightError {
 
 const FORMAT: &str = "{{.State.Status}} {{.State.Pid}}";
 
+/// A hung engine fails the start instead of holding the client forever.
+const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Asks the engine whether `container_id` exists and runs.
 pub async fn inspect_container(
     runtime_cli: &str,
     container_id: &str,
 ) -> Result<ContainerState, PreflightError> {
-    let output = Command::new(runtime_cli)
+    let inspect = Command::new(runtime_cli)
         .args(["container", "inspect", "--format", FORMAT, container_id])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output()
+        .output();
+    let output = tokio::time::timeout(INSPECT_TIMEOUT, inspect)
         .await
+        .map_err(|_| PreflightError::EngineUnavailable {
+            message: format!(
+                "{runtime_cli} container inspect did not answer within {INSPECT_TIMEOUT:?}"
+            ),
+        })?
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                 PreflightError::CliNotFound {

@@ -12,8 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::pty::{openpty, Winsize};
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::pty::Winsize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -52,23 +52,48 @@ pub struct PtyPair {
 
 /// Opens a pseudo-terminal with `size` already applied, so the child's
 /// first look at its terminal sees the client's size.
+///
+/// Both ends are opened close-on-exec atomically (not with `openpty`, whose
+/// slave is inheritable until fixed up): with sessions starting on several
+/// threads at once, another session's child could otherwise inherit this
+/// terminal's slave, read its keystrokes, and keep its master from ever
+/// seeing end-of-file.
 pub fn open(size: TermSize) -> Result<PtyPair, PtyError> {
-    let pty = openpty(Some(&winsize(size)), None).map_err(PtyError::Open)?;
-    let flags = fcntl(pty.master.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::NonBlocking)?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    fcntl(pty.master.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(PtyError::NonBlocking)?;
-    nix::fcntl::fcntl(
-        pty.master.as_raw_fd(),
-        FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    use nix::fcntl::{open as open_path, OFlag};
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use nix::sys::stat::Mode;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+
+    let master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(PtyError::Open)?;
+    grantpt(&master).map_err(PtyError::Open)?;
+    unlockpt(&master).map_err(PtyError::Open)?;
+    let slave_path = ptsname_r(&master).map_err(PtyError::Open)?;
+    let slave = open_path(
+        slave_path.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
     )
-    .map_err(PtyError::NonBlocking)?;
-    // SAFETY: `pty.master` is an OwnedFd that the AsyncFd takes ownership
-    // of; it stays open and unchanged until the AsyncFd is dropped.
-    let fd = unsafe { AsyncFd::register(pty.master) }
-        .map_err(|e| PtyError::Register(e.into_parts().1))?;
+    .map_err(PtyError::Open)?;
+    // SAFETY: both fds were just returned by successful opens and are owned
+    // by nothing else; each is wrapped exactly once.
+    let (master, slave) = unsafe {
+        (
+            OwnedFd::from_raw_fd(master.into_raw_fd()),
+            OwnedFd::from_raw_fd(slave),
+        )
+    };
+    set_size(master.as_raw_fd(), size).map_err(PtyError::Resize)?;
+    let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::NonBlocking)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(PtyError::NonBlocking)?;
+    // SAFETY: `master` is an OwnedFd that the AsyncFd takes ownership of; it
+    // stays open and unchanged until the AsyncFd is dropped.
+    let fd =
+        unsafe { AsyncFd::register(master) }.map_err(|e| PtyError::Register(e.into_parts().1))?;
     Ok(PtyPair {
         master: PtyMaster { fd: Arc::new(fd) },
-        slave: pty.slave,
+        slave,
     })
 }
 
@@ -243,6 +268,16 @@ impl AsyncWrite for PtyWriter {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn both_ends_are_close_on_exec() {
+        let pair = open(TermSize::default()).unwrap();
+        for fd in [pair.slave.as_raw_fd(), pair.master.raw_fd()] {
+            let flags = fcntl(fd, FcntlArg::F_GETFD).unwrap();
+            assert!(nix::fcntl::FdFlag::from_bits_truncate(flags)
+                .contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+        }
+    }
 
     #[tokio::test]
     async fn opens_with_initial_size_and_resizes() {

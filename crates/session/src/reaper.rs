@@ -107,7 +107,7 @@ fn container_visible(container: &ContainerRef) -> bool {
 
 /// Signals every process of the session and waits until they are gone,
 /// escalating to SIGKILL after `grace`. Never blocks the async runtime: the
-/// `/proc` scans run on the blocking pool.
+/// `/proc` scans run on the [`crate::procfs`] worker.
 pub async fn reap_session(
     session_id: &str,
     polite: Signal,
@@ -139,11 +139,10 @@ pub async fn reap_session(
     let deadline = Instant::now() + grace;
     loop {
         let pids = first.clone();
-        let survivors = tokio::task::spawn_blocking(move || {
-            pids.into_iter().filter(|p| alive(*p)).collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let survivors =
+            crate::procfs::run(move || pids.into_iter().filter(|p| alive(*p)).collect::<Vec<_>>())
+                .await
+                .unwrap_or_default();
         if survivors.is_empty() || Instant::now() >= deadline {
             report.killed = survivors.len();
             break;
@@ -158,12 +157,41 @@ pub async fn reap_session(
     report
 }
 
+/// How long after a session started its exec may still be coming up: the
+/// runtime CLI may have asked the engine to start it just before it was
+/// killed, and the process then appears a little later.
+pub const LATE_START_WINDOW: Duration = Duration::from_secs(3);
+
+/// After the runtime CLI is gone, watches for processes of the session that
+/// appear late (until `started + LATE_START_WINDOW`, and for at least
+/// `min_watch`) and ends them too. Returns how many it caught.
+pub async fn reap_late_starters(
+    session_id: &str,
+    started: Instant,
+    min_watch: Duration,
+    polite: Signal,
+    grace: Duration,
+) -> usize {
+    let until = (started + LATE_START_WINDOW).max(Instant::now() + min_watch);
+    let mut caught = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !scan(session_id).await.is_empty() {
+            caught += reap_session(session_id, polite, grace, None).await.found;
+        }
+    }
+    caught
+}
+
 async fn scan(session_id: &str) -> Vec<i32> {
     let id = session_id.to_string();
-    tokio::task::spawn_blocking(move || find_marked(&id))
+    crate::procfs::run(move || find_marked(&id))
         .await
         .unwrap_or_default()
 }
+
+/// How long the engine may take to run the in-container fallback.
+const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Fallback when `/proc` does not show the container: a busybox/POSIX shell
 /// loop inside the container does the same marker search there.
@@ -184,14 +212,21 @@ async fn signal_inside_container(
          [ -z \"$pids\" ] && exit 0; \
          kill -{polite_name} $pids 2>/dev/null; sleep {grace_s}; kill -KILL $pids 2>/dev/null; exit 0"
     );
-    let result = Command::new(&container.runtime_cli)
+    let run = Command::new(&container.runtime_cli)
         .args(["exec", &container.container_id, "/bin/sh", "-c", &script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await;
+        .output();
+    // A hung engine must not hold the session (and its count) forever.
+    let Ok(result) = tokio::time::timeout(grace + FALLBACK_TIMEOUT, run).await else {
+        tracing::warn!(
+            session_id,
+            "in-container signalling timed out; the session's process may survive"
+        );
+        return;
+    };
     match result {
         Ok(out) if out.status.success() => {}
         Ok(out) => tracing::warn!(

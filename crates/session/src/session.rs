@@ -209,6 +209,7 @@ pub(crate) struct Launch {
     pub registration: Registration,
     pub container: Option<ContainerRef>,
     pub config: Arc<LifecycleConfig>,
+    pub spawned_at: std::time::Instant,
 }
 
 /// Starts the session's tasks and returns its handle.
@@ -229,12 +230,25 @@ pub(crate) fn launch(l: Launch) -> Session {
         terminal,
     } = l.io;
     let eof_char = terminal.as_ref().map(|t| t.eof_char);
+    // The writer stops when the session is ended or finished, whichever
+    // comes first.
+    let writer_stop = CancellationToken::new();
+    {
+        let (cancel, done, stop) = (control.token().clone(), done.clone(), writer_stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = done.cancelled() => {}
+            }
+            stop.cancel();
+        });
+    }
     tokio::spawn(write_stdin(
         stdin,
         stdin_rx,
         eof_char,
         stats.clone(),
-        control.token().clone(),
+        writer_stop,
     ));
     if let Some(terminal) = &terminal {
         tokio::spawn(resize_terminal(
@@ -268,6 +282,7 @@ pub(crate) fn launch(l: Launch) -> Session {
         container: l.container,
         registration: Some(l.registration),
         done: done.clone(),
+        started: l.spawned_at,
     };
     tokio::spawn(pump.run());
     Session {
@@ -286,18 +301,22 @@ pub(crate) fn launch(l: Launch) -> Session {
 }
 
 /// Writes client input to the child, in order, completely.
+///
+/// Every wait also watches `stop` (the session ending for any reason,
+/// including a normal exit): a process that stopped reading must not pin
+/// this task and the pipe or terminal it holds.
 async fn write_stdin(
     mut stdin: Box<dyn AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<StdinCommand>,
     eof_char: Option<u8>,
     stats: Arc<SessionStats>,
-    cancel: CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut broken = false;
     loop {
         let cmd = tokio::select! {
             cmd = rx.recv() => cmd,
-            _ = cancel.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         match cmd {
             None => return,
@@ -310,7 +329,7 @@ async fn write_stdin(
                 let len = data.len();
                 let written = tokio::select! {
                     r = stdin.write_all(&data) => r,
-                    _ = cancel.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 };
                 match written {
                     Ok(()) => stats.record_input(len),
@@ -324,15 +343,16 @@ async fn write_stdin(
                 // A terminal has no half-close: the line discipline inside
                 // the container turns this character into end-of-file.
                 Some(ch) if !broken => {
-                    let _ = stdin.write_all(&[ch]).await;
+                    let eof = [ch];
+                    tokio::select! {
+                        _ = stdin.write_all(&eof) => {}
+                        _ = stop.cancelled() => return,
+                    }
                 }
                 Some(_) => {}
                 None => {
                     // Dropping the pipe's write end is the EOF the process sees.
-                    let _ = stdin.shutdown().await;
                     drop(stdin);
-                    // Later input after EOF is dropped by SessionInput.
-                    while rx.recv().await.is_some() {}
                     return;
                 }
             },
@@ -366,15 +386,22 @@ async fn resize_terminal(
     let mut changed_at = Instant::now();
     let mut step = 0usize;
     let mut inner_pid: Option<i32> = None;
+    // After the client half-closes no new sizes come, but the checks for
+    // the last one still run to the end of their schedule.
+    let mut watching = true;
     loop {
         let next_check = schedule
             .get(step)
             .filter(|_| in_container)
             .map(|d| changed_at + *d);
+        if !watching && next_check.is_none() {
+            return;
+        }
         tokio::select! {
-            changed = sizes.changed() => {
+            changed = sizes.changed(), if watching => {
                 if changed.is_err() {
-                    return;
+                    watching = false;
+                    continue;
                 }
                 target = *sizes.borrow_and_update();
                 if let Err(e) = master.resize(target) {
@@ -387,7 +414,7 @@ async fn resize_terminal(
                 step += 1;
                 let id = session_id.clone();
                 let cached = inner_pid;
-                let (pid, verdict) = tokio::task::spawn_blocking(move || {
+                let (pid, verdict) = crate::procfs::run(move || {
                     check_container_terminal(&id, cached, target)
                 })
                 .await
@@ -487,6 +514,8 @@ struct Pump {
     container: Option<ContainerRef>,
     registration: Option<Registration>,
     done: CancellationToken,
+    /// When the runtime CLI was spawned.
+    started: std::time::Instant,
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
@@ -637,16 +666,19 @@ impl Pump {
         } else {
             Signal::SIGTERM
         };
-        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
-        if !exited {
-            let report = reaper::reap_session(
-                &self.id,
-                polite,
-                self.config.kill_grace,
-                self.container.as_ref(),
-            )
-            .await;
-            tracing::debug!(session_id = %self.id, ?report, "session processes signalled");
+        // Even when the session's own process already exited (the session
+        // was ended while draining), what it left running must go too.
+        let report = reaper::reap_session(
+            &self.id,
+            polite,
+            self.config.kill_grace,
+            self.container.as_ref(),
+        )
+        .await;
+        tracing::debug!(session_id = %self.id, ?report, "session processes signalled");
+        let reaped = matches!(self.child.try_wait(), Ok(Some(_)));
+        let cli_was_running = !reaped;
+        if !reaped {
             if let Some(pid) = self.child.id() {
                 // The child leads its own process group (host-exec children
                 // too), so the whole group goes.
@@ -655,10 +687,28 @@ impl Pump {
                     Signal::SIGKILL,
                 );
             }
+            let _ = self.child.start_kill();
+            if let Err(e) = self.child.wait().await {
+                tracing::warn!(session_id = %self.id, error = %e, "reaping the runtime CLI failed");
+            }
         }
-        let _ = self.child.start_kill();
-        if let Err(e) = self.child.wait().await {
-            tracing::warn!(session_id = %self.id, error = %e, "reaping the runtime CLI failed");
+        // Ended right after STARTED: the exec may still have been on its way
+        // into the container when the CLI died.
+        if cli_was_running
+            && self.container.is_some()
+            && self.started.elapsed() < reaper::LATE_START_WINDOW
+        {
+            let caught = reaper::reap_late_starters(
+                &self.id,
+                self.started,
+                Duration::from_millis(300),
+                polite,
+                self.config.kill_grace,
+            )
+            .await;
+            if caught > 0 {
+                tracing::debug!(session_id = %self.id, caught, "late-starting processes ended");
+            }
         }
     }
 }
