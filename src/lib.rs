@@ -50,6 +50,9 @@ pub enum ServerError {
 /// hundreds of MiB/s on loopback, small enough to bound per-stream buffering.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest HTTP/2 frame execd accepts; clients that accept large frames too
+/// get output in fewer, larger frames.
+const MAX_FRAME: u32 = 1024 * 1024;
 
 /// Serves ExecService and SessionAdmin on `listener` until `shutdown` is
 /// cancelled; then ends all sessions and returns within about
@@ -100,6 +103,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .add_service(exec)
         .add_service(admin)
         .add_service(health)

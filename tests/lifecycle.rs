@@ -100,7 +100,8 @@ async fn cancel_right_after_started_leaves_nothing() {
     // Give a late starter the chance to show up before looking.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..2 {
-        let left = wait_until_gone(shared_container(), &format!("sleep {}", n + i), GONE_WITHIN).await;
+        let left =
+            wait_until_gone(shared_container(), &format!("sleep {}", n + i), GONE_WITHIN).await;
         assert!(left.is_empty(), "left in container: {left:?}");
     }
 }

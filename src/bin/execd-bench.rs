@@ -48,6 +48,9 @@ struct Args {
     /// execd binary to start (default: the one next to this binary)
     #[arg(long)]
     execd: Option<PathBuf>,
+    /// Run only these scenarios (start, pipe, tty, keys, concurrency, slow)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 // ---------------------------------------------------------------- stats --
@@ -247,6 +250,7 @@ impl Execd {
         Ok(Endpoint::try_from("http://execd.invalid")?
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(1024 * 1024)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -693,6 +697,7 @@ async fn main() -> Result<()> {
     let execd = Execd::start(&binary).await?;
     let channel = execd.channel().await?;
     let q = args.quick;
+    let run = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
 
@@ -700,166 +705,173 @@ async fn main() -> Result<()> {
     start_latency_docker(3).await?;
     start_latency_execd(&channel, 3).await?;
 
-    eprintln!("1/6 start latency");
-    let n = if q { 10 } else { 50 };
-    let (e_first, e_exit) = start_latency_execd(&channel, n).await?;
-    let (d_first, d_exit) = start_latency_docker(n).await?;
-    let ratio_ok = |e: f64, d: f64, max: f64| Some(e / d <= max);
-    rows.push(Row {
-        scenario: format!("start ({n}× echo x)"),
-        metric: "first byte, median".into(),
-        execd: e_first.median(),
-        docker: Some(d_first.median()),
-        unit: "ms".into(),
-        target: "ratio ≤ 1.05".into(),
-        met: ratio_ok(e_first.median(), d_first.median(), 1.05),
-    });
-    rows.push(Row {
-        scenario: format!("start ({n}× echo x)"),
-        metric: "first byte, p99".into(),
-        execd: e_first.p99(),
-        docker: Some(d_first.p99()),
-        unit: "ms".into(),
-        target: "ratio ≤ 1.2".into(),
-        met: ratio_ok(e_first.p99(), d_first.p99(), 1.2),
-    });
-    rows.push(Row {
-        scenario: format!("start ({n}× echo x)"),
-        metric: "exit, median".into(),
-        execd: e_exit.median(),
-        docker: Some(d_exit.median()),
-        unit: "ms".into(),
-        target: String::new(),
-        met: None,
-    });
-    rows.push(Row {
-        scenario: format!("start ({n}× echo x)"),
-        metric: "exit, p99".into(),
-        execd: e_exit.p99(),
-        docker: Some(d_exit.p99()),
-        unit: "ms".into(),
-        target: String::new(),
-        met: None,
-    });
-
-    eprintln!("2/6 pipe throughput");
-    let count = if q { 1024 } else { 8192 };
-    let mut e = Vec::new();
-    let mut d = Vec::new();
-    for _ in 0..3 {
-        e.push(throughput_execd(&channel, false, count).await?);
-        d.push(throughput_docker_pipe(count).await?);
-    }
-    let (e, d) = (Samples(e).median(), Samples(d).median());
-    rows.push(Row {
-        scenario: format!("pipe throughput ({} MiB, median of 3)", count / 16),
-        metric: "rate".into(),
-        execd: e,
-        docker: Some(d),
-        unit: "MiB/s".into(),
-        target: "ratio ≥ 0.95".into(),
-        met: Some(e / d >= 0.95),
-    });
-
-    eprintln!("3/6 tty throughput");
-    let count = if q { 512 } else { 2048 };
-    let mut e = Vec::new();
-    let mut d = Vec::new();
-    for _ in 0..3 {
-        e.push(throughput_execd(&channel, true, count).await?);
-        d.push(throughput_docker_tty(count).await?);
-    }
-    let (e, d) = (Samples(e).median(), Samples(d).median());
-    rows.push(Row {
-        scenario: format!("tty throughput ({} MiB, median of 3)", count / 16),
-        metric: "rate".into(),
-        execd: e,
-        docker: Some(d),
-        unit: "MiB/s".into(),
-        target: "ratio ≥ 0.95".into(),
-        met: Some(e / d >= 0.95),
-    });
-
-    eprintln!("4/6 keystroke round trip");
-    let n = if q { 200 } else { 1000 };
-    let mut s = open(&channel, &["cat"], true).await?;
-    let e = keystrokes_execd(&mut s, n).await?;
-    drop(s);
-    let d = keystrokes_docker(n).await?;
-    for (metric, ev, dv) in [
-        ("median", e.median(), d.median()),
-        ("p99", e.p99(), d.p99()),
-    ] {
+    if run("start") {
+        eprintln!("1/6 start latency");
+        let n = if q { 10 } else { 50 };
+        let (e_first, e_exit) = start_latency_execd(&channel, n).await?;
+        let (d_first, d_exit) = start_latency_docker(n).await?;
+        let ratio_ok = |e: f64, d: f64, max: f64| Some(e / d <= max);
         rows.push(Row {
-            scenario: format!("keystroke round trip ({n}× 1 byte, tty cat)"),
-            metric: metric.into(),
-            execd: ev,
-            docker: Some(dv),
+            scenario: format!("start ({n}× echo x)"),
+            metric: "first byte, median".into(),
+            execd: e_first.median(),
+            docker: Some(d_first.median()),
             unit: "ms".into(),
-            target: if metric == "p99" {
-                "≤ docker + 2 ms".into()
-            } else {
-                String::new()
-            },
-            met: (metric == "p99").then_some(ev <= dv + 2.0),
+            target: "ratio ≤ 1.05".into(),
+            met: ratio_ok(e_first.median(), d_first.median(), 1.05),
+        });
+        rows.push(Row {
+            scenario: format!("start ({n}× echo x)"),
+            metric: "first byte, p99".into(),
+            execd: e_first.p99(),
+            docker: Some(d_first.p99()),
+            unit: "ms".into(),
+            target: "ratio ≤ 1.2".into(),
+            met: ratio_ok(e_first.p99(), d_first.p99(), 1.2),
+        });
+        rows.push(Row {
+            scenario: format!("start ({n}× echo x)"),
+            metric: "exit, median".into(),
+            execd: e_exit.median(),
+            docker: Some(d_exit.median()),
+            unit: "ms".into(),
+            target: String::new(),
+            met: None,
+        });
+        rows.push(Row {
+            scenario: format!("start ({n}× echo x)"),
+            metric: "exit, p99".into(),
+            execd: e_exit.p99(),
+            docker: Some(d_exit.p99()),
+            unit: "ms".into(),
+            target: String::new(),
+            met: None,
         });
     }
-
-    eprintln!("5/6 concurrency");
-    let levels: &[usize] = if q { &[20, 50] } else { &[50, 100, 200] };
-    for &level in levels {
-        let r = concurrency(&execd, &channel, level, if q { 50 } else { 200 }).await?;
+    if run("pipe") {
+        eprintln!("2/6 pipe throughput");
+        let count = if q { 1024 } else { 8192 };
+        let mut e = Vec::new();
+        let mut d = Vec::new();
+        for _ in 0..3 {
+            e.push(throughput_execd(&channel, false, count).await?);
+            d.push(throughput_docker_pipe(count).await?);
+        }
+        let (e, d) = (Samples(e).median(), Samples(d).median());
         rows.push(Row {
-            scenario: format!("{} idle tty sessions", r.sessions),
-            metric: "execd RSS per session".into(),
-            execd: r.rss_per_session_kib,
-            docker: None,
-            unit: "KiB".into(),
-            target: "≤ 64 KiB".into(),
-            met: Some(r.rss_per_session_kib <= 64.0),
+            scenario: format!("pipe throughput ({} MiB, median of 3)", count / 16),
+            metric: "rate".into(),
+            execd: e,
+            docker: Some(d),
+            unit: "MiB/s".into(),
+            target: "ratio ≥ 0.95".into(),
+            met: Some(e / d >= 0.95),
         });
+    }
+    if run("tty") {
+        eprintln!("3/6 tty throughput");
+        let count = if q { 512 } else { 2048 };
+        let mut e = Vec::new();
+        let mut d = Vec::new();
+        for _ in 0..3 {
+            e.push(throughput_execd(&channel, true, count).await?);
+            d.push(throughput_docker_tty(count).await?);
+        }
+        let (e, d) = (Samples(e).median(), Samples(d).median());
         rows.push(Row {
-            scenario: format!("{} idle tty sessions", r.sessions),
-            metric: "execd threads with sessions open".into(),
-            execd: r.threads_after as f64,
-            docker: None,
-            unit: format!("threads (from {})", r.threads_before),
-            target: "no growth per session".into(),
-            met: Some(r.threads_after <= r.threads_before + 2),
+            scenario: format!("tty throughput ({} MiB, median of 3)", count / 16),
+            metric: "rate".into(),
+            execd: e,
+            docker: Some(d),
+            unit: "MiB/s".into(),
+            target: "ratio ≥ 0.95".into(),
+            met: Some(e / d >= 0.95),
         });
+    }
+    if run("keys") {
+        eprintln!("4/6 keystroke round trip");
+        let n = if q { 200 } else { 1000 };
+        let mut s = open(&channel, &["cat"], true).await?;
+        let e = keystrokes_execd(&mut s, n).await?;
+        drop(s);
+        let d = keystrokes_docker(n).await?;
+        for (metric, ev, dv) in [
+            ("median", e.median(), d.median()),
+            ("p99", e.p99(), d.p99()),
+        ] {
+            rows.push(Row {
+                scenario: format!("keystroke round trip ({n}× 1 byte, tty cat)"),
+                metric: metric.into(),
+                execd: ev,
+                docker: Some(dv),
+                unit: "ms".into(),
+                target: if metric == "p99" {
+                    "≤ docker + 2 ms".into()
+                } else {
+                    String::new()
+                },
+                met: (metric == "p99").then_some(ev <= dv + 2.0),
+            });
+        }
+    }
+    if run("concurrency") {
+        eprintln!("5/6 concurrency");
+        let levels: &[usize] = if q { &[20, 50] } else { &[50, 100, 200] };
+        for &level in levels {
+            let r = concurrency(&execd, &channel, level, if q { 50 } else { 200 }).await?;
+            rows.push(Row {
+                scenario: format!("{} idle tty sessions", r.sessions),
+                metric: "execd RSS per session".into(),
+                execd: r.rss_per_session_kib,
+                docker: None,
+                unit: "KiB".into(),
+                target: "≤ 64 KiB".into(),
+                met: Some(r.rss_per_session_kib <= 64.0),
+            });
+            rows.push(Row {
+                scenario: format!("{} idle tty sessions", r.sessions),
+                metric: "execd threads with sessions open".into(),
+                execd: r.threads_after as f64,
+                docker: None,
+                unit: format!("threads (from {})", r.threads_before),
+                target: "no growth per session".into(),
+                met: Some(r.threads_after <= r.threads_before + 2),
+            });
+            rows.push(Row {
+                scenario: format!("{} idle tty sessions", r.sessions),
+                metric: format!("docker exec children RSS ({} processes)", r.children),
+                execd: r.children_rss_mib,
+                docker: None,
+                unit: "MiB".into(),
+                target: String::new(),
+                met: None,
+            });
+            rows.push(Row {
+                scenario: format!("{} idle tty sessions", r.sessions),
+                metric: "keystroke p99 on one session".into(),
+                execd: r.rtt_p99_ms,
+                docker: None,
+                unit: "ms".into(),
+                target: String::new(),
+                met: None,
+            });
+        }
+    }
+    if run("slow") {
+        eprintln!("6/6 slow reader");
+        let seconds = if q { 4 } else { 10 };
+        let (growth, rate) = slow_reader(&execd, &channel, seconds).await?;
         rows.push(Row {
-            scenario: format!("{} idle tty sessions", r.sessions),
-            metric: format!("docker exec children RSS ({} processes)", r.children),
-            execd: r.children_rss_mib,
+            scenario: format!("slow reader (1 GiB at 1 MiB/s for {seconds} s)"),
+            metric: "execd RSS growth".into(),
+            execd: growth,
             docker: None,
             unit: "MiB".into(),
-            target: String::new(),
-            met: None,
+            target: "< 16 MiB".into(),
+            met: Some(growth < 16.0),
         });
-        rows.push(Row {
-            scenario: format!("{} idle tty sessions", r.sessions),
-            metric: "keystroke p99 on one session".into(),
-            execd: r.rtt_p99_ms,
-            docker: None,
-            unit: "ms".into(),
-            target: String::new(),
-            met: None,
-        });
+        notes.push(format!("slow reader: the client actually read {rate:.2} MiB/s; the process was held back by the full pipe (backpressure), not killed."));
     }
-
-    eprintln!("6/6 slow reader");
-    let seconds = if q { 4 } else { 10 };
-    let (growth, rate) = slow_reader(&execd, &channel, seconds).await?;
-    rows.push(Row {
-        scenario: format!("slow reader (1 GiB at 1 MiB/s for {seconds} s)"),
-        metric: "execd RSS growth".into(),
-        execd: growth,
-        docker: None,
-        unit: "MiB".into(),
-        target: "< 16 MiB".into(),
-        met: Some(growth < 16.0),
-    });
-    notes.push(format!("slow reader: the client actually read {rate:.2} MiB/s; the process was held back by the full pipe (backpressure), not killed."));
     notes.push("RSS per idle session is the growth of execd's VmRSS from before opening the sessions to after, divided by their number; the `docker exec` children are reported separately.".into());
     notes.push("Terminal baselines drive `docker exec -t` under a PTY opened by the bench with the same code execd uses.".into());
 

@@ -37,7 +37,7 @@ use crate::registry::{Registration, SessionControl, SessionStats};
 use crate::spawn::{ChildIo, Terminal};
 
 /// Bytes read from the child per chunk (one output message at most).
-pub const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 256 * 1024;
 /// Output events buffered between the pump and the server.
 pub const OUTPUT_DEPTH: usize = 16;
 /// Input chunks buffered between the server and the stdin writer.
