@@ -33,7 +33,7 @@ const EXIT_ERROR: i32 = 125;
 #[command(
     name = "exec",
     about = "Run a command in a container through execd, like `docker exec`",
-    after_help = "Examples:\n  exec -it web sh                      interactive shell\n  exec web -- ls -la /                 one-off command\n  echo hi | exec -i web cat            pipe stdin\n  exec --addr unix:/run/execd.sock -it web sh\n\nThe address also comes from EXECD_ADDR."
+    after_help = "Examples:\n  exec -it web sh                      interactive shell\n  exec web -- ls -la /                 one-off command\n  echo hi | exec -i web cat            pipe stdin\n  exec --addr unix:/run/execd.sock -it web sh\n  exec --addr node1:50051 --tls-ca ca.pem --token-file token -it web sh\n\nThe address also comes from EXECD_ADDR, the token from EXECD_TOKEN."
 )]
 struct Args {
     /// execd address: http://host:port, host:port, or unix:/path
@@ -60,6 +60,21 @@ struct Args {
     /// Session id to use (default: the server picks one)
     #[arg(long)]
     session: Option<String>,
+    /// Bearer token for execd's --auth-token-file
+    #[arg(long, env = "EXECD_TOKEN", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File whose first non-comment line is the bearer token
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to verify execd's TLS certificate; enables TLS
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM) for mutual TLS
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Container name or id ("" with a --host-exec server)
     container: String,
     /// Command and arguments (default: /bin/sh)
@@ -82,7 +97,33 @@ impl Drop for RawMode {
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel, String> {
+/// TLS settings for the connection, if any.
+struct Tls {
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+fn token(args: &Args) -> Result<Option<String>, String> {
+    if let Some(t) = &args.token {
+        return Ok(Some(t.clone()));
+    }
+    let Some(path) = &args.token_file else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(read_file("--token-file", path)?)
+        .map_err(|_| format!("{} is not text", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|t| Some(t.to_string()))
+        .ok_or_else(|| format!("{} holds no token", path.display()))
+}
+
+async fn connect(addr: &str, tls: Option<&Tls>) -> Result<Channel, String> {
     if let Some(path) = addr.strip_prefix("unix:") {
         let path = path.to_string();
         // The URI is a placeholder; the connector dials the socket.
@@ -98,13 +139,24 @@ async fn connect(addr: &str) -> Result<Channel, String> {
             .await
             .map_err(|e| format!("cannot connect to execd at {addr}: {}", source_chain(&e)));
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
-        addr.to_string()
+        addr.replacen("http://", &format!("{scheme}://"), 1)
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    Endpoint::try_from(uri)
-        .map_err(|e| format!("bad --addr {addr:?}: {e}"))?
+    let mut endpoint = Endpoint::try_from(uri).map_err(|e| format!("bad --addr {addr:?}: {e}"))?;
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| format!("TLS setup failed: {}", source_chain(&e)))?;
+    }
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
@@ -132,8 +184,34 @@ fn message(payload: Payload) -> ExecMessage {
 }
 
 async fn session(args: Args) -> Result<i32, String> {
-    let channel = connect(&args.addr).await?;
-    let mut client = ExecServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => Some(Tls {
+            ca: read_file("--tls-ca", ca)?,
+            identity: match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => {
+                    Some((read_file("--tls-cert", c)?, read_file("--tls-key", k)?))
+                }
+                _ => None,
+            },
+        }),
+    };
+    let bearer = match token(&args)? {
+        Some(t) => Some(
+            tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
+                .map_err(|_| "the token has characters not allowed in metadata".to_string())?,
+        ),
+        None => None,
+    };
+    let channel = connect(&args.addr, tls.as_ref()).await?;
+    let mut client =
+        ExecServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(value) = &bearer {
+                req.metadata_mut().insert("authorization", value.clone());
+            }
+            Ok(req)
+        })
+        .max_decoding_message_size(16 * 1024 * 1024);
 
     let local_tty = args.tty && std::io::stdin().is_terminal();
     let (rows, cols) = if local_tty {

@@ -16,6 +16,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Parses a file mode written in octal, like `0600` or `660`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode like 0600"))
+}
+
 /// Parses durations written like `500ms`, `30s`, `5m`, `4h`, or `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -51,6 +60,53 @@ pub struct Cli {
         help_heading = "Listening"
     )]
     pub listen: String,
+
+    /// Unix socket file mode (octal), for unix:/path listeners
+    #[arg(long, env = "EXECD_SOCKET_MODE", default_value = "0600", value_parser = parse_mode, help_heading = "Listening")]
+    pub socket_mode: u32,
+
+    /// File of accepted bearer tokens, one per line (# comments); reloaded on SIGHUP. Clients send `authorization: Bearer <token>`
+    #[arg(
+        long,
+        env = "EXECD_AUTH_TOKEN_FILE",
+        value_name = "PATH",
+        help_heading = "Security"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM); enables TLS together with --tls-key
+    #[arg(
+        long,
+        env = "EXECD_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM)
+    #[arg(
+        long,
+        env = "EXECD_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) for client certificates; makes a client certificate mandatory (mutual TLS)
+    #[arg(
+        long,
+        env = "EXECD_TLS_CLIENT_CA",
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback TCP address without both TLS and a token (logs a warning)
+    #[arg(long, env = "EXECD_INSECURE_ALLOW_REMOTE", help_heading = "Security")]
+    pub insecure_allow_remote: bool,
 
     /// Container runtime CLI that accepts `exec -i [-t] -e … -w … -u …` (docker, podman, nerdctl)
     #[arg(
@@ -131,9 +187,21 @@ pub struct Cli {
     pub log_level: String,
 }
 
-/// Everything `run` needs besides the listener and the shutdown token.
+/// TLS material, read at start.
 #[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// With a client CA, clients must present a certificate it signed.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// Everything `run` needs besides the listener and the shutdown token.
+#[derive(Clone)]
 pub struct ServerConfig {
+    /// Bearer tokens; `None` accepts every client (loopback/unix default).
+    pub auth: Option<crate::auth::TokenStore>,
+    pub tls: Option<TlsConfig>,
     pub manager: ManagerConfig,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -149,6 +217,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            auth: None,
+            tls: None,
             manager: ManagerConfig::default(),
             metrics_listen: None,
             health_interval: Duration::from_secs(5),
@@ -167,6 +237,17 @@ pub enum ConfigError {
     Cli(#[from] clap::Error),
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("reading {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refusing to listen on {addr}: a non-loopback address needs both TLS (--tls-cert/--tls-key) and --auth-token-file, or --insecure-allow-remote")]
+    InsecureRemote { addr: String },
 }
 
 impl ConfigError {
@@ -175,7 +256,7 @@ impl ConfigError {
     pub fn exit(self) -> ! {
         match self {
             ConfigError::Cli(e) => e.exit(),
-            ConfigError::File { .. } => {
+            _ => {
                 eprintln!("execd: {self}");
                 std::process::exit(2)
             }
@@ -268,6 +349,23 @@ impl Cli {
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
         line("listen", format!("{:?}", self.listen));
+        line("socket-mode", format!("\"{:04o}\"", self.socket_mode));
+        let path =
+            |p: &Option<PathBuf>| p.as_ref().map(|p| format!("{:?}", p.display().to_string()));
+        for (key, value) in [
+            ("auth-token-file", path(&self.auth_token_file)),
+            ("tls-cert", path(&self.tls_cert)),
+            ("tls-key", path(&self.tls_key)),
+            ("tls-client-ca", path(&self.tls_client_ca)),
+        ] {
+            if let Some(v) = value {
+                line(key, v);
+            }
+        }
+        line(
+            "insecure-allow-remote",
+            self.insecure_allow_remote.to_string(),
+        );
         line("runtime-cli", format!("{:?}", self.runtime_cli));
         line("host-exec", self.host_exec.to_string());
         line("max-sessions", self.max_sessions.to_string());
@@ -291,6 +389,56 @@ impl Cli {
         line("log-format", format!("{format:?}"));
         line("log-level", format!("{:?}", self.log_level));
         out
+    }
+
+    /// Refuses a non-loopback TCP listener without TLS and a token, unless
+    /// explicitly allowed. Returns whether the listener is exposed insecurely.
+    pub fn check_exposure(&self) -> Result<bool, ConfigError> {
+        if self.listen.starts_with("unix:") {
+            return Ok(false);
+        }
+        let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+            return Ok(false); // bind reports the syntax error
+        };
+        if addr.ip().is_loopback() {
+            return Ok(false);
+        }
+        if self.tls_cert.is_some() && self.auth_token_file.is_some() {
+            return Ok(false);
+        }
+        if self.insecure_allow_remote {
+            return Ok(true);
+        }
+        Err(ConfigError::InsecureRemote {
+            addr: self.listen.clone(),
+        })
+    }
+
+    fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+        std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The server configuration, with token and TLS files read.
+    pub fn load_server_config(&self) -> Result<ServerConfig, ConfigError> {
+        let mut config = self.server_config();
+        if let Some(path) = &self.auth_token_file {
+            config.auth = Some(crate::auth::TokenStore::load(path)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig {
+                cert_pem: Self::read("--tls-cert", cert)?,
+                key_pem: Self::read("--tls-key", key)?,
+                client_ca_pem: match &self.tls_client_ca {
+                    Some(ca) => Some(Self::read("--tls-client-ca", ca)?),
+                    None => None,
+                },
+            });
+        }
+        Ok(config)
     }
 
     pub fn server_config(&self) -> ServerConfig {

@@ -1,5 +1,6 @@
 //! execd's server: the gRPC face of the session manager.
 //!
+//! - [`auth`]: bearer-token check for every session and admin call.
 //! - [`config`]: flags (with `EXECD_*` env twins) and [`ServerConfig`].
 //! - [`listener`]: TCP or unix-socket [`Listener`].
 //! - [`protocol`]: mapping between `exec_service` messages and sessions.
@@ -11,6 +12,7 @@
 //!   session (ERROR "server shutting down", processes killed) and returns.
 
 pub mod admin_service;
+pub mod auth;
 pub mod config;
 pub mod exec_service;
 pub mod health;
@@ -26,8 +28,9 @@ use execd_proto::exec_service::exec_service_server::ExecServiceServer;
 use execd_session::SessionManager;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use config::{Cli, ServerConfig};
 pub use listener::Listener;
@@ -78,6 +81,20 @@ pub async fn run(
     ))
     .max_decoding_message_size(config.max_message_size);
     let admin = SessionAdminServer::new(admin_service::SessionAdminImpl::new(manager.clone()));
+    // With tokens configured, both services sit behind the check; health and
+    // reflection stay open for probes and tooling.
+    let (open_exec, open_admin, guarded_exec, guarded_admin) = match &config.auth {
+        None => (Some(exec), Some(admin), None, None),
+        Some(tokens) => {
+            let (a, b) = (tokens.clone(), tokens.clone());
+            (
+                None,
+                None,
+                Some(InterceptedService::new(exec, move |r| a.check(r))),
+                Some(InterceptedService::new(admin, move |r| b.check(r))),
+            )
+        }
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // NOT_SERVING until the first engine check has answered.
     for service in health::SERVICES {
@@ -98,14 +115,25 @@ pub async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut tls_config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(tls_config)?;
+    }
+    let router = builder
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .add_service(exec)
-        .add_service(admin)
+        .add_optional_service(open_exec)
+        .add_optional_service(open_admin)
+        .add_optional_service(guarded_exec)
+        .add_optional_service(guarded_admin)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

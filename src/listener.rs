@@ -38,6 +38,11 @@ impl Listener {
     /// Binds `addr`: `host:port` or `unix:/path`. A stale socket file left by
     /// a previous run is replaced; a live one is an error.
     pub async fn bind(addr: &str) -> Result<Listener, ListenError> {
+        Self::bind_with_mode(addr, 0o600).await
+    }
+
+    /// Like [`Listener::bind`], with the unix socket's file mode.
+    pub async fn bind_with_mode(addr: &str, socket_mode: u32) -> Result<Listener, ListenError> {
         if let Some(path) = addr.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             if path.as_os_str().is_empty() {
@@ -49,7 +54,7 @@ impl Listener {
                 source,
             })?;
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode)).map_err(
                 |source| ListenError::Permissions {
                     path: path.clone(),
                     source,

@@ -33,7 +33,15 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli)?;
-    let listener = Listener::bind(&cli.listen)
+    let insecure = cli.check_exposure().unwrap_or_else(|e| {
+        eprintln!("execd: {e}");
+        std::process::exit(2)
+    });
+    if insecure {
+        tracing::warn!(listen = %cli.listen, "listening on a non-loopback address without TLS and token (--insecure-allow-remote): anyone who can reach it gets a shell in every container");
+    }
+    let config = cli.load_server_config().unwrap_or_else(|e| e.exit());
+    let listener = Listener::bind_with_mode(&cli.listen, cli.socket_mode)
         .await
         .context("cannot start execd")?;
     let shutdown = CancellationToken::new();
@@ -47,6 +55,19 @@ async fn main() -> anyhow::Result<()> {
         }
         trigger.cancel();
     });
-    execd::run(listener, cli.server_config(), shutdown).await?;
+    if let Some(tokens) = config.auth.clone() {
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                match tokens.reload() {
+                    Ok(count) => tracing::info!(count, "SIGHUP: auth tokens reloaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: token reload failed; previous tokens stay in force")
+                    }
+                }
+            }
+        });
+    }
+    execd::run(listener, config, shutdown).await?;
     Ok(())
 }

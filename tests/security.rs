@@ -1,0 +1,345 @@
+//! Authentication, TLS and safe defaults. Certificates are made at test
+//! time; nothing secret is checked in.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use execd::config::TlsConfig;
+use execd_proto::admin::session_admin_client::SessionAdminClient;
+use execd_proto::admin::ListSessionsRequest;
+use execd_proto::exec_service::exec_service_client::ExecServiceClient;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+
+fn host_config() -> execd::ServerConfig {
+    let mut cfg = config();
+    cfg.manager.mode = execd_session::ExecMode::Host;
+    cfg
+}
+
+fn token_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `echo ok` through ExecStream with an optional bearer token and
+/// returns the first error status, or the transcript's stdout.
+async fn echo_with_token(channel: Channel, token: Option<&str>) -> Result<String, tonic::Status> {
+    let value =
+        token.map(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {t}")).unwrap());
+    let mut client =
+        ExecServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(v) = &value {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(req)
+        });
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start_msg("", req("", &["echo", "ok"])))
+        .await
+        .unwrap();
+    let mut stream = client
+        .exec_stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        if let Some(execd_proto::exec_service::exec_message::Payload::OutputData(o)) = msg.payload {
+            out.extend_from_slice(&o.data);
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn tokens_guard_exec_and_admin_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = token_file(&dir, "# rotation: old and new\nold-token\nnew-token\n");
+    let mut cfg = host_config();
+    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    let server = start_server(cfg).await;
+    let channel = server.channel().await;
+
+    for bad in [
+        None,
+        Some("wrong"),
+        Some("old-toke"),
+        Some("old-token-and-more"),
+    ] {
+        let err = echo_with_token(channel.clone(), bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{bad:?}: {err:?}");
+        assert!(
+            !err.message().contains("old-token"),
+            "tokens never appear in errors"
+        );
+    }
+    assert_eq!(
+        echo_with_token(channel.clone(), Some("old-token"))
+            .await
+            .unwrap(),
+        "ok\n"
+    );
+    assert_eq!(
+        echo_with_token(channel.clone(), Some("new-token"))
+            .await
+            .unwrap(),
+        "ok\n"
+    );
+
+    let err = SessionAdminClient::new(channel.clone())
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Probes need no token.
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(health.is_ok());
+}
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "execd test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["execd-client".to_string()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "execd-client");
+    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
+    Pki {
+        ca: ca.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+async fn tls_channel(
+    addr: &str,
+    pki: &Pki,
+    with_client_cert: bool,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    if with_client_cert {
+        tls = tls.identity(Identity::from_pem(&pki.client_cert, &pki.client_key));
+    }
+    Endpoint::from_shared(addr.replace("http://", "https://"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls() {
+    let pki = pki();
+    let mut cfg = host_config();
+    cfg.tls = Some(TlsConfig {
+        cert_pem: pki.server_cert.clone().into_bytes(),
+        key_pem: pki.server_key.clone().into_bytes(),
+        client_ca_pem: None,
+    });
+    let server = start_server(cfg).await;
+    let channel = tls_channel(&server.addr, &pki, false).await.unwrap();
+    assert_eq!(echo_with_token(channel, None).await.unwrap(), "ok\n");
+    // Plaintext against a TLS port fails.
+    let plain = Channel::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        assert!(echo_with_token(plain, None).await.is_err());
+    }
+
+    let mut cfg = host_config();
+    cfg.tls = Some(TlsConfig {
+        cert_pem: pki.server_cert.clone().into_bytes(),
+        key_pem: pki.server_key.clone().into_bytes(),
+        client_ca_pem: Some(pki.ca.clone().into_bytes()),
+    });
+    let server = start_server(cfg).await;
+    let without = match tls_channel(&server.addr, &pki, false).await {
+        Ok(channel) => echo_with_token(channel, None).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        without,
+        "mutual TLS must refuse a client without a certificate"
+    );
+    let channel = tls_channel(&server.addr, &pki, true).await.unwrap();
+    assert_eq!(echo_with_token(channel, None).await.unwrap(), "ok\n");
+}
+
+async fn wait_for_socket(path: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no socket at {}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn unix_channel(path: std::path::PathBuf) -> Channel {
+    Endpoint::try_from("http://execd.invalid")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+/// The real binary: tokens are re-read on SIGHUP, the socket gets the
+/// configured mode, and a stale socket file from a crashed run is replaced.
+#[tokio::test]
+async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(&dir, "first\n");
+    let socket = dir.path().join("execd.sock");
+    // A stale socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args([
+            "--host-exec",
+            "--listen",
+            &format!("unix:{}", socket.display()),
+            "--socket-mode",
+            "0660",
+        ])
+        .arg("--auth-token-file")
+        .arg(&tokens)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The stale file is replaced: wait until something answers.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::UnixStream::connect(&socket).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "execd never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_socket(&socket).await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    let channel = unix_channel(socket.clone()).await;
+    assert_eq!(
+        echo_with_token(channel.clone(), Some("first"))
+            .await
+            .unwrap(),
+        "ok\n"
+    );
+
+    std::fs::write(&tokens, "second\n").unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let first = echo_with_token(channel.clone(), Some("first")).await;
+        if matches!(&first, Err(s) if s.code() == Code::Unauthenticated) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload the tokens"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        echo_with_token(channel, Some("second")).await.unwrap(),
+        "ok\n"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().await.unwrap().success());
+}
+
+#[test]
+fn remote_listening_without_tls_and_token_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        .args(["--listen", "0.0.0.0:50999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:50999"), "{err}");
+    assert!(err.contains("--insecure-allow-remote"), "{err}");
+
+    use clap::Parser;
+    let cli =
+        execd::Cli::try_parse_from(["execd", "--listen", "0.0.0.0:1", "--insecure-allow-remote"])
+            .unwrap();
+    assert!(
+        cli.check_exposure().unwrap(),
+        "allowed, flagged as insecure"
+    );
+    let cli = execd::Cli::try_parse_from([
+        "execd",
+        "--listen",
+        "[::]:1",
+        "--tls-cert",
+        "c",
+        "--tls-key",
+        "k",
+        "--auth-token-file",
+        "t",
+    ])
+    .unwrap();
+    assert!(!cli.check_exposure().unwrap(), "TLS + token is fine");
+    let cli = execd::Cli::try_parse_from([
+        "execd",
+        "--listen",
+        "10.1.2.3:1",
+        "--tls-cert",
+        "c",
+        "--tls-key",
+        "k",
+    ])
+    .unwrap();
+    assert!(cli.check_exposure().is_err(), "TLS alone is not enough");
+    for local in ["127.0.0.1:1", "[::1]:1", "unix:/tmp/x.sock"] {
+        let cli = execd::Cli::try_parse_from(["execd", "--listen", local]).unwrap();
+        assert!(!cli.check_exposure().unwrap(), "{local}");
+    }
+}
