@@ -1,8 +1,8 @@
 //! `exec_service.ExecService/ExecStream`: drives one session per stream.
 //!
-//! The handler waits for the first message, starts the session, and returns
-//! a response stream that begins with STARTED and then relays the session's
-//! events. Client messages after the start are read by a separate task, so
+//! The handler returns a response stream at once (so headers go out
+//! immediately); that stream first waits for the first message and starts
+//! the session, then begins with STARTED and relays the session's events. Client messages after the start are read by a separate task, so
 //! a client pushing input never delays output (and vice versa).
 //!
 //! Every response stream ends with exactly one terminal status message: for
@@ -10,6 +10,7 @@
 //! same message and a code that classifies it.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -32,24 +33,27 @@ use crate::protocol;
 
 /// The ExecService implementation.
 pub struct ExecServiceImpl {
-    manager: SessionManager,
-    start_timeout: Duration,
-    metrics: Arc<Metrics>,
+    opener: Opener,
 }
 
 impl ExecServiceImpl {
     pub fn new(manager: SessionManager, start_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         ExecServiceImpl {
-            manager,
-            start_timeout,
-            metrics,
+            opener: Opener {
+                manager,
+                start_timeout,
+                metrics,
+            },
         }
     }
+}
 
-    fn refuse(&self, session_id: &str, err: SessionError) -> Response<ExecResponseStream> {
-        self.metrics.record_refused(&err);
-        Response::new(ExecResponseStream::failed(session_id, &err))
-    }
+/// Everything needed to turn a fresh stream into a session.
+#[derive(Clone)]
+struct Opener {
+    manager: SessionManager,
+    start_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 type Item = Result<ExecMessage, Status>;
@@ -57,6 +61,9 @@ type Item = Result<ExecMessage, Status>;
 /// What the client reads: queued messages first (STARTED, or an early ERROR
 /// and its status), then the session's events until the terminal one.
 pub struct ExecResponseStream {
+    /// Until the start is decided: waits for the first message and starts
+    /// the session, then yields the stream to continue with.
+    opening: Option<Pin<Box<dyn Future<Output = ExecResponseStream> + Send>>>,
     session_id: String,
     queued: VecDeque<Item>,
     events: Option<mpsc::Receiver<SessionEvent>>,
@@ -71,6 +78,7 @@ impl ExecResponseStream {
         let (msg, status) = protocol::error_pair(session_id, err);
         tracing::info!(session_id, code = ?status.code(), error = %status.message(), "session refused");
         ExecResponseStream {
+            opening: None,
             session_id: session_id.to_string(),
             queued: VecDeque::from([Ok(msg), Err(status)]),
             events: None,
@@ -88,6 +96,7 @@ impl ExecResponseStream {
         stats: Arc<SessionStats>,
     ) -> Self {
         ExecResponseStream {
+            opening: None,
             session_id: session_id.to_string(),
             queued: VecDeque::from([Ok(protocol::started(session_id))]),
             events: Some(events),
@@ -95,6 +104,27 @@ impl ExecResponseStream {
             started_at: Instant::now(),
             active: Some((active, stats)),
         }
+    }
+
+    /// A stream whose first items come from `opening`.
+    fn opening(opening: Pin<Box<dyn Future<Output = ExecResponseStream> + Send>>) -> Self {
+        ExecResponseStream {
+            opening: Some(opening),
+            session_id: String::new(),
+            queued: VecDeque::new(),
+            events: None,
+            span: tracing::Span::none(),
+            started_at: Instant::now(),
+            active: None,
+        }
+    }
+
+    /// The client went away before a session existed: end with its status.
+    fn aborted(status: Status) -> Self {
+        let mut stream = Self::opening(Box::pin(std::future::pending()));
+        stream.opening = None;
+        stream.queued.push_back(Err(status));
+        stream
     }
 
     fn duration_ms(&self) -> u64 {
@@ -113,6 +143,10 @@ impl Stream for ExecResponseStream {
     type Item = Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(opening) = self.opening.as_mut() {
+            let opened = ready!(opening.as_mut().poll(cx));
+            *self = opened;
+        }
         if let Some(item) = self.queued.pop_front() {
             return Poll::Ready(Some(item));
         }
@@ -188,12 +222,29 @@ fn is_too_large(status: &Status) -> bool {
 impl ExecService for ExecServiceImpl {
     type ExecStreamStream = ExecResponseStream;
 
+    /// Returns at once, so response headers go out immediately (clients
+    /// that wait for them before sending their first message do not stall);
+    /// the start happens as the response stream is first polled.
     async fn exec_stream(
         &self,
         request: Request<Streaming<ExecMessage>>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let shutdown = self.manager.shutdown_token();
+        let opener = self.opener.clone();
+        let inbound = request.into_inner();
+        Ok(Response::new(ExecResponseStream::opening(Box::pin(
+            opener.open(inbound),
+        ))))
+    }
+}
+
+impl Opener {
+    fn refuse(&self, session_id: &str, err: SessionError) -> ExecResponseStream {
+        self.metrics.record_refused(&err);
+        ExecResponseStream::failed(session_id, &err)
+    }
+
+    async fn open(self, mut inbound: Streaming<ExecMessage>) -> ExecResponseStream {
+        let shutdown = self.manager.shutdown_token().clone();
         let first = tokio::select! {
             first = inbound.message() => first,
             _ = tokio::time::sleep(self.start_timeout) => {
@@ -201,10 +252,10 @@ impl ExecService for ExecServiceImpl {
                     "no start_request within {}s of opening the stream",
                     self.start_timeout.as_secs()
                 ));
-                return Ok(self.refuse("", SessionError::Ended(reason)));
+                return self.refuse("", SessionError::Ended(reason));
             }
             _ = shutdown.cancelled() => {
-                return Ok(self.refuse("", SessionError::Ended(EndReason::Shutdown)));
+                return self.refuse("", SessionError::Ended(EndReason::Shutdown));
             }
         };
         let msg = match first {
@@ -212,13 +263,13 @@ impl ExecService for ExecServiceImpl {
             Ok(None) => {
                 let reason =
                     EndReason::Protocol("the stream was closed before a start_request".into());
-                return Ok(self.refuse("", SessionError::Ended(reason)));
+                return self.refuse("", SessionError::Ended(reason));
             }
             Err(status) if is_too_large(&status) => {
                 let reason = EndReason::TooLarge(status.message().to_string());
-                return Ok(self.refuse("", SessionError::Ended(reason)));
+                return self.refuse("", SessionError::Ended(reason));
             }
-            Err(status) => return Err(status),
+            Err(status) => return ExecResponseStream::aborted(status),
         };
         let requested_id = msg.session_id;
         let request = match msg.payload {
@@ -233,7 +284,7 @@ impl ExecService for ExecServiceImpl {
                 } else {
                     ""
                 };
-                return Ok(self.refuse(echo, SessionError::Ended(reason)));
+                return self.refuse(echo, SessionError::Ended(reason));
             }
         };
         let session_id = if requested_id.is_empty() {
@@ -272,13 +323,13 @@ impl ExecService for ExecServiceImpl {
                     relay_input(inbound, session.input, self.metrics.clone())
                         .instrument(span.clone()),
                 );
-                Ok(Response::new(ExecResponseStream::started(
+                ExecResponseStream::started(
                     &session.id,
                     session.output.into_receiver(),
                     span,
                     active,
                     session.stats,
-                )))
+                )
             }
             Err(err) => {
                 // An invalid id is not echoed back.
@@ -287,7 +338,7 @@ impl ExecService for ExecServiceImpl {
                     _ => session_id.as_str(),
                 };
                 let _entered = span.enter();
-                Ok(self.refuse(echo, err))
+                self.refuse(echo, err)
             }
         }
     }
