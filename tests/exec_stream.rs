@@ -309,6 +309,23 @@ async fn tty_stdin_eof_ends_cat() {
     assert_eq!(t.terminal().1, 0);
 }
 
+/// EOF after a partial line still ends the input.
+#[tokio::test]
+async fn tty_stdin_eof_mid_line_ends_cat() {
+    need_docker!();
+    let server = start_server(config()).await;
+    let mut r = req(shared_container(), &["cat"]);
+    r.tty = true;
+    let mut exec = server.exec(r).await;
+    exec.started().await;
+    exec.send(input_msg("partial")).await;
+    exec.read_until("partial").await;
+    exec.send(eof_msg()).await;
+    let t = exec.finish().await;
+    assert_eq!(t.terminal().0, WireStatus::Exited, "{t:#?}");
+    assert_eq!(t.terminal().1, 0);
+}
+
 #[tokio::test]
 async fn missing_container_is_not_found_without_started() {
     need_docker!();

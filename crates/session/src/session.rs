@@ -313,6 +313,9 @@ async fn write_stdin(
     stop: CancellationToken,
 ) {
     let mut broken = false;
+    // Whether the terminal's current input line is empty: a terminal only
+    // turns EOF into end-of-file at the start of a line.
+    let mut at_line_start = true;
     loop {
         let cmd = tokio::select! {
             cmd = rx.recv() => cmd,
@@ -332,7 +335,10 @@ async fn write_stdin(
                     _ = stop.cancelled() => return,
                 };
                 match written {
-                    Ok(()) => stats.record_input(len),
+                    Ok(()) => {
+                        stats.record_input(len);
+                        at_line_start = matches!(data.last(), Some(b'\n' | b'\r'));
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "stdin closed by the process; further input is discarded");
                         broken = true;
@@ -343,9 +349,12 @@ async fn write_stdin(
                 // A terminal has no half-close: the line discipline inside
                 // the container turns this character into end-of-file.
                 Some(ch) if !broken => {
-                    let eof = [ch];
+                    // Mid-line, the first EOF only hands over the pending
+                    // text; the second ends the input.
+                    let eof = [ch, ch];
+                    let eof = if at_line_start { &eof[..1] } else { &eof[..] };
                     tokio::select! {
-                        _ = stdin.write_all(&eof) => {}
+                        _ = stdin.write_all(eof) => {}
                         _ = stop.cancelled() => return,
                     }
                 }
