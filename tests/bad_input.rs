@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -15,103 +15,38 @@ use execd_proto::exec_service::{
     ExecMessage, ExecOutputData, ExecStartRequest, ExecStatusResponse, ExecStdinEof,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-struct Execd {
-    child: tokio::process::Child,
-    channel: Channel,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Execd {
-    async fn start(extra: &[&str]) -> Execd {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("execd.sock");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
-            .args([
-                "--listen",
-                &format!("unix:{}", socket.display()),
-                "--log-level",
-                "warn",
-            ])
-            .args(extra)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            assert!(Instant::now() < deadline, "execd did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let channel = connect_unix(socket.clone()).await;
-        Execd {
-            child,
-            channel,
-            socket,
-            _dir: dir,
-        }
+/// Opens a session on `channel` with `messages` queued.
+async fn open_on(channel: &tonic::transport::Channel, messages: Vec<ExecMessage>) -> Exec2 {
+    let mut client = ExecServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let close = messages.is_empty();
+    for m in messages {
+        tx.send(m).await.unwrap();
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kib / 1024.0
-    }
-
-    fn alive(&self) -> bool {
-        std::path::Path::new(&format!("/proc/{}", self.pid())).exists()
-    }
-
-    async fn open(&self, messages: Vec<ExecMessage>) -> Exec2 {
-        Self::open_on(&self.channel, messages).await
-    }
-
-    async fn open_on(channel: &Channel, messages: Vec<ExecMessage>) -> Exec2 {
-        let mut client =
-            ExecServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let close = messages.is_empty();
-        for m in messages {
-            tx.send(m).await.unwrap();
-        }
-        // Headers come back before any message is read, so a client may call
-        // first and decide what to send afterwards.
-        let rx = client
-            .exec_stream(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Exec2 {
-            tx: (!close).then_some(tx),
-            rx,
-        }
-    }
-}
-
-async fn connect_unix(path: std::path::PathBuf) -> Channel {
-    Endpoint::try_from("http://execd.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    // Headers come back before any message is read, so a client may call
+    // first and decide what to send afterwards.
+    let rx = client
+        .exec_stream(ReceiverStream::new(rx))
         .await
         .unwrap()
+        .into_inner();
+    Exec2 {
+        tx: (!close).then_some(tx),
+        rx,
+    }
+}
+
+/// Opening sessions on the real binary.
+trait Open {
+    async fn open(&self, messages: Vec<ExecMessage>) -> Exec2;
+}
+
+impl Open for ExecdProcess {
+    async fn open(&self, messages: Vec<ExecMessage>) -> Exec2 {
+        open_on(&self.channel, messages).await
+    }
 }
 
 struct Exec2 {
@@ -441,7 +376,8 @@ async fn catalogue_of_bad_inputs_gets_clear_errors_and_the_server_keeps_serving(
         return;
     }
     let container = shared_container();
-    let execd = Execd::start(&["--max-message-size", "262144", "--start-timeout", "3s"]).await;
+    let execd =
+        ExecdProcess::start(&["--max-message-size", "262144", "--start-timeout", "3s"]).await;
     let cases = catalogue(container);
     assert!(cases.len() >= 30, "{} cases", cases.len());
     for case in cases {
@@ -508,7 +444,7 @@ async fn flood_of_input_to_a_process_that_never_reads_is_backpressured() {
         return;
     }
     let container = shared_container();
-    let execd = Execd::start(&[]).await;
+    let execd = ExecdProcess::start(&[]).await;
     let n = marker();
     let base = execd.rss_mib();
     let example = std::path::Path::new(env!("CARGO_BIN_EXE_execd"))
@@ -562,7 +498,7 @@ async fn a_client_that_never_reads_output_loses_nothing() {
         return;
     }
     let container = shared_container();
-    let execd = Execd::start(&[]).await;
+    let execd = ExecdProcess::start(&[]).await;
     let base = execd.rss_mib();
     let size = 64 * 1024 * 1024;
     let exec = execd
@@ -591,7 +527,7 @@ async fn a_client_that_never_reads_output_loses_nothing() {
 async fn two_hundred_silent_streams_time_out_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let _ = dir;
-    let execd = Execd::start(&["--host-exec", "--start-timeout", "2s"]).await;
+    let execd = ExecdProcess::start(&["--host-exec", "--start-timeout", "2s"]).await;
     let mut silent = Vec::new();
     for _ in 0..200 {
         let mut client = ExecServiceClient::new(execd.channel.clone());

@@ -15,7 +15,7 @@ use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::ExecMessage;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const TOTAL: usize = 2_000;
 const SEQUENTIAL: usize = 200;
@@ -122,43 +122,17 @@ async fn two_thousand_sessions_leave_no_trace() {
         return;
     }
     let container = shared_container();
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("execd.sock");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
-        .args([
-            "--listen",
-            &format!("unix:{}", socket.display()),
-            "--log-level",
-            "warn",
-        ])
-        .args([
-            "--max-sessions-per-instance",
-            "10000",
-            "--kill-grace",
-            "200ms",
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while tokio::net::UnixStream::connect(&socket).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let path = socket.clone();
-    let channel = Endpoint::try_from("http://execd.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
+    let execd = ExecdProcess::start(&[
+        "--log-level",
+        "warn",
+        "--max-sessions-per-instance",
+        "10000",
+        "--kill-grace",
+        "200ms",
+    ])
+    .await;
+    let pid = execd.pid();
+    let channel = execd.channel.clone();
 
     // Warm up every path once (lazily created workers count as baseline).
     for i in 0..6 {
@@ -215,10 +189,5 @@ async fn two_thousand_sessions_leave_no_trace() {
     let left = wait_until_gone(container, CANCEL_MARKER, Duration::from_secs(10)).await;
     assert!(left.is_empty(), "left in container: {left:?}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().await.unwrap().success());
+    assert!(execd.terminate().await.success());
 }

@@ -530,46 +530,14 @@ async fn shutdown_ends_sessions_with_unavailable_and_kills_them() {
 #[tokio::test]
 async fn sigterm_of_the_binary_cleans_up_and_exits_zero() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("execd.sock");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
-        .args([
-            "--listen",
-            &format!("unix:{}", socket.display()),
-            "--shutdown-grace",
-            "5s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !socket.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "execd never created its socket"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let execd = ExecdProcess::start(&["--shutdown-grace", "5s"]).await;
+    let socket = execd.socket.clone();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let path = socket.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://execd.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = execd.channel.clone();
     let n = marker();
     let mut sessions = Vec::new();
     for (i, tty) in [(0, false), (1, true)] {
@@ -589,8 +557,7 @@ async fn sigterm_of_the_binary_cleans_up_and_exits_zero() {
     for i in 0..2 {
         wait_until_running(shared_container(), &format!("sleep {}", n + i)).await;
     }
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    execd.signal(nix::sys::signal::Signal::SIGTERM);
     for (_tx, mut stream) in sessions {
         let mut last = None;
         let mut rpc = None;
@@ -617,10 +584,7 @@ async fn sigterm_of_the_binary_cleans_up_and_exits_zero() {
         }
         assert_eq!(rpc.unwrap().code(), Code::Unavailable);
     }
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = execd.wait().await;
     assert!(status.success(), "execd exit status {status:?}");
     for i in 0..2 {
         let left =

@@ -199,33 +199,6 @@ async fn tls_and_mutual_tls() {
     assert_eq!(echo_with_token(channel, None).await.unwrap(), "ok\n");
 }
 
-async fn wait_for_socket(path: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !path.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no socket at {}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn unix_channel(path: std::path::PathBuf) -> Channel {
-    Endpoint::try_from("http://execd.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
-}
-
 /// The real binary: tokens are re-read on SIGHUP, the socket gets the
 /// configured mode, and a stale socket file from a crashed run is replaced.
 #[tokio::test]
@@ -233,38 +206,26 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = token_file(&dir, "first\n");
     let socket = dir.path().join("execd.sock");
-    // A stale socket file nobody listens on.
+    // A stale socket file nobody listens on: execd must replace it.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
-        .args([
+    let tokens_arg = tokens.display().to_string();
+    let execd = ExecdProcess::start_in(
+        dir,
+        &[
             "--host-exec",
-            "--listen",
-            &format!("unix:{}", socket.display()),
             "--socket-mode",
             "0660",
-        ])
-        .arg("--auth-token-file")
-        .arg(&tokens)
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The stale file is replaced: wait until something answers.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::UnixStream::connect(&socket).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "execd never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    wait_for_socket(&socket).await;
+            "--auth-token-file",
+            &tokens_arg,
+        ],
+    )
+    .await;
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
         0o660
     );
-    let channel = unix_channel(socket.clone()).await;
+    let channel = execd.channel.clone();
     assert_eq!(
         echo_with_token(channel.clone(), Some("first"))
             .await
@@ -273,8 +234,7 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
     );
 
     std::fs::write(&tokens, "second\n").unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    execd.signal(nix::sys::signal::Signal::SIGHUP);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let first = echo_with_token(channel.clone(), Some("first")).await;
@@ -291,8 +251,7 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
         echo_with_token(channel, Some("second")).await.unwrap(),
         "ok\n"
     );
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(child.wait().await.unwrap().success());
+    assert!(execd.terminate().await.success());
 }
 
 #[test]

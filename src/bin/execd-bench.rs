@@ -435,6 +435,7 @@ async fn throughput_docker_tty(count: usize) -> Result<f64> {
             rows: 50,
             cols: 200,
         },
+        spawn::TerminalMode::Raw,
     )?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0usize;
@@ -491,6 +492,7 @@ async fn keystrokes_docker(n: usize) -> Result<Samples> {
             rows: 50,
             cols: 200,
         },
+        spawn::TerminalMode::Raw,
     )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut buf = vec![0u8; 4096];

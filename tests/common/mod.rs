@@ -495,3 +495,99 @@ impl Exec {
         t
     }
 }
+
+/// A channel to a server on a unix socket.
+pub async fn connect_unix(path: std::path::PathBuf) -> Channel {
+    tonic::transport::Endpoint::try_from("http://execd.invalid")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect to the unix socket")
+}
+
+/// The real `execd` binary, serving on a unix socket in its own temp dir.
+pub struct ExecdProcess {
+    pub child: tokio::process::Child,
+    pub socket: std::path::PathBuf,
+    pub channel: Channel,
+    _dir: tempfile::TempDir,
+}
+
+impl ExecdProcess {
+    pub async fn start(args: &[&str]) -> ExecdProcess {
+        Self::start_in(tempfile::tempdir().unwrap(), args).await
+    }
+
+    /// Starts in `dir` (the socket is `dir/execd.sock`, which the caller may
+    /// have prepared) and waits until it answers.
+    pub async fn start_in(dir: tempfile::TempDir, args: &[&str]) -> ExecdProcess {
+        let socket = dir.path().join("execd.sock");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+            .args(["--listen", &format!("unix:{}", socket.display())])
+            .args(args)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn execd");
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "execd never answered on {}",
+                socket.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let channel = connect_unix(socket.clone()).await;
+        ExecdProcess {
+            child,
+            socket,
+            channel,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("execd still running")
+    }
+
+    pub fn alive(&self) -> bool {
+        self.child
+            .id()
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait().await
+    }
+
+    /// The exit status, once it exits.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("execd exits in time")
+            .unwrap()
+    }
+}

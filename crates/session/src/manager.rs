@@ -145,7 +145,11 @@ impl SessionManager {
         let size = TermSize::from_client(spec.rows, spec.cols);
         let spawned_at = std::time::Instant::now();
         let mut spawned = if spec.tty {
-            spawn::spawn_in_terminal(&runtime, size)?
+            let mode = match self.mode.as_ref() {
+                ExecMode::Container { .. } => spawn::TerminalMode::Raw,
+                ExecMode::Host => spawn::TerminalMode::Cooked,
+            };
+            spawn::spawn_in_terminal(&runtime, size, mode)?
         } else {
             spawn::spawn_piped(&runtime)?
         };
@@ -171,7 +175,7 @@ impl SessionManager {
         let container = match self.mode.as_ref() {
             ExecMode::Container { runtime_cli } => {
                 let inspected = tokio::select! {
-                    r = preflight::inspect_container(runtime_cli, &spec.container_id) => r,
+                    r = preflight::check_container(runtime_cli, &spec.container_id) => r,
                     _ = registration.entry().control.token().cancelled() => {
                         Err(preflight::PreflightError::Failed {
                             container_id: spec.container_id.clone(),

@@ -589,6 +589,38 @@ impl Pump {
         }
     }
 
+    /// Handles one read of an output stream: forwards data, or marks the
+    /// stream closed at its end (a read error counts as the end).
+    ///
+    /// Borrows only the `Sync` parts of the pump (the readers are not).
+    fn forward_chunk<'a>(
+        &'a self,
+        stream: OutputStream,
+        chunk: std::io::Result<Option<Bytes>>,
+        open: &'a mut bool,
+        last_data: &'a mut Instant,
+    ) -> impl std::future::Future<Output = Result<(), EndReason>> + Send + 'a {
+        let (events, control, stats) = (&self.events, &self.control, &self.stats);
+        async move {
+            match chunk {
+                Ok(Some(data)) => {
+                    *last_data = Instant::now();
+                    stats.record_output(data.len());
+                    Self::emit(events, control, SessionEvent::Output { stream, data }).await
+                }
+                Ok(None) => {
+                    *open = false;
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?stream, "output read failed");
+                    *open = false;
+                    Ok(())
+                }
+            }
+        }
+    }
+
     async fn forward(&mut self) -> Outcome {
         let mut out_buf = BytesMut::with_capacity(READ_CHUNK);
         let mut err_buf = BytesMut::new();
@@ -616,37 +648,15 @@ impl Pump {
                     return Outcome::Ended(self.control.reason());
                 }
                 chunk = read_chunk_opt(stdout.as_mut(), &mut out_buf), if out_open => {
-                    match chunk {
-                        Ok(Some(data)) => {
-                            last_data = Instant::now();
-                            self.stats.record_output(data.len());
-                            if let Err(reason) = Self::emit(&self.events, &self.control, SessionEvent::Output { stream: OutputStream::Stdout, data }).await {
-                                self.control.end(reason);
-                                return Outcome::Ended(self.control.reason());
-                            }
-                        }
-                        Ok(None) => out_open = false,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "stdout read failed");
-                            out_open = false;
-                        }
+                    if let Err(reason) = self.forward_chunk(OutputStream::Stdout, chunk, &mut out_open, &mut last_data).await {
+                        self.control.end(reason);
+                        return Outcome::Ended(self.control.reason());
                     }
                 }
                 chunk = read_chunk_opt(stderr.as_mut(), &mut err_buf), if err_open => {
-                    match chunk {
-                        Ok(Some(data)) => {
-                            last_data = Instant::now();
-                            self.stats.record_output(data.len());
-                            if let Err(reason) = Self::emit(&self.events, &self.control, SessionEvent::Output { stream: OutputStream::Stderr, data }).await {
-                                self.control.end(reason);
-                                return Outcome::Ended(self.control.reason());
-                            }
-                        }
-                        Ok(None) => err_open = false,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "stderr read failed");
-                            err_open = false;
-                        }
+                    if let Err(reason) = self.forward_chunk(OutputStream::Stderr, chunk, &mut err_open, &mut last_data).await {
+                        self.control.end(reason);
+                        return Outcome::Ended(self.control.reason());
                     }
                 }
                 status = self.child.wait(), if exit.is_none() => {

@@ -171,12 +171,38 @@ pub fn spawn_piped(rc: &RuntimeCommand) -> Result<SpawnedChild, SpawnError> {
     })
 }
 
+/// How the pseudo-terminal execd creates should behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminalMode {
+    /// A normal terminal (echo, line editing, signals): the session's own
+    /// process runs on it (host-exec mode).
+    Cooked,
+    /// Bytes pass through untouched: a runtime CLI (`docker exec -t`) runs
+    /// on it and relays to the container's own terminal, which does the
+    /// echoing and signal handling. The CLI would switch to raw itself,
+    /// but only once it runs; input arriving before that must not be
+    /// echoed, line-buffered or turned into a ^C for the CLI.
+    Raw,
+}
+
 /// Spawns with a new pseudo-terminal of `size` as the controlling terminal.
-pub fn spawn_in_terminal(rc: &RuntimeCommand, size: TermSize) -> Result<SpawnedChild, SpawnError> {
+pub fn spawn_in_terminal(
+    rc: &RuntimeCommand,
+    size: TermSize,
+    mode: TerminalMode,
+) -> Result<SpawnedChild, SpawnError> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, SpecialCharacterIndices};
     let pair = pty::open(size)?;
-    let eof_char = nix::sys::termios::tcgetattr(&pair.slave)
-        .map(|t| t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize])
-        .unwrap_or(0x04);
+    let termios = tcgetattr(&pair.slave).map_err(|e| SpawnError::Pty(PtyError::Open(e)))?;
+    // The container's terminal has the same default; this is the byte a
+    // client's stdin_eof becomes.
+    let eof_char = termios.control_chars[SpecialCharacterIndices::VEOF as usize];
+    if mode == TerminalMode::Raw {
+        let mut raw = termios;
+        cfmakeraw(&mut raw);
+        tcsetattr(&pair.slave, SetArg::TCSANOW, &raw)
+            .map_err(|e| SpawnError::Pty(PtyError::Open(e)))?;
+    }
     let mut cmd = base_command(rc)?;
     let stdio = |fd: OwnedFd| Stdio::from(fd);
     cmd.stdin(stdio(pty::dup_slave(&pair.slave)?))
@@ -241,7 +267,8 @@ mod tests {
     #[tokio::test]
     async fn terminal_child_sees_a_tty_of_the_right_size() {
         let rc = host("/bin/sh", &["-c", "stty size; test -t 0 && echo tty"]);
-        let mut spawned = spawn_in_terminal(&rc, TermSize { rows: 42, cols: 91 }).unwrap();
+        let mut spawned =
+            spawn_in_terminal(&rc, TermSize { rows: 42, cols: 91 }, TerminalMode::Cooked).unwrap();
         let mut out = Vec::new();
         spawned.io.stdout.read_to_end(&mut out).await.unwrap();
         let out = String::from_utf8_lossy(&out);
