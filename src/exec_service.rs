@@ -210,6 +210,19 @@ impl Stream for ExecResponseStream {
     }
 }
 
+/// A message that is not a valid `ExecMessage` (tonic reports decode
+/// failures as INTERNAL; resets and disconnects have other codes).
+fn is_undecodable(status: &Status) -> bool {
+    status.code() == tonic::Code::Internal
+}
+
+fn undecodable(status: &Status) -> EndReason {
+    EndReason::Protocol(format!(
+        "could not decode the client's message: {}",
+        status.message()
+    ))
+}
+
 /// A gRPC error the client caused by sending too large a message.
 fn is_too_large(status: &Status) -> bool {
     matches!(
@@ -268,6 +281,9 @@ impl Opener {
             Err(status) if is_too_large(&status) => {
                 let reason = EndReason::TooLarge(status.message().to_string());
                 return self.refuse("", SessionError::Ended(reason));
+            }
+            Err(status) if is_undecodable(&status) => {
+                return self.refuse("", SessionError::Ended(undecodable(&status)));
             }
             Err(status) => return ExecResponseStream::aborted(status),
         };
@@ -366,6 +382,10 @@ async fn relay_input(
             }
             Err(status) if is_too_large(&status) => {
                 input.end(EndReason::TooLarge(status.message().to_string()));
+                return;
+            }
+            Err(status) if is_undecodable(&status) => {
+                input.end(undecodable(&status));
                 return;
             }
             Err(status) => {

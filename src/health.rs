@@ -20,8 +20,28 @@ pub const SERVICES: [&str; 2] = ["", "exec_service.ExecService"];
 /// liveness probe can tell "execd is stuck" from "the engine is down".
 pub const LIVENESS_SERVICE: &str = "execd.admin.v1.SessionAdmin";
 
-/// Whether the engine behind `runtime_cli` answers.
+/// Whether the engine behind `runtime_cli` answers: `/_ping` on a local
+/// Docker socket (no process spawned every interval), else `<cli> version`.
 pub async fn engine_answers(runtime_cli: &str, timeout: Duration) -> Result<(), String> {
+    if let Some(socket) = execd_session::engine_api::local_socket(runtime_cli) {
+        return match tokio::time::timeout(
+            timeout,
+            execd_session::engine_api::get(&socket, "/_ping"),
+        )
+        .await
+        {
+            Err(_) => Err(format!(
+                "the engine at {} did not answer within {timeout:?}",
+                socket.display()
+            )),
+            Ok(Err(e)) => Err(format!(
+                "cannot reach the engine at {}: {e}",
+                socket.display()
+            )),
+            Ok(Ok((200, _))) => Ok(()),
+            Ok(Ok((code, body))) => Err(format!("the engine answered {code}: {}", body.trim())),
+        };
+    }
     let probe = Command::new(runtime_cli)
         .args(["version", "--format", "{{.Server.Version}}"])
         .stdin(Stdio::null())

@@ -309,6 +309,25 @@ async fn tty_stdin_eof_ends_cat() {
     assert_eq!(t.terminal().1, 0);
 }
 
+/// Docker's default detach keys (ctrl-p ctrl-q) are just bytes for the
+/// process: a client cannot accidentally detach and leave it orphaned.
+#[tokio::test]
+async fn ctrl_p_ctrl_q_do_not_detach() {
+    need_docker!();
+    let server = start_server(config()).await;
+    let mut r = req(shared_container(), &["cat"]);
+    r.tty = true;
+    let mut exec = server.exec(r).await;
+    exec.started().await;
+    exec.send(input_msg(vec![0x10u8, 0x11])).await;
+    exec.send(input_msg("still-attached\n")).await;
+    exec.read_until("still-attached\r\n").await;
+    exec.send(eof_msg()).await;
+    let t = exec.finish().await;
+    assert_eq!(t.terminal().0, WireStatus::Exited, "{t:#?}");
+    assert_eq!(t.terminal().1, 0);
+}
+
 /// EOF after a partial line still ends the input.
 #[tokio::test]
 async fn tty_stdin_eof_mid_line_ends_cat() {

@@ -710,8 +710,18 @@ async fn main() -> Result<()> {
     if run("start") {
         eprintln!("1/6 start latency");
         let n = if q { 10 } else { 50 };
-        let (e_first, e_exit) = start_latency_execd(&channel, n).await?;
-        let (d_first, d_exit) = start_latency_docker(n).await?;
+        // Interleaved, so drift on the machine hits both sides alike.
+        let (mut ef, mut ee, mut df, mut de) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            let (first, exit) = start_latency_execd(&channel, 1).await?;
+            ef.extend(first.0);
+            ee.extend(exit.0);
+            let (first, exit) = start_latency_docker(1).await?;
+            df.extend(first.0);
+            de.extend(exit.0);
+        }
+        let (e_first, e_exit, d_first, d_exit) =
+            (Samples(ef), Samples(ee), Samples(df), Samples(de));
         let ratio_ok = |e: f64, d: f64, max: f64| Some(e / d <= max);
         rows.push(Row {
             scenario: format!("start ({n}× echo x)"),

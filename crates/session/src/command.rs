@@ -16,6 +16,12 @@ use std::ffi::OsString;
 /// a session, inside or outside the container.
 pub const SESSION_ENV: &str = "EXECD_SESSION_ID";
 
+/// Detach keys given to the runtime CLI in terminal mode. The default
+/// (ctrl-p, ctrl-q) would let a keystroke pair make the CLI leave the
+/// process running in the container unobserved; this six-byte sequence of
+/// rare control codes is practically never typed.
+pub const DETACH_KEYS: &str = "ctrl-^,ctrl-_,ctrl-^,ctrl-_,ctrl-^,ctrl-_";
+
 /// Command used when the request names none.
 pub const DEFAULT_COMMAND: &str = "/bin/sh";
 
@@ -294,6 +300,8 @@ impl ExecSpec {
                 let mut args: Vec<OsString> = vec!["exec".into(), "-i".into()];
                 if self.tty {
                     args.push("-t".into());
+                    args.push("--detach-keys".into());
+                    args.push(DETACH_KEYS.into());
                 }
                 for (key, value) in env {
                     args.push("-e".into());
@@ -373,6 +381,8 @@ mod tests {
                 "exec",
                 "-i",
                 "-t",
+                "--detach-keys",
+                DETACH_KEYS,
                 "-e",
                 "A=1",
                 "-e",

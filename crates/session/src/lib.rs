@@ -11,7 +11,8 @@
 //! - [`spawn`] and [`pty`]: starting the child with pipes or under a
 //!   pseudo-terminal, with non-blocking I/O on the tokio reactor.
 //! - [`preflight`]: asking the engine whether the container exists and runs,
-//!   so a missing container is an error rather than "exit 1".
+//!   so a missing container is an error rather than "exit 1"; [`engine_api`]
+//!   asks a local Docker engine directly, without spawning a CLI.
 //! - [`session`]: the running session's tasks and the [`Session`] handle
 //!   (input side, output side) the server drives.
 //! - [`reaper`]: ending a session's processes inside the container too;
@@ -22,6 +23,7 @@
 //!   `tonic::Status`, kept behind a feature so the manager stays gRPC-free.
 
 pub mod command;
+pub mod engine_api;
 pub mod error;
 pub mod manager;
 pub mod preflight;

@@ -11,7 +11,9 @@ use crate::command::{validate_session_id, ExecMode, ExecSpec, TermSize};
 use crate::error::SessionError;
 use crate::preflight;
 use crate::reaper::{self, ContainerRef};
-use crate::registry::{now_ms, Limits, Registry, SessionControl, SessionEntry, SessionStats};
+use crate::registry::{
+    now_ms, Limits, Registration, Registry, SessionControl, SessionEntry, SessionStats,
+};
 use crate::session::{self, Launch, LifecycleConfig, Session};
 use crate::spawn;
 
@@ -59,6 +61,9 @@ struct AbandonGuard {
     grace: Duration,
     started: std::time::Instant,
     armed: bool,
+    /// Kept until the reaping is done: the session counts (and shutdown
+    /// waits for it) until its processes are gone.
+    registration: Option<Registration>,
 }
 
 impl Drop for AbandonGuard {
@@ -153,6 +158,7 @@ impl SessionManager {
         } else {
             spawn::spawn_piped(&runtime)?
         };
+        let control = registration.entry().control.clone();
         let mut abandon = AbandonGuard {
             session_id: id.clone(),
             // init_pid unknown yet: if execd cannot see the container's
@@ -169,6 +175,7 @@ impl SessionManager {
             grace: self.lifecycle.kill_grace,
             started: spawned_at,
             armed: true,
+            registration: Some(registration),
         };
 
         // The exec is already on its way; the inspect runs alongside it.
@@ -176,10 +183,10 @@ impl SessionManager {
             ExecMode::Container { runtime_cli } => {
                 let inspected = tokio::select! {
                     r = preflight::check_container(runtime_cli, &spec.container_id) => r,
-                    _ = registration.entry().control.token().cancelled() => {
+                    _ = control.token().cancelled() => {
                         Err(preflight::PreflightError::Failed {
                             container_id: spec.container_id.clone(),
-                            message: registration.entry().control.reason().to_string(),
+                            message: control.reason().to_string(),
                         })
                     }
                 };
@@ -192,10 +199,10 @@ impl SessionManager {
                     Err(e) => {
                         let _ = spawned.child.start_kill();
                         let _ = spawned.child.wait().await;
-                        let control = &registration.entry().control;
                         if control.token().is_cancelled() {
                             // Ended while the exec was under way: it may have
-                            // started, so the guard (still armed) reaps it.
+                            // started, so the guard (still armed) reaps it and
+                            // keeps the session counted until then.
                             return Err(SessionError::Ended(control.reason()));
                         }
                         // The engine refused the container, so the exec
@@ -208,6 +215,11 @@ impl SessionManager {
             ExecMode::Host => None,
         };
         abandon.armed = false;
+        let Some(registration) = abandon.registration.take() else {
+            return Err(SessionError::Wait(std::io::Error::other(
+                "session registration lost during start",
+            )));
+        };
 
         Ok(session::launch(Launch {
             id,

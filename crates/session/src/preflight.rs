@@ -17,6 +17,8 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
+use crate::engine_api;
+
 /// The engine's view of the container, as far as execd needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
@@ -43,6 +45,9 @@ pub enum PreflightError {
 
 const FORMAT: &str = "{{.State.Status}} {{.State.Pid}}";
 
+/// How long the Engine API gets before the CLI is asked instead.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A hung engine fails the start instead of holding the client forever.
 const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -52,64 +57,40 @@ pub async fn check_container(
     runtime_cli: &str,
     container_id: &str,
 ) -> Result<ContainerState, PreflightError> {
-    if let Some(socket) = docker_api_socket(runtime_cli) {
-        match tokio::time::timeout(INSPECT_TIMEOUT, inspect_via_api(&socket, container_id)).await {
+    if let Some(socket) = engine_api::local_socket(runtime_cli) {
+        // Short: a slow or odd answer falls back to the CLI, which has its
+        // own, longer timeout.
+        match tokio::time::timeout(API_TIMEOUT, inspect_via_api(&socket, container_id)).await {
             Ok(Ok(answer)) => return answer,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, socket = %socket.display(), "Engine API unreachable; asking the CLI");
+                tracing::debug!(error = %e, socket = %socket.display(), "Engine API not usable; asking the CLI");
             }
             Err(_) => {
-                return Err(PreflightError::EngineUnavailable {
-                    message: format!("the Engine API did not answer within {INSPECT_TIMEOUT:?}"),
-                })
+                tracing::debug!(socket = %socket.display(), "Engine API slow; asking the CLI");
             }
         }
     }
     inspect_container(runtime_cli, container_id).await
 }
 
-/// The Engine API socket, if the runtime CLI is docker and would talk to a
-/// local unix socket (no other host, context or config override).
-fn docker_api_socket(runtime_cli: &str) -> Option<std::path::PathBuf> {
-    let name = std::path::Path::new(runtime_cli).file_name()?.to_str()?;
-    if name != "docker" || std::env::var_os("DOCKER_CONTEXT").is_some() {
-        return None;
-    }
-    match std::env::var("DOCKER_HOST") {
-        Ok(host) => host.strip_prefix("unix://").map(std::path::PathBuf::from),
-        Err(_) => Some(std::path::PathBuf::from("/var/run/docker.sock")),
-    }
-}
-
-/// One HTTP/1.0 request (so the answer is not chunked) over the socket.
-/// Transport errors come back as `Err`; any HTTP answer as `Ok`.
+/// The container's state from the Engine API. Transport errors come back
+/// as `Err`; any HTTP answer as `Ok`.
 async fn inspect_via_api(
     socket: &std::path::Path,
     container_id: &str,
 ) -> std::io::Result<Result<ContainerState, PreflightError>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::UnixStream::connect(socket).await?;
     // The id is validated to [A-Za-z0-9_.-]: safe in a URL path as is.
-    let request = format!("GET /containers/{container_id}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::with_capacity(16 * 1024);
-    stream.take(4 * 1024 * 1024).read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed Engine API answer"))?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("malformed Engine API status line"))?;
-    let json: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    let (code, body) = engine_api::get(socket, &format!("/containers/{container_id}/json")).await?;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     let message = json
         .get("message")
         .and_then(|m| m.as_str())
         .unwrap_or_default()
         .to_string();
     Ok(match code {
+        200 if json.get("State").is_none() => {
+            return Err(std::io::Error::other("Engine API answer without State"));
+        }
         200 => {
             let state = &json["State"];
             let status = state["Status"].as_str().unwrap_or_default();
@@ -247,19 +228,6 @@ mod tests {
             classify_failure("x", "permission denied while trying to connect"),
             PreflightError::Failed { .. }
         ));
-    }
-
-    #[test]
-    fn api_socket_only_for_plain_local_docker() {
-        assert_eq!(docker_api_socket("podman"), None);
-        assert_eq!(docker_api_socket("/opt/bin/nerdctl"), None);
-        if std::env::var_os("DOCKER_HOST").is_none() && std::env::var_os("DOCKER_CONTEXT").is_none()
-        {
-            assert_eq!(
-                docker_api_socket("/usr/bin/docker"),
-                Some(std::path::PathBuf::from("/var/run/docker.sock"))
-            );
-        }
     }
 
     /// A fake engine on a unix socket answers like the Engine API does.
