@@ -160,3 +160,67 @@ impl SessionAdmin for SessionAdminImpl {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use execd_session::registry::{SessionControl, SessionEntry, SessionStats};
+    use execd_session::{ManagerConfig, SessionManager};
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    fn entry(id: usize, instance: &str) -> SessionEntry {
+        SessionEntry {
+            session_id: format!("s{id}"),
+            instance_id: instance.to_string(),
+            container_id: "c".into(),
+            command: vec!["sh".into()],
+            tty: false,
+            started_at_unix_ms: 0,
+            stats: Arc::new(SessionStats::new()),
+            control: Arc::new(SessionControl::new(&CancellationToken::new())),
+        }
+    }
+
+    /// A watcher that stops reading falls behind without blocking anyone,
+    /// and is then told to re-subscribe.
+    #[tokio::test]
+    async fn a_lagging_watcher_ends_with_resource_exhausted() {
+        let manager = SessionManager::new(ManagerConfig::default(), CancellationToken::new());
+        let admin = SessionAdminImpl::new(manager.clone());
+        let mut stream = admin
+            .watch_instances(Request::new(WatchInstancesRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        // Far more changes than the queue and the broadcast buffer hold;
+        // registering never waits for the watcher.
+        for i in 0..(execd_session::registry::WATCH_BUFFER * 2) {
+            drop(
+                manager
+                    .registry()
+                    .register(entry(i, "busy-instance"))
+                    .unwrap(),
+            );
+        }
+        let mut events = 0;
+        let status = loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+                .await
+                .expect("the watch ends")
+            {
+                Some(Ok(_)) => events += 1,
+                Some(Err(status)) => break status,
+                None => panic!("watch ended without an error after {events} events"),
+            }
+        };
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("re-subscribe"),
+            "{}",
+            status.message()
+        );
+        assert!(events < execd_session::registry::WATCH_BUFFER * 4);
+    }
+}
