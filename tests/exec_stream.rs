@@ -293,20 +293,26 @@ async fn ctrl_c_interrupts_sleep_under_tty() {
     assert_eq!(t.terminal().1, 130);
 }
 
-#[tokio::test]
-async fn tty_stdin_eof_ends_cat() {
-    need_docker!();
+/// Runs `cat` under a tty: sends `input`, waits until `echo` came back,
+/// sends stdin_eof, and expects `cat` to exit 0.
+async fn tty_cat_ends_on_eof(input: &[u8], echo: &str) {
     let server = start_server(config()).await;
     let mut r = req(shared_container(), &["cat"]);
     r.tty = true;
     let mut exec = server.exec(r).await;
     exec.started().await;
-    exec.send(input_msg("typed\n")).await;
-    exec.read_until("typed\r\ntyped").await;
+    exec.send(input_msg(input.to_vec())).await;
+    exec.read_until(echo).await;
     exec.send(eof_msg()).await;
     let t = exec.finish().await;
     assert_eq!(t.terminal().0, WireStatus::Exited, "{t:#?}");
     assert_eq!(t.terminal().1, 0);
+}
+
+#[tokio::test]
+async fn tty_stdin_eof_ends_cat() {
+    need_docker!();
+    tty_cat_ends_on_eof(b"typed\n", "typed\r\ntyped").await;
 }
 
 /// Docker's default detach keys (ctrl-p ctrl-q) are just bytes for the
@@ -314,35 +320,14 @@ async fn tty_stdin_eof_ends_cat() {
 #[tokio::test]
 async fn ctrl_p_ctrl_q_do_not_detach() {
     need_docker!();
-    let server = start_server(config()).await;
-    let mut r = req(shared_container(), &["cat"]);
-    r.tty = true;
-    let mut exec = server.exec(r).await;
-    exec.started().await;
-    exec.send(input_msg(vec![0x10u8, 0x11])).await;
-    exec.send(input_msg("still-attached\n")).await;
-    exec.read_until("still-attached\r\n").await;
-    exec.send(eof_msg()).await;
-    let t = exec.finish().await;
-    assert_eq!(t.terminal().0, WireStatus::Exited, "{t:#?}");
-    assert_eq!(t.terminal().1, 0);
+    tty_cat_ends_on_eof(b"\x10\x11still-attached\n", "still-attached\r\n").await;
 }
 
 /// EOF after a partial line still ends the input.
 #[tokio::test]
 async fn tty_stdin_eof_mid_line_ends_cat() {
     need_docker!();
-    let server = start_server(config()).await;
-    let mut r = req(shared_container(), &["cat"]);
-    r.tty = true;
-    let mut exec = server.exec(r).await;
-    exec.started().await;
-    exec.send(input_msg("partial")).await;
-    exec.read_until("partial").await;
-    exec.send(eof_msg()).await;
-    let t = exec.finish().await;
-    assert_eq!(t.terminal().0, WireStatus::Exited, "{t:#?}");
-    assert_eq!(t.terminal().1, 0);
+    tty_cat_ends_on_eof(b"partial", "partial").await;
 }
 
 #[tokio::test]

@@ -450,6 +450,32 @@ async fn throughput_docker_tty(count: usize) -> Result<f64> {
     Ok(total as f64 / (1024.0 * 1024.0) / t0.elapsed().as_secs_f64())
 }
 
+/// Throughput through execd and through plain `docker exec`, median of 3
+/// alternating runs each.
+async fn throughput_row(channel: &Channel, tty: bool, count: usize) -> Result<Row> {
+    let mut e = Vec::new();
+    let mut d = Vec::new();
+    for _ in 0..3 {
+        e.push(throughput_execd(channel, tty, count).await?);
+        d.push(if tty {
+            throughput_docker_tty(count).await?
+        } else {
+            throughput_docker_pipe(count).await?
+        });
+    }
+    let (e, d) = (Samples(e).median(), Samples(d).median());
+    let kind = if tty { "tty" } else { "pipe" };
+    Ok(Row {
+        scenario: format!("{kind} throughput ({} MiB, median of 3)", count / 16),
+        metric: "rate".into(),
+        execd: e,
+        docker: Some(d),
+        unit: "MiB/s".into(),
+        target: "ratio ≥ 0.95".into(),
+        met: Some(e / d >= 0.95),
+    })
+}
+
 /// Keystroke round trips (ms) with `cat` under a tty through execd.
 async fn keystrokes_execd(s: &mut Session, n: usize) -> Result<Samples> {
     // Let the terminal settle (the initial echo of nothing, resize checks).
@@ -760,45 +786,14 @@ async fn main() -> Result<()> {
             met: None,
         });
     }
-    if run("pipe") {
-        eprintln!("2/6 pipe throughput");
-        let count = if q { 1024 } else { 8192 };
-        let mut e = Vec::new();
-        let mut d = Vec::new();
-        for _ in 0..3 {
-            e.push(throughput_execd(&channel, false, count).await?);
-            d.push(throughput_docker_pipe(count).await?);
+    for (name, tty, count) in [
+        ("pipe", false, if q { 1024 } else { 8192 }),
+        ("tty", true, if q { 512 } else { 2048 }),
+    ] {
+        if run(name) {
+            eprintln!("{} throughput", name);
+            rows.push(throughput_row(&channel, tty, count).await?);
         }
-        let (e, d) = (Samples(e).median(), Samples(d).median());
-        rows.push(Row {
-            scenario: format!("pipe throughput ({} MiB, median of 3)", count / 16),
-            metric: "rate".into(),
-            execd: e,
-            docker: Some(d),
-            unit: "MiB/s".into(),
-            target: "ratio ≥ 0.95".into(),
-            met: Some(e / d >= 0.95),
-        });
-    }
-    if run("tty") {
-        eprintln!("3/6 tty throughput");
-        let count = if q { 512 } else { 2048 };
-        let mut e = Vec::new();
-        let mut d = Vec::new();
-        for _ in 0..3 {
-            e.push(throughput_execd(&channel, true, count).await?);
-            d.push(throughput_docker_tty(count).await?);
-        }
-        let (e, d) = (Samples(e).median(), Samples(d).median());
-        rows.push(Row {
-            scenario: format!("tty throughput ({} MiB, median of 3)", count / 16),
-            metric: "rate".into(),
-            execd: e,
-            docker: Some(d),
-            unit: "MiB/s".into(),
-            target: "ratio ≥ 0.95".into(),
-            met: Some(e / d >= 0.95),
-        });
     }
     if run("keys") {
         eprintln!("4/6 keystroke round trip");
