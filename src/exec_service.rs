@@ -20,8 +20,8 @@ use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_server::ExecService;
 use execd_proto::exec_service::ExecMessage;
 use execd_session::{
-    new_session_id, EndReason, OutputStream, SessionError, SessionEvent, SessionInput,
-    SessionManager, SessionStats, ValidationError,
+    new_session_id, EndReason, SessionError, SessionEvent, SessionInput, SessionManager,
+    SessionStats, ValidationError,
 };
 use futures_util::Stream;
 use tokio::sync::mpsc;
@@ -74,17 +74,35 @@ pub struct ExecResponseStream {
 }
 
 impl ExecResponseStream {
-    fn failed(session_id: &str, err: &SessionError) -> Self {
-        let (msg, status) = protocol::error_pair(session_id, err);
-        tracing::info!(session_id, code = ?status.code(), error = %status.message(), "session refused");
+    /// A stream that yields `queued` and then ends.
+    fn ending(session_id: &str, queued: VecDeque<Item>) -> Self {
         ExecResponseStream {
             opening: None,
             session_id: session_id.to_string(),
-            queued: VecDeque::from([Ok(msg), Err(status)]),
+            queued,
             events: None,
             span: tracing::Span::none(),
             started_at: Instant::now(),
             active: None,
+        }
+    }
+
+    fn failed(session_id: &str, err: &SessionError) -> Self {
+        let (msg, status) = protocol::error_pair(session_id, err);
+        tracing::info!(session_id, code = ?status.code(), error = %status.message(), "session refused");
+        Self::ending(session_id, VecDeque::from([Ok(msg), Err(status)]))
+    }
+
+    /// The client went away before a session existed: end with its status.
+    fn aborted(status: Status) -> Self {
+        Self::ending("", VecDeque::from([Err(status)]))
+    }
+
+    /// A stream whose first items come from `opening`.
+    fn opening(opening: Pin<Box<dyn Future<Output = ExecResponseStream> + Send>>) -> Self {
+        ExecResponseStream {
+            opening: Some(opening),
+            ..Self::ending("", VecDeque::new())
         }
     }
 
@@ -96,35 +114,14 @@ impl ExecResponseStream {
         stats: Arc<SessionStats>,
     ) -> Self {
         ExecResponseStream {
-            opening: None,
-            session_id: session_id.to_string(),
-            queued: VecDeque::from([Ok(protocol::started(session_id))]),
             events: Some(events),
             span,
-            started_at: Instant::now(),
             active: Some((active, stats)),
+            ..Self::ending(
+                session_id,
+                VecDeque::from([Ok(protocol::started(session_id))]),
+            )
         }
-    }
-
-    /// A stream whose first items come from `opening`.
-    fn opening(opening: Pin<Box<dyn Future<Output = ExecResponseStream> + Send>>) -> Self {
-        ExecResponseStream {
-            opening: Some(opening),
-            session_id: String::new(),
-            queued: VecDeque::new(),
-            events: None,
-            span: tracing::Span::none(),
-            started_at: Instant::now(),
-            active: None,
-        }
-    }
-
-    /// The client went away before a session existed: end with its status.
-    fn aborted(status: Status) -> Self {
-        let mut stream = Self::opening(Box::pin(std::future::pending()));
-        stream.opening = None;
-        stream.queued.push_back(Err(status));
-        stream
     }
 
     fn duration_ms(&self) -> u64 {
@@ -159,11 +156,7 @@ impl Stream for ExecResponseStream {
         let item = match event {
             Some(SessionEvent::Output { stream, data }) => {
                 if let Some((active, _)) = &this.active {
-                    let name = match stream {
-                        OutputStream::Stdout => "stdout",
-                        OutputStream::Stderr => "stderr",
-                    };
-                    active.metrics().record_bytes(name, data.len());
+                    active.metrics().record_output(stream, data.len());
                 }
                 return Poll::Ready(Some(Ok(protocol::output(id, stream, data))));
             }
@@ -396,7 +389,7 @@ async fn relay_input(
         };
         match msg.payload {
             Some(Payload::InputData(data)) => {
-                metrics.record_bytes("stdin", data.data.len());
+                metrics.record_stdin(data.data.len());
                 if !input.write(data.data).await {
                     return;
                 }

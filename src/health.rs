@@ -6,7 +6,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use execd_session::ExecMode;
+use std::path::Path;
+
+use execd_session::engine_api;
+use execd_session::{ExecMode, SessionManager};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
@@ -20,27 +23,26 @@ pub const SERVICES: [&str; 2] = ["", "exec_service.ExecService"];
 /// liveness probe can tell "execd is stuck" from "the engine is down".
 pub const LIVENESS_SERVICE: &str = "execd.admin.v1.SessionAdmin";
 
-/// Whether the engine behind `runtime_cli` answers: `/_ping` on a local
-/// Docker socket (no process spawned every interval), else `<cli> version`.
-pub async fn engine_answers(runtime_cli: &str, timeout: Duration) -> Result<(), String> {
-    if let Some(socket) = execd_session::engine_api::local_socket(runtime_cli) {
-        return match tokio::time::timeout(
-            timeout,
-            execd_session::engine_api::get(&socket, "/_ping"),
-        )
-        .await
+/// Whether the engine behind `runtime_cli` answers: `/_ping` on the local
+/// Engine API socket if there is one (no process spawned every interval),
+/// else — or if that socket does not answer — `<cli> version`.
+pub async fn engine_answers(
+    runtime_cli: &str,
+    api_socket: Option<&Path>,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(socket) = api_socket {
+        // An answer settles it; no answer is double-checked with the CLI,
+        // whose configuration may point elsewhere.
+        if let Ok(Ok((code, body))) =
+            tokio::time::timeout(timeout, engine_api::get(socket, "/_ping")).await
         {
-            Err(_) => Err(format!(
-                "the engine at {} did not answer within {timeout:?}",
-                socket.display()
-            )),
-            Ok(Err(e)) => Err(format!(
-                "cannot reach the engine at {}: {e}",
-                socket.display()
-            )),
-            Ok(Ok((200, _))) => Ok(()),
-            Ok(Ok((code, body))) => Err(format!("the engine answered {code}: {}", body.trim())),
-        };
+            return if code == 200 {
+                Ok(())
+            } else {
+                Err(format!("the engine answered {code}: {}", body.trim()))
+            };
+        }
     }
     let probe = Command::new(runtime_cli)
         .args(["version", "--format", "{{.Server.Version}}"])
@@ -68,7 +70,7 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 /// Keeps the health status current until `shutdown`, then NOT_SERVING.
 pub async fn monitor(
     reporter: HealthReporter,
-    mode: ExecMode,
+    manager: SessionManager,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -77,10 +79,11 @@ pub async fn monitor(
         .await;
     let mut last: Option<bool> = None;
     loop {
-        let healthy = match &mode {
+        let healthy = match manager.mode() {
             ExecMode::Host => Ok(()),
             ExecMode::Container { runtime_cli } => {
-                engine_answers(runtime_cli, interval.max(Duration::from_secs(2))).await
+                let timeout = interval.max(Duration::from_secs(2));
+                engine_answers(runtime_cli, manager.engine_api_socket(), timeout).await
             }
         };
         if shutdown.is_cancelled() {

@@ -68,7 +68,7 @@ pub async fn run(
     let manager = SessionManager::new(config.manager.clone(), shutdown.clone());
     let metrics = Arc::new(metrics::Metrics::new());
     if let Some(addr) = config.metrics_listen {
-        let listener = metrics::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::MetricsBind { addr, source })?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
@@ -104,7 +104,7 @@ pub async fn run(
     }
     tokio::spawn(health::monitor(
         health_reporter,
-        manager.mode().clone(),
+        manager.clone(),
         config.health_interval,
         shutdown.clone(),
     ));

@@ -6,13 +6,12 @@
 //! An RAII [`ActiveSession`] makes sure a session that vanishes without a
 //! terminal status (client gone) still leaves the gauge and counts right.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use execd_session::preflight::PreflightError;
 use execd_session::spawn::SpawnError;
-use execd_session::{EndReason, ErrorKind, SessionError};
+use execd_session::{EndReason, ErrorKind, OutputStream, SessionError};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -56,7 +55,11 @@ pub struct Metrics {
     sessions_started: Family<TtyLabels, Counter>,
     sessions_ended: Family<OutcomeLabels, Counter>,
     start_latency: Histogram,
-    bytes: Family<StreamLabels, Counter>,
+    /// Handles into the `bytes` family, made once: these are bumped per
+    /// chunk, so no label allocation or family lookup on that path.
+    bytes_stdin: Counter,
+    bytes_stdout: Counter,
+    bytes_stderr: Counter,
     exit_codes: Family<ExitClassLabels, Counter>,
     runtime_failures: Family<FailureLabels, Counter>,
 }
@@ -123,6 +126,14 @@ fn runtime_failure(err: &SessionError) -> Option<&'static str> {
     }
 }
 
+fn byte_counter(family: &Family<StreamLabels, Counter>, stream: &str) -> Counter {
+    family
+        .get_or_create(&StreamLabels {
+            stream: stream.to_string(),
+        })
+        .clone()
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("execd");
@@ -174,7 +185,9 @@ impl Metrics {
             sessions_started,
             sessions_ended,
             start_latency,
-            bytes,
+            bytes_stdin: byte_counter(&bytes, "stdin"),
+            bytes_stdout: byte_counter(&bytes, "stdout"),
+            bytes_stderr: byte_counter(&bytes, "stderr"),
             exit_codes,
             runtime_failures,
         }
@@ -188,12 +201,15 @@ impl Metrics {
         out
     }
 
-    pub fn record_bytes(&self, stream: &'static str, n: usize) {
-        self.bytes
-            .get_or_create(&StreamLabels {
-                stream: stream.to_string(),
-            })
-            .inc_by(n as u64);
+    pub fn record_stdin(&self, n: usize) {
+        self.bytes_stdin.inc_by(n as u64);
+    }
+
+    pub fn record_output(&self, stream: OutputStream, n: usize) {
+        match stream {
+            OutputStream::Stdout => self.bytes_stdout.inc_by(n as u64),
+            OutputStream::Stderr => self.bytes_stderr.inc_by(n as u64),
+        };
     }
 
     /// A session was refused before it started.
@@ -322,11 +338,6 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             }
         });
     }
-}
-
-/// Binds the metrics listener (loopback recommended).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

@@ -69,12 +69,11 @@ fn docker(args: &[&str]) -> std::process::Output {
         .expect("running the docker CLI")
 }
 
-/// Runs a fresh container with `--network none` and returns its name.
-/// `--init` gives it a reaper for orphans, so killed processes do not linger
-/// as zombies in `ps` output.
-pub fn run_container(name: &str) -> String {
-    let _ = docker(&["rm", "-f", name]);
-    let out = docker(&[
+/// `docker run` of an idle test container named `name`, with
+/// `--network none`; `--init` gives it a reaper for orphans, so killed
+/// processes do not linger as zombies in `ps` output.
+fn run_idle_container(name: &str) -> std::process::Output {
+    docker(&[
         "run",
         "-d",
         "--init",
@@ -87,13 +86,7 @@ pub fn run_container(name: &str) -> String {
         IMAGE,
         "sleep",
         "infinity",
-    ]);
-    assert!(
-        out.status.success(),
-        "docker run {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    name.to_string()
+    ])
 }
 
 /// The container most tests share; created once per test process, and
@@ -114,20 +107,7 @@ pub fn shared_container() -> &'static str {
                 return;
             }
             if !state.status.success() {
-                let out = docker(&[
-                    "run",
-                    "-d",
-                    "--init",
-                    "--network",
-                    "none",
-                    "--label",
-                    "execd-test=1",
-                    "--name",
-                    SHARED_CONTAINER,
-                    IMAGE,
-                    "sleep",
-                    "infinity",
-                ]);
+                let out = run_idle_container(SHARED_CONTAINER);
                 // Another test binary may have won the race: look again.
                 if out.status.success() {
                     return;

@@ -41,6 +41,9 @@ impl Default for ManagerConfig {
 #[derive(Clone)]
 pub struct SessionManager {
     mode: Arc<ExecMode>,
+    /// The local Engine API socket, if the runtime CLI is a plain local
+    /// docker; decided once (it reads the CLI's config file).
+    engine_api: Option<Arc<std::path::Path>>,
     lifecycle: Arc<LifecycleConfig>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
@@ -95,7 +98,14 @@ impl SessionManager {
     /// `shutdown` ends every session (with "server shutting down") when
     /// cancelled.
     pub fn new(config: ManagerConfig, shutdown: CancellationToken) -> Self {
+        let engine_api = match &config.mode {
+            ExecMode::Container { runtime_cli } => {
+                crate::engine_api::local_socket(runtime_cli).map(Arc::from)
+            }
+            ExecMode::Host => None,
+        };
         SessionManager {
+            engine_api,
             mode: Arc::new(config.mode),
             lifecycle: Arc::new(config.lifecycle),
             registry: Registry::new(config.limits),
@@ -109,6 +119,11 @@ impl SessionManager {
 
     pub fn mode(&self) -> &ExecMode {
         &self.mode
+    }
+
+    /// The local Engine API socket used for preflights and health, if any.
+    pub fn engine_api_socket(&self) -> Option<&std::path::Path> {
+        self.engine_api.as_deref()
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
@@ -182,7 +197,7 @@ impl SessionManager {
         let container = match self.mode.as_ref() {
             ExecMode::Container { runtime_cli } => {
                 let inspected = tokio::select! {
-                    r = preflight::check_container(runtime_cli, &spec.container_id) => r,
+                    r = preflight::check_container(runtime_cli, self.engine_api_socket(), &spec.container_id) => r,
                     _ = control.token().cancelled() => {
                         Err(preflight::PreflightError::Failed {
                             container_id: spec.container_id.clone(),

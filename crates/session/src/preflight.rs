@@ -55,12 +55,13 @@ const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Engine API when possible, else through the CLI.
 pub async fn check_container(
     runtime_cli: &str,
+    api_socket: Option<&std::path::Path>,
     container_id: &str,
 ) -> Result<ContainerState, PreflightError> {
-    if let Some(socket) = engine_api::local_socket(runtime_cli) {
+    if let Some(socket) = api_socket {
         // Short: a slow or odd answer falls back to the CLI, which has its
         // own, longer timeout.
-        match tokio::time::timeout(API_TIMEOUT, inspect_via_api(&socket, container_id)).await {
+        match tokio::time::timeout(API_TIMEOUT, inspect_via_api(socket, container_id)).await {
             Ok(Ok(answer)) => return answer,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, socket = %socket.display(), "Engine API not usable; asking the CLI");

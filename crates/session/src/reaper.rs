@@ -100,9 +100,7 @@ fn container_visible(container: &ContainerRef) -> bool {
     if container.init_pid <= 0 {
         return false;
     }
-    let pid = container.init_pid;
-    Path::new(&format!("/proc/{pid}/environ")).exists()
-        && std::fs::read(format!("/proc/{pid}/environ")).is_ok()
+    std::fs::read(format!("/proc/{}/environ", container.init_pid)).is_ok()
 }
 
 /// Signals every process of the session and waits until they are gone,

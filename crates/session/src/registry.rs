@@ -223,10 +223,6 @@ impl Registry {
         })
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     fn counts(&self) -> MutexGuard<'_, Counts> {
         // A panic while holding this lock cannot leave the counts half
         // updated (each update is a single insert/remove), so recover.
@@ -336,10 +332,6 @@ impl Registry {
     /// Instances with at least one session.
     pub fn active_per_instance(&self) -> HashMap<String, u32> {
         self.counts().per_instance.clone()
-    }
-
-    pub fn contains(&self, session_id: &str) -> bool {
-        self.sessions.contains_key(session_id)
     }
 
     /// Live sessions, optionally of one instance, oldest first.

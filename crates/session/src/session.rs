@@ -125,10 +125,6 @@ pub struct SessionInput {
 }
 
 impl SessionInput {
-    pub fn is_tty(&self) -> bool {
-        self.tty
-    }
-
     /// Queues bytes for stdin, waiting while the queue is full (backpressure).
     /// Returns false once the session is over.
     pub async fn write(&mut self, data: Bytes) -> bool {
@@ -177,10 +173,6 @@ impl SessionInput {
     pub async fn finished(&self) {
         self.done.cancelled().await
     }
-
-    pub fn is_finished(&self) -> bool {
-        self.done.is_cancelled()
-    }
 }
 
 /// The client-facing output side. Dropping it means the client is gone:
@@ -190,10 +182,6 @@ pub struct SessionOutput {
 }
 
 impl SessionOutput {
-    pub async fn recv(&mut self) -> Option<SessionEvent> {
-        self.events.recv().await
-    }
-
     pub fn into_receiver(self) -> mpsc::Receiver<SessionEvent> {
         self.events
     }
