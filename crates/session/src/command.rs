@@ -33,6 +33,10 @@ pub const MAX_COMMAND_ARGS: usize = 4096;
 pub const MAX_ENV_VARS: usize = 1024;
 /// Longest accepted session id.
 pub const MAX_SESSION_ID_LEN: usize = 128;
+/// Longest accepted instance id. It is stored with the session, repeated in
+/// every listing and watch event, and logged, so it is bounded like a
+/// session id.
+pub const MAX_INSTANCE_ID_LEN: usize = 128;
 /// Upper bound for the total size of argv + env strings (well below ARG_MAX).
 pub const MAX_ARGV_BYTES: usize = 256 * 1024;
 /// Largest terminal dimension accepted; larger values are clamped.
@@ -71,11 +75,64 @@ pub enum ValidationError {
         "session_id {0:?} is invalid (allowed: [A-Za-z0-9_.:-], 1 to {MAX_SESSION_ID_LEN} bytes)"
     )]
     BadSessionId(String),
+    #[error(
+        "instance_id {0:?} is invalid (allowed: empty, or [A-Za-z0-9_.:-], at most {MAX_INSTANCE_ID_LEN} bytes)"
+    )]
+    BadInstanceId(String),
+    #[error("attach needs a container; execd runs in host-exec mode, which has none")]
+    AttachInHostMode,
+}
+
+/// Which front door a session came in by (for listings, metrics and logs;
+/// the session manager treats them all alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Door {
+    /// `exec_service.ExecService/ExecStream`.
+    #[default]
+    Grpc,
+    /// A CRI `Exec`/`Attach` URL.
+    Cri,
+    /// The Kubernetes pod exec/attach paths.
+    Kube,
+    /// The Docker-style HTTP exec API.
+    Docker,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Grpc => "grpc",
+            Door::Cri => "cri",
+            Door::Kube => "kube",
+            Door::Docker => "docker",
+        }
+    }
+}
+
+/// What a session runs: a new process, or the container's main process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    #[default]
+    Exec,
+    /// Attached to the container's PID 1; ending the session never stops it.
+    Attach,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Exec => "exec",
+            SessionKind::Attach => "attach",
+        }
+    }
 }
 
 /// A client's exec request, as the session manager sees it (no gRPC types).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecSpec {
+    /// The front door it came in by.
+    pub door: Door,
+    pub kind: SessionKind,
     /// Container name or id; empty in host-exec mode.
     pub container_id: String,
     /// argv; empty means [`DEFAULT_COMMAND`].
@@ -89,6 +146,15 @@ pub struct ExecSpec {
     pub user: String,
     /// Platform instance the session is counted under; may be empty.
     pub instance_id: String,
+    /// Opaque key of whoever asked for the session, derived by the server
+    /// from the client's credential (never the credential itself). Sessions
+    /// with the same non-empty owner count against
+    /// [`Limits::max_sessions_per_owner`](crate::registry::Limits); empty
+    /// means uncounted. Not client input, so not validated.
+    pub owner: String,
+    /// Attach only: forward the client's input to the container's main
+    /// process (`--no-stdin` otherwise). Exec sessions always get `-i`.
+    pub attach_stdin: bool,
 }
 
 /// Terminal size in character cells, always within `1..=MAX_TERM_DIM`.
@@ -149,15 +215,25 @@ pub struct RuntimeCommand {
 
 /// Checks a session id chosen by a client.
 pub fn validate_session_id(id: &str) -> Result<(), ValidationError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_SESSION_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    let ok = !id.is_empty() && id.len() <= MAX_SESSION_ID_LEN && id.bytes().all(is_id_byte);
     if ok {
         Ok(())
     } else {
         Err(ValidationError::BadSessionId(truncate_for_message(id)))
+    }
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+}
+
+/// Checks an instance id: empty (the session is not counted under any
+/// instance) or a session-id-like string.
+pub fn validate_instance_id(id: &str) -> Result<(), ValidationError> {
+    if id.len() <= MAX_INSTANCE_ID_LEN && id.bytes().all(is_id_byte) {
+        Ok(())
+    } else {
+        Err(ValidationError::BadInstanceId(truncate_for_message(id)))
     }
 }
 
@@ -204,6 +280,9 @@ impl ExecSpec {
     /// Checks every client-controlled field. Nothing may be spawned for a
     /// spec that fails here.
     pub fn validate(&self, mode: &ExecMode) -> Result<(), ValidationError> {
+        if self.kind == SessionKind::Attach && *mode == ExecMode::Host {
+            return Err(ValidationError::AttachInHostMode);
+        }
         match mode {
             ExecMode::Container { .. } => {
                 if self.container_id.is_empty() {
@@ -221,6 +300,7 @@ impl ExecSpec {
                 }
             }
         }
+        validate_instance_id(&self.instance_id)?;
         if self.command.len() > MAX_COMMAND_ARGS {
             return Err(ValidationError::TooManyArgs(self.command.len()));
         }
@@ -266,8 +346,12 @@ impl ExecSpec {
         Ok(())
     }
 
-    /// The argv to run, with the default applied.
+    /// The argv to run, with the default applied. An attach runs nothing
+    /// new (it joins PID 1), so it has none.
     pub fn effective_command(&self) -> Vec<String> {
+        if self.kind == SessionKind::Attach {
+            return Vec::new();
+        }
         if self.command.is_empty() {
             vec![DEFAULT_COMMAND.to_string()]
         } else {
@@ -293,6 +377,9 @@ impl ExecSpec {
 
     /// Builds the command line for `mode`. Call [`ExecSpec::validate`] first.
     pub fn build_command(&self, mode: &ExecMode, session_id: &str) -> RuntimeCommand {
+        if let (SessionKind::Attach, ExecMode::Container { runtime_cli }) = (self.kind, mode) {
+            return self.attach_command(runtime_cli);
+        }
         let command = self.effective_command();
         let env = self.effective_env(session_id);
         match mode {
@@ -336,6 +423,41 @@ impl ExecSpec {
                     user: (!self.user.is_empty()).then(|| self.user.clone()),
                 }
             }
+        }
+    }
+}
+
+impl ExecSpec {
+    /// `<cli> attach` to the container's main process. Why each flag:
+    ///
+    /// - `--sig-proxy=false`: ending the session signals (kills) the CLI;
+    ///   with proxying on, that signal would be forwarded to PID 1 and stop
+    ///   the container.
+    /// - `--detach-keys`: the rare sequence of [`DETACH_KEYS`], so no usual
+    ///   keystroke (the default is ctrl-p ctrl-q) ends the attach behind the
+    ///   client's back; typing it only detaches, PID 1 keeps running.
+    /// - `--no-stdin` unless the client streams input: then nothing the
+    ///   CLI's stdin does (its EOF included) reaches PID 1.
+    ///
+    /// No `-e` marker: an attach starts no process in the container, so
+    /// there is nothing there for the reaper to find or kill.
+    fn attach_command(&self, runtime_cli: &str) -> RuntimeCommand {
+        let mut args: Vec<OsString> = vec![
+            "attach".into(),
+            "--sig-proxy=false".into(),
+            "--detach-keys".into(),
+            DETACH_KEYS.into(),
+        ];
+        if !self.attach_stdin {
+            args.push("--no-stdin".into());
+        }
+        args.push(self.container_id.clone().into());
+        RuntimeCommand {
+            program: runtime_cli.into(),
+            args,
+            env: Vec::new(),
+            current_dir: None,
+            user: None,
         }
     }
 }
@@ -418,6 +540,33 @@ mod tests {
         let env = s.effective_env("x");
         assert!(env.contains(&("TERM".into(), "vt100".into())));
         assert!(!env.contains(&("TERM".into(), "xterm".into())));
+    }
+
+    #[test]
+    fn attach_joins_pid1_without_signals_or_stdin_unless_asked() {
+        let mut s = spec("web");
+        s.kind = SessionKind::Attach;
+        s.command = vec!["ignored".into()];
+        s.validate(&docker()).unwrap();
+        assert!(s.effective_command().is_empty());
+        let cmd = s.build_command(&docker(), "id");
+        assert_eq!(
+            args(&cmd),
+            [
+                "attach",
+                "--sig-proxy=false",
+                "--detach-keys",
+                DETACH_KEYS,
+                "--no-stdin",
+                "web"
+            ]
+        );
+        s.attach_stdin = true;
+        assert!(!args(&s.build_command(&docker(), "id")).contains(&"--no-stdin".to_string()));
+        assert_eq!(
+            s.validate(&ExecMode::Host),
+            Err(ValidationError::AttachInHostMode)
+        );
     }
 
     #[test]
@@ -538,6 +687,42 @@ mod tests {
         validate_session_id("a1-b2_c3.d:e").unwrap();
         for bad in ["", "a b", "a\nb", "ä", &"x".repeat(MAX_SESSION_ID_LEN + 1)] {
             assert!(validate_session_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn instance_ids() {
+        for good in [
+            "",
+            "fn-42",
+            "a1-b2_c3.d:e",
+            &"x".repeat(MAX_INSTANCE_ID_LEN),
+        ] {
+            validate_instance_id(good).unwrap();
+            let mut s = spec("c");
+            s.instance_id = good.into();
+            s.validate(&docker()).unwrap();
+        }
+        let huge = "i".repeat(5 * 1024 * 1024 / 2);
+        for bad in [
+            "a b",
+            "a\nb",
+            "\u{1b}[31m",
+            "ä",
+            "a/b",
+            &"x".repeat(MAX_INSTANCE_ID_LEN + 1),
+            &huge,
+        ] {
+            let mut s = spec("c");
+            s.instance_id = bad.into();
+            let err = s.validate(&docker()).unwrap_err();
+            assert!(
+                matches!(err, ValidationError::BadInstanceId(_)),
+                "{bad:?}: {err}"
+            );
+            // The message quotes at most a short, escaped prefix.
+            assert!(err.to_string().len() < 400, "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
         }
     }
 

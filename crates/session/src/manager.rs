@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{validate_session_id, ExecMode, ExecSpec, TermSize};
+use crate::command::{validate_session_id, ExecMode, ExecSpec, SessionKind, TermSize};
 use crate::error::SessionError;
 use crate::preflight;
 use crate::reaper::{self, ContainerRef};
 use crate::registry::{
     now_ms, Limits, Registration, Registry, SessionControl, SessionEntry, SessionStats,
 };
+use crate::resize::{self, SizeWait};
 use crate::session::{self, Launch, LifecycleConfig, Session};
 use crate::spawn;
 
@@ -55,10 +56,23 @@ pub fn new_session_id() -> String {
     format!("{bits:032x}")
 }
 
+/// Generates a session's process marker: 128 random bits, hex, never shown
+/// to clients.
+///
+/// Not the session id: a client chooses that, and it is unique only among
+/// one execd's live sessions. A finished id used again, or the same id on a
+/// second execd of the node, would let one session's cleanup kill another's
+/// processes. A fresh random value per session can only ever match the
+/// processes that session started.
+fn new_marker() -> String {
+    new_session_id()
+}
+
 /// Kills whatever an abandoned start may have left in the container, when a
 /// start is dropped half-way (client gone during the preflight).
 struct AbandonGuard {
-    session_id: String,
+    /// The session's process marker.
+    marker: String,
     container: Option<ContainerRef>,
     tty: bool,
     grace: Duration,
@@ -77,7 +91,7 @@ impl Drop for AbandonGuard {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let id = std::mem::take(&mut self.session_id);
+        let marker = std::mem::take(&mut self.marker);
         let container = self.container.take();
         let polite = if self.tty {
             nix::sys::signal::Signal::SIGHUP
@@ -86,10 +100,23 @@ impl Drop for AbandonGuard {
         };
         let grace = self.grace;
         let started = self.started;
+        // The registration goes with the cleanup: until the processes are
+        // gone the session id stays taken (a retry with the same id cannot
+        // overlap them), the instance stays counted (no early IDLE), and
+        // shutdown, which waits for the count to reach zero, waits for them.
+        let registration = self.registration.take();
         handle.spawn(async move {
-            reaper::reap_session(&id, polite, grace, container.as_ref()).await;
-            reaper::reap_late_starters(&id, started, Duration::from_millis(300), polite, grace)
-                .await;
+            reaper::reap_session(&marker, polite, grace, container.as_ref()).await;
+            reaper::reap_late_starters(
+                &marker,
+                started,
+                Duration::from_millis(300),
+                polite,
+                grace,
+                container.as_ref(),
+            )
+            .await;
+            drop(registration);
         });
     }
 }
@@ -102,7 +129,12 @@ impl SessionManager {
             ExecMode::Container { runtime_cli } => {
                 crate::engine_api::local_socket(runtime_cli).map(Arc::from)
             }
-            ExecMode::Host => None,
+            ExecMode::Host => {
+                // A sidecar's execd is often PID 1 of its namespace: then it
+                // has to reap what sessions orphan.
+                crate::orphans::spawn_reaper_if_init();
+                None
+            }
         };
         SessionManager {
             engine_api,
@@ -130,8 +162,27 @@ impl SessionManager {
         &self.shutdown
     }
 
+    /// Validates `container_id` like a session's and asks the engine
+    /// whether it exists and runs, without starting anything (for doors
+    /// that hand out a URL before the session starts). Host-exec mode has
+    /// no containers to check.
+    pub async fn check_container(&self, container_id: &str) -> Result<(), SessionError> {
+        let ExecMode::Container { runtime_cli } = self.mode.as_ref() else {
+            return Ok(());
+        };
+        let spec = ExecSpec {
+            container_id: container_id.to_string(),
+            ..ExecSpec::default()
+        };
+        spec.validate(&self.mode)?;
+        preflight::check_container(runtime_cli, self.engine_api_socket(), container_id).await?;
+        Ok(())
+    }
+
     /// Starts a session. On success the process runs, the engine confirmed
-    /// the container, and the session is registered; the caller may announce
+    /// the container, the session is registered and, for a terminal, the
+    /// process inside the container has the requested size (bounded by
+    /// [`LifecycleConfig::start_size_wait`]); the caller may announce
     /// STARTED. On error nothing is left running.
     pub async fn start(
         &self,
@@ -152,7 +203,10 @@ impl SessionManager {
         let command = spec.effective_command();
         let registration = self.registry.register(SessionEntry {
             session_id: id.clone(),
+            door: spec.door,
+            kind: spec.kind,
             instance_id: spec.instance_id.clone(),
+            owner: spec.owner.clone(),
             container_id: spec.container_id.clone(),
             command,
             tty: spec.tty,
@@ -161,30 +215,48 @@ impl SessionManager {
             control: Arc::new(SessionControl::new(&self.shutdown)),
         })?;
 
-        let runtime = spec.build_command(&self.mode, &id);
+        let marker = new_marker();
+        let runtime = spec.build_command(&self.mode, &marker);
         let size = TermSize::from_client(spec.rows, spec.cols);
         let spawned_at = std::time::Instant::now();
+        // Host sessions: user lookups may ask NSS (files, LDAP, network), so
+        // they run on a blocking thread, never on the runtime.
+        let host = match self.mode.as_ref() {
+            ExecMode::Host => {
+                let user = spec.user.clone();
+                let resolved =
+                    tokio::task::spawn_blocking(move || spawn::HostSetup::resolve(&user))
+                        .await
+                        .map_err(|e| SessionError::Wait(std::io::Error::other(e)))??;
+                Some(resolved)
+            }
+            ExecMode::Container { .. } => None,
+        };
         let mut spawned = if spec.tty {
             let mode = match self.mode.as_ref() {
                 ExecMode::Container { .. } => spawn::TerminalMode::Raw,
                 ExecMode::Host => spawn::TerminalMode::Cooked,
             };
-            spawn::spawn_in_terminal(&runtime, size, mode)?
+            spawn::spawn_in_terminal_with(&runtime, size, mode, host.as_ref())?
         } else {
-            spawn::spawn_piped(&runtime)?
+            spawn::spawn_piped_with(&runtime, host.as_ref())?
         };
         let control = registration.entry().control.clone();
+        // An attach starts nothing in the container: its end must never
+        // reach in there (PID 1 and everything else keep running). Without
+        // a container reference only the attach CLI itself is killed.
+        let reaps_in_container = spec.kind != SessionKind::Attach;
         let mut abandon = AbandonGuard {
-            session_id: id.clone(),
+            marker: marker.clone(),
             // init_pid unknown yet: if execd cannot see the container's
             // processes, the reaper falls back to the runtime CLI.
             container: match self.mode.as_ref() {
-                ExecMode::Container { runtime_cli } => Some(ContainerRef {
+                ExecMode::Container { runtime_cli } if reaps_in_container => Some(ContainerRef {
                     runtime_cli: runtime_cli.clone(),
                     container_id: spec.container_id.clone(),
                     init_pid: 0,
                 }),
-                ExecMode::Host => None,
+                _ => None,
             },
             tty: spec.tty,
             grace: self.lifecycle.kill_grace,
@@ -206,11 +278,19 @@ impl SessionManager {
                     }
                 };
                 match inspected {
-                    Ok(state) => Some(ContainerRef {
-                        runtime_cli: runtime_cli.clone(),
-                        container_id: spec.container_id.clone(),
-                        init_pid: state.init_pid,
-                    }),
+                    Ok(_) if !reaps_in_container => None,
+                    Ok(state) => {
+                        // From here on the guard's cleanup can look at the
+                        // container's processes only.
+                        if let Some(c) = abandon.container.as_mut() {
+                            c.init_pid = state.init_pid;
+                        }
+                        Some(ContainerRef {
+                            runtime_cli: runtime_cli.clone(),
+                            container_id: spec.container_id.clone(),
+                            init_pid: state.init_pid,
+                        })
+                    }
                     Err(e) => {
                         let _ = spawned.child.start_kill();
                         let _ = spawned.child.wait().await;
@@ -220,15 +300,61 @@ impl SessionManager {
                             // keeps the session counted until then.
                             return Err(SessionError::Ended(control.reason()));
                         }
-                        // The engine refused the container, so the exec
-                        // cannot have started; only the CLI needed to go.
-                        abandon.armed = false;
+                        // Only a definite "no such container" or "not
+                        // running" means the exec cannot have started. Any
+                        // other failure (an engine error, a timeout, an
+                        // unreadable answer) says nothing about the exec,
+                        // which ran alongside: the guard stays armed and
+                        // ends whatever it may have started.
+                        if matches!(
+                            e,
+                            preflight::PreflightError::NotFound { .. }
+                                | preflight::PreflightError::NotRunning { .. }
+                        ) {
+                            abandon.armed = false;
+                        }
                         return Err(e.into());
                     }
                 }
             }
             ExecMode::Host => None,
         };
+        if spec.tty {
+            if let Some(container) = container.clone() {
+                let init_pid = container.init_pid;
+                let visible = crate::procfs::run(move || reaper::container_visible(&container))
+                    .await
+                    .unwrap_or(false);
+                // Where the container's processes cannot be seen there is
+                // nothing to wait for: the resizer can only nudge the CLI.
+                if visible {
+                    let waited = resize::await_container_size(
+                        &marker,
+                        init_pid,
+                        size,
+                        &mut spawned.child,
+                        control.token(),
+                        self.lifecycle.start_size_wait,
+                    )
+                    .await;
+                    match waited {
+                        SizeWait::Sized | SizeWait::CliExited => {}
+                        SizeWait::TimedOut => tracing::warn!(
+                            wait = ?self.lifecycle.start_size_wait,
+                            ?size,
+                            "the container's terminal did not get the requested size in time; \
+                             announcing the session anyway"
+                        ),
+                        SizeWait::Cancelled => {
+                            // The guard (still armed) ends what was started.
+                            let _ = spawned.child.start_kill();
+                            let _ = spawned.child.wait().await;
+                            return Err(SessionError::Ended(control.reason()));
+                        }
+                    }
+                }
+            }
+        }
         abandon.armed = false;
         let Some(registration) = abandon.registration.take() else {
             return Err(SessionError::Wait(std::io::Error::other(
@@ -238,7 +364,9 @@ impl SessionManager {
 
         Ok(session::launch(Launch {
             id,
+            marker,
             child: spawned.child,
+            tracked: spawned.tracked,
             io: spawned.io,
             initial_size: size,
             registration,

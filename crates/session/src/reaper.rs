@@ -3,8 +3,10 @@
 //! Killing the `docker exec` child is not enough: the engine has no API to
 //! kill an exec, and the process it started in the container keeps running
 //! after the CLI is gone. execd therefore marks every session's process with
-//! `EXECD_SESSION_ID=<id>` in its environment (inherited by everything it
-//! starts) and, when a session ends for any reason other than the process
+//! `EXECD_SESSION_ID=<marker>` in its environment (inherited by everything it
+//! starts), where the marker is a random 128-bit value execd draws for that
+//! session alone (not the client's session id, which a client may use again
+//! or share with another execd's session) and, when a session ends for any reason other than the process
 //! exiting, finds every process carrying that exact marker in `/proc` and
 //! signals it: politely first (SIGHUP for terminals, SIGTERM otherwise), then
 //! SIGKILL after a grace period.
@@ -15,14 +17,14 @@
 //! falls back to running a small signalling script inside the container
 //! through the runtime CLI, and says so in the log.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::process::Command;
 
 use crate::command::SESSION_ENV;
+use crate::pidfd::ProcHandle;
+use crate::procfs::EnvironRead;
 
 /// How to reach processes that execd cannot see itself.
 #[derive(Debug, Clone)]
@@ -42,116 +44,204 @@ pub struct ReapReport {
     pub killed: usize,
     /// Whether the in-container fallback ran.
     pub used_fallback: bool,
+    /// The `/proc` scan did not answer in time.
+    pub scan_failed: bool,
+    /// Every process in scope was looked at.
+    pub complete: bool,
 }
 
-/// Host PIDs whose environment holds exactly `EXECD_SESSION_ID=<session_id>`.
-pub fn find_marked(session_id: &str) -> Vec<i32> {
-    find_marked_in(Path::new("/proc"), session_id)
+/// Which processes a scan looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process execd can see (host-exec mode, or a container whose
+    /// namespace is unknown or the host's own).
+    All,
+    /// Only the processes in this PID namespace (the `ns/pid` link's
+    /// target): a container's. Every `docker exec` joins its container's
+    /// PID namespace, so nothing of a session's is missed, and processes
+    /// elsewhere on the host (whose reads might stall) are never read.
+    PidNamespace(std::ffi::OsString),
 }
 
-fn find_marked_in(proc_root: &Path, session_id: &str) -> Vec<i32> {
-    let marker = format!("{SESSION_ENV}={session_id}");
+fn pid_namespace(pid: &str) -> Option<std::ffi::OsString> {
+    // A link read, not the process's memory: it cannot stall on a process
+    // stuck in the kernel.
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|p| p.into_os_string())
+}
+
+impl Scope {
+    /// The processes of the container whose init has host pid `init_pid`
+    /// (0 or less: unknown, so every process).
+    pub fn of_container(init_pid: i32) -> Scope {
+        if init_pid <= 0 {
+            return Scope::All;
+        }
+        match (pid_namespace(&init_pid.to_string()), pid_namespace("self")) {
+            (Some(theirs), Some(ours)) if theirs != ours => Scope::PidNamespace(theirs),
+            _ => Scope::All,
+        }
+    }
+
+    fn includes(&self, pid: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::PidNamespace(ns) => pid_namespace(pid).as_ref() == Some(ns),
+        }
+    }
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The marked processes, pinned (see [`ProcHandle`]).
+    pub procs: Vec<ProcHandle>,
+    /// False when some process could not be looked at because a read of it
+    /// is stuck elsewhere.
+    pub complete: bool,
+}
+
+/// Processes in `scope` whose environment holds exactly
+/// `EXECD_SESSION_ID=<marker>`. Blocking: run it on [`crate::procfs`].
+pub fn find_marked(marker: &str, scope: &Scope) -> Found {
+    let needle = format!("{SESSION_ENV}={marker}");
     let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return Vec::new();
+    let mut found = Found {
+        procs: Vec::new(),
+        complete: true,
     };
-    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        found.complete = false;
+        return found;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
             continue;
         };
-        if pid == me {
-            continue;
-        }
-        // Processes come and go while we scan; unreadable ones are skipped.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+        let Ok(pid) = name.parse::<i32>() else {
             continue;
         };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == marker.as_bytes())
-        {
-            pids.push(pid);
+        if pid == me || !scope.includes(name) {
+            continue;
+        }
+        // Pinned before reading, and checked alive after: then the
+        // environment read was this very process's, whatever happens to
+        // the pid later. Processes come and go while we scan; gone ones
+        // are skipped.
+        let Some(handle) = ProcHandle::open(pid) else {
+            continue;
+        };
+        match crate::procfs::read_environ(pid) {
+            Ok(environ) => {
+                let marked = environ
+                    .split(|b| *b == 0)
+                    .any(|var| var == needle.as_bytes());
+                if marked && handle.alive() {
+                    found.procs.push(handle);
+                }
+            }
+            Err(EnvironRead::Skipped) => found.complete = false,
+            Err(EnvironRead::Unreadable) => {}
         }
     }
-    pids
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie has an empty environ and cannot run; only count processes that
-    // still carry the marker, which a dead process no longer exposes.
-    kill(Pid::from_raw(pid), None).is_ok()
-        && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| !e.is_empty())
-}
-
-fn signal_all(pids: &[i32], signal: Signal) {
-    for pid in pids {
-        // ESRCH just means it already exited.
-        let _ = kill(Pid::from_raw(*pid), signal);
-    }
+    found
 }
 
 /// Whether this process can see the container's processes in its `/proc`.
-fn container_visible(container: &ContainerRef) -> bool {
-    if container.init_pid <= 0 {
-        return false;
-    }
-    std::fs::read(format!("/proc/{}/environ", container.init_pid)).is_ok()
+pub(crate) fn container_visible(container: &ContainerRef) -> bool {
+    container.init_pid > 0 && pid_namespace(&container.init_pid.to_string()).is_some()
 }
 
 /// Signals every process of the session and waits until they are gone,
-/// escalating to SIGKILL after `grace`. Never blocks the async runtime: the
-/// `/proc` scans run on the [`crate::procfs`] worker.
+/// escalating to SIGKILL after `grace`; where execd cannot see the
+/// container's processes, does the same inside the container through the
+/// runtime CLI. Never blocks the async runtime: the `/proc` scans run on the
+/// [`crate::procfs`] workers.
 pub async fn reap_session(
-    session_id: &str,
+    marker: &str,
     polite: Signal,
     grace: Duration,
     container: Option<&ContainerRef>,
 ) -> ReapReport {
-    let id = session_id.to_string();
-    let first = scan(&id).await;
-    let mut report = ReapReport {
-        found: first.len(),
-        ..Default::default()
-    };
-    if first.is_empty() {
+    let mut report = reap_visible(marker, polite, grace, container).await;
+    if report.found == 0 {
         if let Some(container) = container {
-            if !container_visible(container) {
+            let visible = {
+                let container = container.clone();
+                crate::procfs::run(move || container_visible(&container))
+                    .await
+                    .unwrap_or(false)
+            };
+            if !visible || report.scan_failed {
                 tracing::warn!(
-                    session_id,
+                    marker,
                     container_id = %container.container_id,
                     "execd cannot see the container's processes (different PID namespace or no \
                      permission); signalling inside the container through the runtime CLI instead"
                 );
                 report.used_fallback = true;
-                signal_inside_container(container, session_id, polite, grace).await;
+                signal_inside_container(container, marker, polite, grace).await;
             }
         }
+    }
+    report
+}
+
+/// The `/proc` part of [`reap_session`]: only the marked processes execd
+/// can see itself, no fallback.
+pub async fn reap_visible(
+    marker: &str,
+    polite: Signal,
+    grace: Duration,
+    container: Option<&ContainerRef>,
+) -> ReapReport {
+    let init_pid = container.map_or(0, |c| c.init_pid);
+    let mut report = ReapReport::default();
+    let Some(first) = scan(marker, init_pid).await else {
+        report.scan_failed = true;
+        return report;
+    };
+    report.found = first.procs.len();
+    report.complete = first.complete;
+    if first.procs.is_empty() {
         return report;
     }
-    signal_all(&first, polite);
+    for proc in &first.procs {
+        // False just means it already exited.
+        proc.signal(polite);
+    }
+    // Polling a pidfd is a non-blocking syscall: no /proc read needed.
     let deadline = Instant::now() + grace;
+    let mut survivors: Vec<&ProcHandle> = first.procs.iter().collect();
     loop {
-        let pids = first.clone();
-        let survivors =
-            crate::procfs::run(move || pids.into_iter().filter(|p| alive(*p)).collect::<Vec<_>>())
-                .await
-                .unwrap_or_default();
+        survivors.retain(|p| p.alive());
         if survivors.is_empty() || Instant::now() >= deadline {
-            report.killed = survivors.len();
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    report.killed = survivors.len();
+    for proc in &survivors {
+        proc.signal(Signal::SIGKILL);
+    }
     // A shell may have forked while it was being told to stop: take a fresh
     // look and kill whatever still carries the marker.
-    let rest = scan(&id).await;
-    signal_all(&rest, Signal::SIGKILL);
-    report.killed = report.killed.max(rest.len());
+    if let Some(rest) = scan(marker, init_pid).await {
+        for proc in &rest.procs {
+            proc.signal(Signal::SIGKILL);
+        }
+        report.killed = report.killed.max(rest.procs.len());
+        report.complete &= rest.complete;
+    }
+    if !report.complete {
+        tracing::warn!(
+            marker,
+            "some processes could not be looked at (a read of their /proc entry is stuck); \
+             the session's processes among them may survive"
+        );
+    }
     report
 }
 
@@ -164,28 +254,33 @@ pub const LATE_START_WINDOW: Duration = Duration::from_secs(3);
 /// appear late (until `started + LATE_START_WINDOW`, and for at least
 /// `min_watch`) and ends them too. Returns how many it caught.
 pub async fn reap_late_starters(
-    session_id: &str,
+    marker: &str,
     started: Instant,
     min_watch: Duration,
     polite: Signal,
     grace: Duration,
+    container: Option<&ContainerRef>,
 ) -> usize {
+    let init_pid = container.map_or(0, |c| c.init_pid);
     let until = (started + LATE_START_WINDOW).max(Instant::now() + min_watch);
     let mut caught = 0;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if !scan(session_id).await.is_empty() {
-            caught += reap_session(session_id, polite, grace, None).await.found;
+        if scan(marker, init_pid)
+            .await
+            .is_some_and(|f| !f.procs.is_empty())
+        {
+            caught += reap_visible(marker, polite, grace, container).await.found;
         }
     }
     caught
 }
 
-async fn scan(session_id: &str) -> Vec<i32> {
-    let id = session_id.to_string();
-    crate::procfs::run(move || find_marked(&id))
-        .await
-        .unwrap_or_default()
+/// One bounded scan on the [`crate::procfs`] pool; `None` if it did not
+/// answer in time.
+async fn scan(marker: &str, init_pid: i32) -> Option<Found> {
+    let marker = marker.to_string();
+    crate::procfs::run(move || find_marked(&marker, &Scope::of_container(init_pid))).await
 }
 
 /// How long the engine may take to run the in-container fallback.
@@ -195,15 +290,15 @@ const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// loop inside the container does the same marker search there.
 async fn signal_inside_container(
     container: &ContainerRef,
-    session_id: &str,
+    marker: &str,
     polite: Signal,
     grace: Duration,
 ) {
     let polite_name = polite.as_str().trim_start_matches("SIG");
     let grace_s = format!("{:.1}", grace.as_secs_f32());
-    // The session id is validated to [A-Za-z0-9_.:-] so it is safe to embed.
+    // The marker is execd's own hex string, so it is safe to embed.
     let script = format!(
-        "m='{SESSION_ENV}={session_id}'; pids=''; \
+        "m='{SESSION_ENV}={marker}'; pids=''; \
          for d in /proc/[0-9]*; do \
            if tr '\\0' '\\n' < $d/environ 2>/dev/null | grep -qx \"$m\"; then pids=\"$pids ${{d#/proc/}}\"; fi; \
          done; \
@@ -220,7 +315,7 @@ async fn signal_inside_container(
     // A hung engine must not hold the session (and its count) forever.
     let Ok(result) = tokio::time::timeout(grace + FALLBACK_TIMEOUT, run).await else {
         tracing::warn!(
-            session_id,
+            marker,
             "in-container signalling timed out; the session's process may survive"
         );
         return;
@@ -228,17 +323,27 @@ async fn signal_inside_container(
     match result {
         Ok(out) if out.status.success() => {}
         Ok(out) => tracing::warn!(
-            session_id,
+            marker,
             stderr = %String::from_utf8_lossy(&out.stderr).trim(),
             "in-container signalling failed; the session's process may survive"
         ),
-        Err(e) => tracing::warn!(session_id, error = %e, "in-container signalling could not run"),
+        Err(e) => tracing::warn!(marker, error = %e, "in-container signalling could not run"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pids(marker: &str, scope: &Scope) -> Vec<i32> {
+        let mut pids: Vec<i32> = find_marked(marker, scope)
+            .procs
+            .iter()
+            .map(ProcHandle::pid)
+            .collect();
+        pids.sort();
+        pids
+    }
 
     #[tokio::test]
     async fn finds_and_kills_marked_host_processes_including_children() {
@@ -251,7 +356,7 @@ mod tests {
             .unwrap();
         let mut found = Vec::new();
         for _ in 0..100 {
-            found = find_marked(&id);
+            found = pids(&id, &Scope::All);
             if found.len() >= 3 {
                 break;
             }
@@ -259,17 +364,68 @@ mod tests {
         }
         assert!(found.len() >= 3, "found {found:?}");
         // A different id must not match by prefix.
-        assert!(find_marked(&format!("{id}x")).is_empty());
+        assert!(pids(&format!("{id}x"), &Scope::All).is_empty());
         let report = reap_session(&id, Signal::SIGTERM, Duration::from_millis(500), None).await;
         assert!(report.found >= 3);
+        assert!(report.complete);
         let status = child.wait().await.unwrap();
         assert!(!status.success());
         for _ in 0..50 {
-            if find_marked(&id).is_empty() {
+            if pids(&id, &Scope::All).is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("marked processes survived: {:?}", find_marked(&id));
+        panic!("marked processes survived: {:?}", pids(&id, &Scope::All));
+    }
+
+    /// A scan scoped to a container's PID namespace finds the marked
+    /// processes in it and never looks at the rest of the host.
+    #[tokio::test]
+    async fn a_container_scope_covers_its_pid_namespace_only() {
+        let id = format!("scope-test-{}", std::process::id());
+        // `unshare` needs privileges; without them there is nothing to test.
+        let Ok(mut inside) = tokio::process::Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "300"])
+            .env(SESSION_ENV, &id)
+            .kill_on_drop(true)
+            .spawn()
+        else {
+            return;
+        };
+        let mut outside = tokio::process::Command::new("sleep")
+            .arg("300")
+            .env(SESSION_ENV, &id)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            all = pids(&id, &Scope::All);
+            if all.len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if all.len() < 3 {
+            // unshare refused (no privileges): nothing to compare.
+            return;
+        }
+        // The forked child is the namespace's init; unshare itself stays
+        // outside.
+        let init = all
+            .iter()
+            .copied()
+            .find(|p| pid_namespace(&p.to_string()) != pid_namespace("self"))
+            .expect("a process in the new namespace");
+        let scope = Scope::of_container(init);
+        assert!(matches!(scope, Scope::PidNamespace(_)));
+        assert_eq!(pids(&id, &scope), vec![init]);
+        assert_eq!(Scope::of_container(std::process::id() as i32), Scope::All);
+        assert_eq!(Scope::of_container(0), Scope::All);
+        let _ = inside.start_kill();
+        let _ = outside.start_kill();
+        let _ = inside.wait().await;
+        let _ = outside.wait().await;
     }
 }

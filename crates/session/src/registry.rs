@@ -9,6 +9,11 @@
 //! never held across an `.await`, so watchers see every transition of an
 //! instance in order: BUSY on 0→1, COUNT while above zero, IDLE on →0.
 //! Sessions without an `instance_id` are listed but never counted.
+//!
+//! The same guard keeps a per-owner count: the owner is an opaque key the
+//! server derives from the client's credential (for execd, a keyed hash of
+//! the bearer token), so one client cannot take every slot. Sessions without
+//! an owner are not counted per owner.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -29,6 +34,8 @@ pub const WATCH_BUFFER: usize = 4096;
 pub struct Limits {
     pub max_sessions: usize,
     pub max_sessions_per_instance: usize,
+    /// Concurrent sessions per non-empty owner; 0 means unlimited.
+    pub max_sessions_per_owner: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +43,7 @@ impl Default for Limits {
         Limits {
             max_sessions: 1024,
             max_sessions_per_instance: 64,
+            max_sessions_per_owner: 256,
         }
     }
 }
@@ -48,6 +56,9 @@ pub enum RegistryError {
     TooManySessions { limit: usize },
     #[error("too many sessions for instance {instance_id:?}: the limit --max-sessions-per-instance={limit} is reached")]
     TooManyForInstance { instance_id: String, limit: usize },
+    // The owner key is not shown: it is derived from a credential.
+    #[error("too many sessions for this client's token: the limit --max-sessions-per-token={limit} is reached")]
+    TooManyForOwner { limit: usize },
 }
 
 pub fn unix_ms(t: SystemTime) -> i64 {
@@ -148,7 +159,12 @@ impl SessionControl {
 #[derive(Debug)]
 pub struct SessionEntry {
     pub session_id: String,
+    pub door: crate::command::Door,
+    pub kind: crate::command::SessionKind,
     pub instance_id: String,
+    /// Opaque key of whoever started the session; empty: not counted per
+    /// owner. Never listed.
+    pub owner: String,
     pub container_id: String,
     pub command: Vec<String>,
     pub tty: bool,
@@ -161,9 +177,14 @@ pub struct SessionEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub session_id: String,
+    pub door: crate::command::Door,
+    pub kind: crate::command::SessionKind,
     pub instance_id: String,
     pub container_id: String,
+    /// The command, shortened for listings; see [`PageRequest`].
     pub command: Vec<String>,
+    /// Whether `command` was shortened (its last element is then a marker).
+    pub command_truncated: bool,
     pub tty: bool,
     pub started_at_unix_ms: i64,
     pub last_activity_unix_ms: i64,
@@ -198,10 +219,69 @@ pub enum CloseTarget {
     Instance(String),
 }
 
+/// Which sessions to list: one page in session id order.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    /// Only sessions of this instance.
+    pub instance_id: Option<&'a str>,
+    /// Only sessions whose id sorts after this one (the previous page's last).
+    pub after: Option<&'a str>,
+    /// Most sessions on the page.
+    pub limit: usize,
+    /// Commands longer than this (bytes of all arguments) are shortened with
+    /// a marker, so a page's size is bounded whatever clients ran.
+    pub max_command_bytes: usize,
+}
+
+/// One page of sessions, ordered by session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub sessions: Vec<SessionSnapshot>,
+    /// More sessions follow the last one on this page.
+    pub more: bool,
+}
+
+/// `argv` cut to at most `max` bytes (each argument counting its length
+/// plus one, as in [`MAX_ARGV_BYTES`](crate::command::MAX_ARGV_BYTES), so
+/// thousands of empty arguments are bounded too), cut at a char boundary and
+/// followed by a marker element saying how much was left out.
+pub fn shorten_command(argv: &[String], max: usize) -> (Vec<String>, bool) {
+    let counted: usize = argv.iter().map(|a| a.len() + 1).sum();
+    if counted <= max {
+        return (argv.to_vec(), false);
+    }
+    let mut out = Vec::new();
+    let mut budget = max;
+    for arg in argv {
+        if budget > arg.len() {
+            out.push(arg.clone());
+            budget -= arg.len() + 1;
+            continue;
+        }
+        let mut end = budget.saturating_sub(1);
+        while !arg.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end > 0 {
+            out.push(arg[..end].to_string());
+        }
+        break;
+    }
+    let total: usize = argv.iter().map(String::len).sum();
+    let shown: usize = out.iter().map(String::len).sum();
+    out.push(format!(
+        "…[execd: command truncated; {} more arguments, {} of {total} bytes not shown]",
+        argv.len() - out.len(),
+        total - shown
+    ));
+    (out, true)
+}
+
 #[derive(Default)]
 struct Counts {
     total: usize,
     per_instance: HashMap<String, u32>,
+    per_owner: HashMap<String, u32>,
 }
 
 /// The concurrent map of live sessions plus per-instance counts.
@@ -252,6 +332,13 @@ impl Registry {
                 limit: self.limits.max_sessions_per_instance,
             });
         }
+        let owner_limit = self.limits.max_sessions_per_owner;
+        if !entry.owner.is_empty()
+            && owner_limit > 0
+            && counts.per_owner.get(&entry.owner).copied().unwrap_or(0) as usize >= owner_limit
+        {
+            return Err(RegistryError::TooManyForOwner { limit: owner_limit });
+        }
         match self.sessions.entry(entry.session_id.clone()) {
             Entry::Occupied(_) => {
                 return Err(RegistryError::SessionIdInUse(entry.session_id.clone()))
@@ -261,6 +348,9 @@ impl Registry {
             }
         }
         counts.total += 1;
+        if !entry.owner.is_empty() {
+            *counts.per_owner.entry(entry.owner.clone()).or_insert(0) += 1;
+        }
         if !entry.instance_id.is_empty() {
             let active = counts
                 .per_instance
@@ -286,6 +376,12 @@ impl Registry {
         self.sessions
             .remove_if(&entry.session_id, |_, e| std::ptr::eq(e.as_ref(), entry));
         counts.total = counts.total.saturating_sub(1);
+        if let Some(active) = counts.per_owner.get_mut(&entry.owner) {
+            *active = active.saturating_sub(1);
+            if *active == 0 {
+                counts.per_owner.remove(&entry.owner);
+            }
+        }
         if entry.instance_id.is_empty() {
             return;
         }
@@ -329,33 +425,52 @@ impl Registry {
             .unwrap_or(0)
     }
 
+    /// Active sessions of one owner.
+    pub fn owner_active(&self, owner: &str) -> u32 {
+        self.counts().per_owner.get(owner).copied().unwrap_or(0)
+    }
+
     /// Instances with at least one session.
     pub fn active_per_instance(&self) -> HashMap<String, u32> {
         self.counts().per_instance.clone()
     }
 
-    /// Live sessions, optionally of one instance, oldest first.
-    pub fn list(&self, instance_id: Option<&str>) -> Vec<SessionSnapshot> {
-        let mut out: Vec<SessionSnapshot> = self
+    /// One page of live sessions in session id order. Only the page's own
+    /// sessions are copied, with their commands already shortened, so a
+    /// listing costs little however large the registered commands are.
+    pub fn page(&self, request: &PageRequest<'_>) -> ListPage {
+        let mut matching: Vec<Arc<SessionEntry>> = self
             .sessions
             .iter()
-            .filter(|e| instance_id.is_none_or(|i| e.instance_id == i))
-            .map(|e| SessionSnapshot {
-                session_id: e.session_id.clone(),
-                instance_id: e.instance_id.clone(),
-                container_id: e.container_id.clone(),
-                command: e.command.clone(),
-                tty: e.tty,
-                started_at_unix_ms: e.started_at_unix_ms,
-                last_activity_unix_ms: e.stats.last_activity_ms(),
-                stdin_bytes: e.stats.stdin_bytes(),
-                output_bytes: e.stats.output_bytes(),
+            .filter(|e| request.instance_id.is_none_or(|i| e.instance_id == i))
+            .filter(|e| request.after.is_none_or(|a| e.session_id.as_str() > a))
+            .map(|e| e.value().clone())
+            .collect();
+        matching.sort_unstable_by(|a, b| a.session_id.cmp(&b.session_id));
+        let more = matching.len() > request.limit;
+        matching.truncate(request.limit);
+        let sessions = matching
+            .iter()
+            .map(|e| {
+                let (command, command_truncated) =
+                    shorten_command(&e.command, request.max_command_bytes);
+                SessionSnapshot {
+                    session_id: e.session_id.clone(),
+                    door: e.door,
+                    kind: e.kind,
+                    instance_id: e.instance_id.clone(),
+                    container_id: e.container_id.clone(),
+                    command,
+                    command_truncated,
+                    tty: e.tty,
+                    started_at_unix_ms: e.started_at_unix_ms,
+                    last_activity_unix_ms: e.stats.last_activity_ms(),
+                    stdin_bytes: e.stats.stdin_bytes(),
+                    output_bytes: e.stats.output_bytes(),
+                }
             })
             .collect();
-        out.sort_by(|a, b| {
-            (a.started_at_unix_ms, &a.session_id).cmp(&(b.started_at_unix_ms, &b.session_id))
-        });
-        out
+        ListPage { sessions, more }
     }
 
     /// Ends matching sessions with `EndReason::Closed`; returns how many were
@@ -427,140 +542,4 @@ impl Drop for Registration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(id: &str, instance: &str) -> SessionEntry {
-        SessionEntry {
-            session_id: id.into(),
-            instance_id: instance.into(),
-            container_id: "c".into(),
-            command: vec!["sh".into()],
-            tty: false,
-            started_at_unix_ms: now_ms(),
-            stats: Arc::new(SessionStats::new()),
-            control: Arc::new(SessionControl::new(&CancellationToken::new())),
-        }
-    }
-
-    fn kinds(rx: &mut broadcast::Receiver<InstanceEvent>) -> Vec<(InstanceEventKind, String, u32)> {
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            out.push((e.kind, e.instance_id, e.active_sessions));
-        }
-        out
-    }
-
-    #[test]
-    fn counts_and_events_follow_registrations() {
-        use InstanceEventKind::*;
-        let reg = Registry::new(Limits::default());
-        let (snap, mut rx) = reg.watch(None);
-        assert!(snap.is_empty());
-        let a = reg.register(entry("a", "i1")).unwrap();
-        let b = reg.register(entry("b", "i1")).unwrap();
-        let c = reg.register(entry("c", "")).unwrap();
-        assert_eq!(reg.active("i1"), 2);
-        assert_eq!(reg.total(), 3);
-        assert!(!reg.active_per_instance().contains_key(""));
-        let (snap, _) = reg.watch(Some("i1"));
-        assert_eq!(snap.len(), 1);
-        assert_eq!(snap[0].kind, Snapshot);
-        drop(a);
-        drop(b);
-        drop(c);
-        assert_eq!(reg.total(), 0);
-        assert_eq!(
-            kinds(&mut rx),
-            vec![
-                (Busy, "i1".into(), 1),
-                (Count, "i1".into(), 2),
-                (Count, "i1".into(), 1),
-                (Idle, "i1".into(), 0)
-            ]
-        );
-    }
-
-    #[test]
-    fn duplicate_ids_and_limits_are_refused() {
-        let reg = Registry::new(Limits {
-            max_sessions: 3,
-            max_sessions_per_instance: 2,
-        });
-        let _a = reg.register(entry("a", "i")).unwrap();
-        assert_eq!(
-            reg.register(entry("a", "j")).err(),
-            Some(RegistryError::SessionIdInUse("a".into()))
-        );
-        let _b = reg.register(entry("b", "i")).unwrap();
-        assert!(matches!(
-            reg.register(entry("c", "i")).err(),
-            Some(RegistryError::TooManyForInstance { limit: 2, .. })
-        ));
-        let _c = reg.register(entry("c", "")).unwrap();
-        assert!(matches!(
-            reg.register(entry("d", "k")).err(),
-            Some(RegistryError::TooManySessions { limit: 3 })
-        ));
-        // Refusals left nothing behind.
-        assert_eq!(reg.total(), 3);
-    }
-
-    #[test]
-    fn close_by_instance_ends_each_once() {
-        let reg = Registry::new(Limits::default());
-        let a = reg.register(entry("a", "i")).unwrap();
-        let _b = reg.register(entry("b", "i")).unwrap();
-        let _c = reg.register(entry("c", "other")).unwrap();
-        assert_eq!(reg.close(&CloseTarget::Instance("i".into()), "bye"), 2);
-        assert_eq!(reg.close(&CloseTarget::Instance("i".into()), "again"), 0);
-        assert_eq!(reg.close(&CloseTarget::Session("nope".into()), "x"), 0);
-        assert!(a.entry().control.token().is_cancelled());
-        assert_eq!(a.entry().control.reason(), EndReason::Closed("bye".into()));
-    }
-
-    #[test]
-    fn counts_are_exact_under_concurrency() {
-        let reg = Registry::new(Limits {
-            max_sessions: 100_000,
-            max_sessions_per_instance: 100_000,
-        });
-        let (_, mut rx) = reg.watch(None);
-        std::thread::scope(|s| {
-            for t in 0..8 {
-                let reg = reg.clone();
-                s.spawn(move || {
-                    for n in 0..200 {
-                        let g = reg
-                            .register(entry(&format!("{t}-{n}"), &format!("i{}", n % 3)))
-                            .unwrap();
-                        drop(g);
-                    }
-                });
-            }
-        });
-        assert_eq!(reg.total(), 0);
-        assert!(reg.active_per_instance().is_empty());
-        let mut level: HashMap<String, i64> = HashMap::new();
-        for (kind, inst, n) in kinds(&mut rx) {
-            let l = level.entry(inst).or_default();
-            match kind {
-                InstanceEventKind::Busy => {
-                    assert_eq!(*l, 0);
-                    *l = 1;
-                }
-                InstanceEventKind::Idle => {
-                    assert_eq!(*l, 1);
-                    *l = 0;
-                }
-                InstanceEventKind::Count => {
-                    assert!(*l >= 1 && (n as i64 - *l).abs() == 1);
-                    *l = n as i64;
-                }
-                InstanceEventKind::Snapshot => unreachable!(),
-            }
-            assert_eq!(*l, n as i64);
-        }
-        assert!(level.values().all(|l| *l == 0));
-    }
-}
+mod tests;

@@ -1,0 +1,215 @@
+//! Getting the client's terminal size into the container.
+//!
+//! Why this needs more than sizing execd's own pseudo-terminal:
+//! `docker exec -t` ignores SIGWINCH until its own first resize round trip
+//! has finished, and engines before API 1.42 cannot size the console at
+//! creation (docker/cli#1492): the process inside the container starts on a
+//! 0×0 terminal, and the CLI sizes it a little later. execd therefore looks
+//! at the terminal of the session's process inside the container (found by
+//! its marker, through `/proc`) and sets the size there directly when it
+//! differs:
+//!
+//! - at start ([`await_container_size`]), so that STARTED, which tells the
+//!   client it may type, is only sent once that terminal is sized;
+//! - after every later change, on a backoff schedule ([`resize_terminal`]),
+//!   because a size set early can be overwritten by the CLI's stale first
+//!   resize.
+//!
+//! Where execd cannot see the container's processes it can only nudge the
+//! CLI with SIGWINCH.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::TermSize;
+use crate::pidfd::ProcHandle;
+use crate::pty::ForeignTerminal;
+use crate::pump::sleep_until_opt;
+use crate::reaper;
+
+/// Applies sizes to the terminal and, for container sessions, makes sure
+/// the container's own terminal ends up with them: after every change, on
+/// a backoff schedule, it checks the container's terminal, corrects it when
+/// it differs and sends SIGWINCH to the CLI so the engine agrees.
+pub(crate) async fn resize_terminal(
+    master: crate::pty::PtyMaster,
+    marker: String,
+    child_pid: Option<u32>,
+    // `Some(init pid)` for container sessions (0 if unknown).
+    container_init: Option<i32>,
+    mut sizes: watch::Receiver<TermSize>,
+    schedule: Vec<Duration>,
+    done: CancellationToken,
+) {
+    let cli_group = child_pid.map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let mut target = *sizes.borrow_and_update();
+    let mut changed_at = Instant::now();
+    let mut step = 0usize;
+    let mut inner: Option<ProcHandle> = None;
+    // After the client half-closes no new sizes come, but the checks for
+    // the last one still run to the end of their schedule.
+    let mut watching = true;
+    loop {
+        let next_check = schedule
+            .get(step)
+            .filter(|_| container_init.is_some())
+            .map(|d| changed_at + *d);
+        if !watching && next_check.is_none() {
+            return;
+        }
+        tokio::select! {
+            changed = sizes.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                target = *sizes.borrow_and_update();
+                if let Err(e) = master.resize(target) {
+                    tracing::debug!(error = %e, "resize failed");
+                }
+                changed_at = Instant::now();
+                step = 0;
+            }
+            _ = sleep_until_opt(next_check) => {
+                step += 1;
+                let id = marker.clone();
+                let cached = inner.take();
+                let init_pid = container_init.unwrap_or(0);
+                let (found, verdict) = crate::procfs::run(move || {
+                    check_container_terminal(&id, init_pid, cached, target)
+                })
+                .await
+                .unwrap_or((None, TerminalCheck::NotVisible));
+                inner = found;
+                if verdict != TerminalCheck::Right {
+                    tracing::trace!(?verdict, ?target, "container terminal size re-applied");
+                    if let Some(group) = cli_group {
+                        let _ = nix::sys::signal::killpg(group, Signal::SIGWINCH);
+                    }
+                }
+            }
+            _ = done.cancelled() => return,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TerminalCheck {
+    /// The container's terminal already has the size.
+    Right,
+    /// It had another size; execd set it.
+    Fixed,
+    /// The session's process or its terminal is not visible from here.
+    NotVisible,
+}
+
+/// Looks at (and fixes) the terminal of the session's process inside the
+/// container. The process found last time is asked first; it is held by a
+/// [`ProcHandle`], so a pid reused meanwhile is never mistaken for it.
+fn check_container_terminal(
+    marker: &str,
+    init_pid: i32,
+    cached: Option<ProcHandle>,
+    target: TermSize,
+) -> (Option<ProcHandle>, TerminalCheck) {
+    let terminal = cached.and_then(terminal_of).or_else(|| {
+        reaper::find_marked(marker, &reaper::Scope::of_container(init_pid))
+            .procs
+            .into_iter()
+            .find_map(terminal_of)
+    });
+    let Some((proc, terminal)) = terminal else {
+        return (None, TerminalCheck::NotVisible);
+    };
+    match terminal.size() {
+        Ok(size) if size == target => (Some(proc), TerminalCheck::Right),
+        _ => {
+            let _ = terminal.resize(target);
+            (Some(proc), TerminalCheck::Fixed)
+        }
+    }
+}
+
+/// The terminal on the pinned process's fd 0. Alive after opening it means
+/// the fd was that process's, not a later holder's of the same pid.
+fn terminal_of(proc: ProcHandle) -> Option<(ProcHandle, ForeignTerminal)> {
+    let terminal = ForeignTerminal::of_process(proc.pid())?;
+    proc.alive().then_some((proc, terminal))
+}
+
+/// What [`await_container_size`] ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SizeWait {
+    /// The container's terminal has the size (possibly set by execd).
+    Sized,
+    /// The runtime CLI exited first: there is nothing left to size.
+    CliExited,
+    /// The start was cancelled meanwhile.
+    Cancelled,
+    /// The session's process or its terminal did not show up in time.
+    TimedOut,
+}
+
+/// How often the start looks for the container's terminal.
+const SIZE_POLL: Duration = Duration::from_millis(10);
+
+/// Waits, at most `within`, until the terminal of the session's process
+/// inside the container has `target`, setting it there when it differs.
+///
+/// Until then the process may read its size as 0×0 (old engines), so a
+/// client typing on STARTED would feed a program that believes it has no
+/// terminal size. The CLI's own first resize sends the same size (it reads
+/// it from execd's pseudo-terminal, which nobody resizes before STARTED),
+/// so a size set here stays.
+pub(crate) async fn await_container_size(
+    marker: &str,
+    init_pid: i32,
+    target: TermSize,
+    cli: &mut Child,
+    cancel: &CancellationToken,
+    within: Duration,
+) -> SizeWait {
+    let deadline = Instant::now() + within;
+    let cli_group = cli.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let mut inner: Option<ProcHandle> = None;
+    loop {
+        if cancel.is_cancelled() {
+            return SizeWait::Cancelled;
+        }
+        // A short-lived process may be gone before it was ever seen; its
+        // CLI's exit ends the wait instead of the deadline.
+        if matches!(cli.try_wait(), Ok(Some(_))) {
+            return SizeWait::CliExited;
+        }
+        let id = marker.to_string();
+        let cached = inner.take();
+        let (found, verdict) =
+            crate::procfs::run(move || check_container_terminal(&id, init_pid, cached, target))
+                .await
+                .unwrap_or((None, TerminalCheck::NotVisible));
+        inner = found;
+        match verdict {
+            TerminalCheck::Right => return SizeWait::Sized,
+            TerminalCheck::Fixed => {
+                // Set directly; tell the CLI too so the engine agrees. The
+                // next round confirms the size held.
+                if let Some(group) = cli_group {
+                    let _ = nix::sys::signal::killpg(group, Signal::SIGWINCH);
+                }
+            }
+            TerminalCheck::NotVisible => {}
+        }
+        if Instant::now() >= deadline {
+            return SizeWait::TimedOut;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SIZE_POLL) => {}
+            _ = cancel.cancelled() => return SizeWait::Cancelled,
+        }
+    }
+}
