@@ -1,0 +1,304 @@
+//! The measurements, each through execd and, where there is one, through
+//! plain `docker exec` the same way, so the two figures compare.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use execd_client::message;
+use execd_session::command::{RuntimeCommand, TermSize};
+use execd_session::spawn::{self, SpawnedChild};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+use crate::report::Samples;
+use crate::session::{next_event, open, Event, Session, COLS, ROWS};
+use crate::system::{children_rss_kib, rss_kib, threads, Execd, CONTAINER};
+
+fn ms_since(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+fn mib_per_s(bytes: usize, t0: Instant) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / t0.elapsed().as_secs_f64()
+}
+
+/// A shell command printing `count` × 64 KiB of zeros.
+fn dd(count: usize) -> String {
+    format!("dd if=/dev/zero bs=65536 count={count} 2>/dev/null")
+}
+
+/// Reads `reader` to its end and returns how many bytes came.
+async fn count_to_end(reader: &mut (impl AsyncRead + Unpin)) -> Result<usize> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
+
+/// Start → first output byte and start → exit of `echo x`, in ms.
+pub async fn start_latency_execd(channel: &Channel, n: usize) -> Result<(Samples, Samples)> {
+    let (mut first, mut exit) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut s = open(channel, &["echo", "x"], false).await?;
+        let mut got_first = false;
+        loop {
+            match next_event(&mut s.rx).await? {
+                Event::Output(_) if !got_first => {
+                    first.push(ms_since(t0));
+                    got_first = true;
+                }
+                Event::Exited(_) => {
+                    exit.push(ms_since(t0));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((Samples(first), Samples(exit)))
+}
+
+/// The same as [`start_latency_execd`] with `docker exec`.
+pub async fn start_latency_docker(n: usize) -> Result<(Samples, Samples)> {
+    let (mut first, mut exit) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut child = tokio::process::Command::new("docker")
+            .args(["exec", CONTAINER, "echo", "x"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut buf = [0u8; 64];
+        if out.read(&mut buf).await? == 0 {
+            bail!("docker exec printed nothing");
+        }
+        first.push(ms_since(t0));
+        while out.read(&mut buf).await? > 0 {}
+        child.wait().await?;
+        exit.push(ms_since(t0));
+    }
+    Ok((Samples(first), Samples(exit)))
+}
+
+/// MiB/s of `dd` output through execd.
+pub async fn throughput_execd(channel: &Channel, tty: bool, count: usize) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut s = open(channel, &["sh", "-c", &dd(count)], tty).await?;
+    let mut total = 0usize;
+    loop {
+        match next_event(&mut s.rx).await? {
+            Event::Output(data) => total += data.len(),
+            Event::Exited(0) => break,
+            Event::Exited(code) => bail!("dd exited {code}"),
+            Event::Started => {}
+        }
+    }
+    let expected = count * 65536;
+    if total != expected {
+        bail!("execd delivered {total} bytes, expected {expected}");
+    }
+    Ok(mib_per_s(total, t0))
+}
+
+/// MiB/s of `dd` output through `docker exec` with pipes.
+pub async fn throughput_docker_pipe(count: usize) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut child = tokio::process::Command::new("docker")
+        .args(["exec", CONTAINER, "sh", "-c", &dd(count)])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let total = count_to_end(&mut out).await?;
+    child.wait().await?;
+    Ok(mib_per_s(total, t0))
+}
+
+/// `docker exec -i -t CONTAINER command…` under a PTY of the bench's own,
+/// opened with the code execd uses for its sessions.
+fn docker_exec_tty(command: &[&str]) -> Result<SpawnedChild> {
+    let mut args = vec!["exec", "-i", "-t", CONTAINER];
+    args.extend_from_slice(command);
+    let rc = RuntimeCommand {
+        program: "docker".into(),
+        args: args.iter().map(Into::into).collect(),
+        env: Vec::new(),
+        current_dir: None,
+        user: None,
+    };
+    let size = TermSize {
+        rows: ROWS,
+        cols: COLS,
+    };
+    Ok(spawn::spawn_in_terminal(
+        &rc,
+        size,
+        spawn::TerminalMode::Raw,
+    )?)
+}
+
+/// MiB/s of `dd` output through `docker exec -t`.
+pub async fn throughput_docker_tty(count: usize) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut spawned = docker_exec_tty(&["sh", "-c", &dd(count)])?;
+    let total = count_to_end(&mut spawned.io.stdout).await?;
+    spawned.child.wait().await?;
+    Ok(mib_per_s(total, t0))
+}
+
+/// Keystroke round trips (ms) with `cat` under a tty through execd.
+pub async fn keystrokes_execd(s: &mut Session, n: usize) -> Result<Samples> {
+    // Let the terminal settle (the initial echo of nothing, resize checks).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = b'a' + (i % 26) as u8;
+        let t0 = Instant::now();
+        s.tx.send(message::input(vec![key])).await?;
+        loop {
+            match next_event(&mut s.rx).await? {
+                Event::Output(data) if data.contains(&key) => break,
+                Event::Exited(_) => bail!("cat exited"),
+                _ => {}
+            }
+        }
+        samples.push(ms_since(t0));
+        if i % 64 == 63 {
+            // Keep cat's line buffer short.
+            s.tx.send(message::input(&b"\n"[..])).await?;
+            drain_until_quiet(s).await?;
+        }
+    }
+    Ok(Samples(samples))
+}
+
+async fn drain_until_quiet(s: &mut Session) -> Result<()> {
+    while let Ok(ev) = tokio::time::timeout(Duration::from_millis(30), next_event(&mut s.rx)).await
+    {
+        ev?;
+    }
+    Ok(())
+}
+
+/// The same as [`keystrokes_execd`] with `docker exec -t`.
+pub async fn keystrokes_docker(n: usize) -> Result<Samples> {
+    let mut spawned = docker_exec_tty(&["cat"])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut buf = vec![0u8; 4096];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = b'a' + (i % 26) as u8;
+        let t0 = Instant::now();
+        spawned.io.stdin.write_all(&[key]).await?;
+        loop {
+            let got = spawned.io.stdout.read(&mut buf).await?;
+            if got == 0 {
+                bail!("docker exec cat ended");
+            }
+            if buf[..got].contains(&key) {
+                break;
+            }
+        }
+        samples.push(ms_since(t0));
+        if i % 64 == 63 {
+            spawned.io.stdin.write_all(b"\n").await?;
+            while let Ok(r) =
+                tokio::time::timeout(Duration::from_millis(30), spawned.io.stdout.read(&mut buf))
+                    .await
+            {
+                if r? == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = spawned.child.start_kill();
+    let _ = spawned.child.wait().await;
+    Ok(Samples(samples))
+}
+
+pub struct ConcurrencyResult {
+    pub sessions: usize,
+    pub rss_per_session_kib: f64,
+    pub threads_before: u64,
+    pub threads_after: u64,
+    pub children_rss_mib: f64,
+    pub children: usize,
+    pub rtt_p99_ms: f64,
+}
+
+/// What `n` idle tty sessions cost execd, and how one of them still types.
+pub async fn concurrency(
+    execd: &Execd,
+    channel: &Channel,
+    n: usize,
+    rtt_samples: usize,
+) -> Result<ConcurrencyResult> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_kib(execd.pid());
+    let threads_before = threads(execd.pid());
+    let mut open_sessions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = open(channel, &["cat"], true).await?;
+        match next_event(&mut s.rx).await? {
+            Event::Started => {}
+            _ => bail!("expected STARTED"),
+        }
+        open_sessions.push(s);
+    }
+    // Let every terminal's size checks finish: the sessions are idle now.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let rss_after = rss_kib(execd.pid());
+    let threads_after = threads(execd.pid());
+    let (children_rss, children) = children_rss_kib(execd.pid());
+    let Some(first) = open_sessions.first_mut() else {
+        bail!("no sessions to measure");
+    };
+    let rtt = keystrokes_execd(first, rtt_samples).await?;
+    drop(open_sessions);
+    // Wait for execd to reap them before the next round.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while children_rss_kib(execd.pid()).1 > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(ConcurrencyResult {
+        sessions: n,
+        rss_per_session_kib: rss_after.saturating_sub(rss_before) as f64 / n as f64,
+        threads_before,
+        threads_after,
+        children_rss_mib: children_rss as f64 / 1024.0,
+        children,
+        rtt_p99_ms: rtt.p99(),
+    })
+}
+
+/// Peak RSS growth (MiB) while a client reads 1 GiB of output at 1 MiB/s
+/// for `seconds`, and the rate it actually read at.
+pub async fn slow_reader(execd: &Execd, channel: &Channel, seconds: u64) -> Result<(f64, f64)> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(execd.pid());
+    let mut s = open(channel, &["sh", "-c", &dd(16384)], false).await?;
+    let t0 = Instant::now();
+    let mut peak = base;
+    let mut read = 0usize;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let allowed = (t0.elapsed().as_secs_f64() * 1024.0 * 1024.0) as usize;
+        if read < allowed {
+            if let Event::Output(data) = next_event(&mut s.rx).await? {
+                read += data.len();
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak = peak.max(rss_kib(execd.pid()));
+    }
+    drop(s);
+    let growth_mib = peak.saturating_sub(base) as f64 / 1024.0;
+    Ok((growth_mib, mib_per_s(read, t0)))
+}
