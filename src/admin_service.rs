@@ -1,5 +1,9 @@
 //! `execd.admin.v1.SessionAdmin`: list and close sessions, watch
 //! per-instance session counts.
+//!
+//! Every request field is bounded: ids are validated like the ExecStream's,
+//! a close reason (which reaches other clients' statuses) is short printable
+//! ASCII, and listings come in pages small enough for any default client.
 
 use std::pin::Pin;
 
@@ -9,8 +13,11 @@ use execd_proto::admin::{
     CloseSessionsResponse, InstanceEvent, ListSessionsRequest, ListSessionsResponse, SessionInfo,
     WatchInstancesRequest,
 };
-use execd_session::{CloseTarget, InstanceEventKind, SessionManager};
+use execd_session::command::{validate_instance_id, validate_session_id};
+use execd_session::log_field::LogField;
+use execd_session::{CloseTarget, InstanceEventKind, PageRequest, SessionManager};
 use futures_util::Stream;
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -19,6 +26,57 @@ use tonic::{Request, Response, Status};
 /// the registry's broadcast buffer; a watcher that falls further behind than
 /// both is ended with RESOURCE_EXHAUSTED and must re-subscribe.
 const WATCH_QUEUE: usize = 64;
+
+/// Sessions per ListSessions page when the request does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most sessions per ListSessions page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// A page stops before its encoding passes this, leaving room below the
+/// 4 MiB a default gRPC client accepts.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Listed commands are cut to this (each argument counting length + 1).
+pub const MAX_LISTED_COMMAND_BYTES: usize = 4 * 1024;
+/// Longest close reason: it is sent to every closed client.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Why an admin request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Invalid(#[from] execd_session::ValidationError),
+    #[error("set target: a non-empty session_id or instance_id")]
+    NoTarget,
+    #[error("reason is invalid (allowed: printable ASCII, at most {MAX_REASON_LEN} bytes)")]
+    BadReason,
+    #[error("page_token is not one this server issued")]
+    BadPageToken,
+}
+
+impl From<AdminError> for Status {
+    fn from(err: AdminError) -> Self {
+        Status::invalid_argument(err.to_string())
+    }
+}
+
+/// An optional instance filter: empty means all.
+fn instance_filter(instance_id: String) -> Result<Option<String>, AdminError> {
+    validate_instance_id(&instance_id)?;
+    Ok((!instance_id.is_empty()).then_some(instance_id))
+}
+
+fn check_reason(reason: &str) -> Result<(), AdminError> {
+    let printable = reason.bytes().all(|b| matches!(b, b' '..=b'~'));
+    if printable && reason.len() <= MAX_REASON_LEN {
+        Ok(())
+    } else {
+        Err(AdminError::BadReason)
+    }
+}
+
+/// Bytes a length-delimited field of `len` bytes adds to a message.
+fn field_cost(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
 
 pub struct SessionAdminImpl {
     manager: SessionManager,
@@ -53,33 +111,71 @@ impl SessionAdmin for SessionAdminImpl {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let filter = request.into_inner().instance_id;
-        let filter = (!filter.is_empty()).then_some(filter);
+        let request = request.into_inner();
+        let filter = instance_filter(request.instance_id)?;
+        // The token is the last session id of the previous page.
+        let after = (!request.page_token.is_empty()).then_some(request.page_token);
+        if let Some(after) = &after {
+            validate_session_id(after).map_err(|_| AdminError::BadPageToken)?;
+        }
+        let limit = match request.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
         let registry = self.manager.registry();
-        let sessions = registry
-            .list(filter.as_deref())
-            .into_iter()
-            .map(|s| SessionInfo {
+        let page = registry.page(&PageRequest {
+            instance_id: filter.as_deref(),
+            after: after.as_deref(),
+            limit,
+            max_command_bytes: MAX_LISTED_COMMAND_BYTES,
+        });
+        let counts = registry.active_per_instance();
+        let mut response = ListSessionsResponse::default();
+        // Room for the next_page_token field.
+        let mut bytes = field_cost(execd_session::command::MAX_SESSION_ID_LEN);
+        let mut more = page.more;
+        for s in page.sessions {
+            let info = SessionInfo {
                 session_id: s.session_id,
                 instance_id: s.instance_id,
                 container_id: s.container_id,
                 command: s.command,
+                command_truncated: s.command_truncated,
                 tty: s.tty,
                 started_at_unix_ms: s.started_at_unix_ms,
                 last_activity_unix_ms: s.last_activity_unix_ms,
                 stdin_bytes: s.stdin_bytes,
                 output_bytes: s.output_bytes,
-            })
-            .collect();
-        let active_per_instance = registry
-            .active_per_instance()
-            .into_iter()
-            .filter(|(id, _)| filter.as_deref().is_none_or(|f| f == id))
-            .collect();
-        Ok(Response::new(ListSessionsResponse {
-            sessions,
-            active_per_instance,
-        }))
+                door: s.door.as_str().to_string(),
+                kind: s.kind.as_str().to_string(),
+            };
+            let count = counts.get(&info.instance_id).copied();
+            let new_instance =
+                count.filter(|_| !response.active_per_instance.contains_key(&info.instance_id));
+            let mut cost = field_cost(info.encoded_len());
+            if new_instance.is_some() {
+                // Key, value (≤ 5-byte varint) and the entry's own framing.
+                cost += field_cost(field_cost(info.instance_id.len()) + 6);
+            }
+            // Always at least one session, so paging makes progress.
+            if !response.sessions.is_empty() && bytes + cost > MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += cost;
+            if let Some(n) = new_instance {
+                response
+                    .active_per_instance
+                    .insert(info.instance_id.clone(), n);
+            }
+            response.sessions.push(info);
+        }
+        if more {
+            if let Some(last) = response.sessions.last() {
+                response.next_page_token = last.session_id.clone();
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn close_sessions(
@@ -88,21 +184,34 @@ impl SessionAdmin for SessionAdminImpl {
     ) -> Result<Response<CloseSessionsResponse>, Status> {
         let request = request.into_inner();
         let target = match request.target {
-            Some(Target::SessionId(id)) if !id.is_empty() => CloseTarget::Session(id),
-            Some(Target::InstanceId(id)) if !id.is_empty() => CloseTarget::Instance(id),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "set target: a non-empty session_id or instance_id",
-                ))
+            Some(Target::SessionId(id)) if !id.is_empty() => {
+                validate_session_id(&id).map_err(AdminError::from)?;
+                CloseTarget::Session(id)
             }
+            Some(Target::InstanceId(id)) if !id.is_empty() => {
+                validate_instance_id(&id).map_err(AdminError::from)?;
+                CloseTarget::Instance(id)
+            }
+            _ => return Err(AdminError::NoTarget.into()),
         };
+        check_reason(&request.reason)?;
         let reason = if request.reason.is_empty() {
             "by operator".to_string()
         } else {
             request.reason
         };
         let closed = self.manager.registry().close(&target, &reason);
-        tracing::info!(?target, %reason, closed, "sessions closed by admin request");
+        let (kind, id) = match &target {
+            CloseTarget::Session(id) => ("session", id),
+            CloseTarget::Instance(id) => ("instance", id),
+        };
+        tracing::info!(
+            target = kind,
+            id = %LogField::new(id),
+            reason = %LogField::new(&reason),
+            closed,
+            "sessions closed by admin request"
+        );
         Ok(Response::new(CloseSessionsResponse {
             closed: closed as u32,
         }))
@@ -114,8 +223,7 @@ impl SessionAdmin for SessionAdminImpl {
         &self,
         request: Request<WatchInstancesRequest>,
     ) -> Result<Response<Self::WatchInstancesStream>, Status> {
-        let filter = request.into_inner().instance_id;
-        let filter = (!filter.is_empty()).then_some(filter);
+        let filter = instance_filter(request.into_inner().instance_id)?;
         let (snapshot, mut events) = self.manager.registry().watch(filter.as_deref());
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let shutdown = self.manager.shutdown_token().clone();
@@ -173,7 +281,10 @@ mod tests {
     fn entry(id: usize, instance: &str) -> SessionEntry {
         SessionEntry {
             session_id: format!("s{id}"),
+            door: Default::default(),
+            kind: Default::default(),
             instance_id: instance.to_string(),
+            owner: String::new(),
             container_id: "c".into(),
             command: vec!["sh".into()],
             tty: false,
@@ -181,6 +292,49 @@ mod tests {
             stats: Arc::new(SessionStats::new()),
             control: Arc::new(SessionControl::new(&CancellationToken::new())),
         }
+    }
+
+    /// Whatever was registered, a page of the largest page size stays
+    /// below a default client's 4 MiB, and paging still reaches everyone.
+    #[tokio::test]
+    async fn worst_case_pages_fit_a_default_client() {
+        let manager = SessionManager::new(ManagerConfig::default(), CancellationToken::new());
+        let admin = SessionAdminImpl::new(manager.clone());
+        let mut guards = Vec::new();
+        for i in 0..1000 {
+            let mut e = entry(i, &format!("{i:0>128}"));
+            e.session_id = format!("{i:0>128}");
+            e.container_id = "c".repeat(255);
+            // Many short arguments cost the most per listed byte.
+            e.command = vec!["ab".to_string(); 4000];
+            guards.push(manager.registry().register(e).unwrap());
+        }
+        let mut token = String::new();
+        let mut seen = 0;
+        loop {
+            let page = admin
+                .list_sessions(Request::new(ListSessionsRequest {
+                    page_size: 5000,
+                    page_token: token.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                page.encoded_len() <= MAX_PAGE_BYTES,
+                "{}",
+                page.encoded_len()
+            );
+            assert!(page.sessions.len() <= MAX_PAGE_SIZE);
+            assert_eq!(page.active_per_instance.len(), page.sessions.len());
+            seen += page.sessions.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen, 1000);
     }
 
     /// A watcher that stops reading falls behind without blocking anyone,

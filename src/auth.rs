@@ -1,16 +1,30 @@
 //! Bearer-token authentication for ExecService and SessionAdmin.
 //!
-//! Tokens come from `--auth-token-file`: one per line, blank lines and `#`
-//! comments ignored, several at once so they can be rotated. The file is
-//! re-read on SIGHUP; a reload that fails keeps the old tokens. Clients send
-//! `authorization: Bearer <token>`. The check runs in an interceptor, before
-//! any handler (so before anything is spawned), compares in constant time,
-//! and never logs a token.
+//! Tokens come from `--auth-token-file` (exec) and optionally
+//! `--admin-token-file` (admin): one per line, blank lines and `#` comments
+//! ignored, several at once so they can be rotated. The files are re-read on
+//! SIGHUP; a reload that fails keeps the old tokens. Clients send
+//! `authorization: Bearer <token>`. The checks run in interceptors, before
+//! any handler (so before anything is spawned), compare in constant time,
+//! and never log a token.
+//!
+//! Exec and admin rights differ: an exec client may run commands, but only
+//! an operator should read every session's command line or close other
+//! clients' sessions. With an admin token file, the admin API takes only
+//! its tokens and answers an exec token with PERMISSION_DENIED (it is
+//! known, just not allowed there). Without one, the exec tokens also open
+//! the admin API, as before.
+//!
+//! The exec check also tags each request with an [`Owner`], a keyed hash of
+//! its token, which the session registry counts sessions under
+//! (`--max-sessions-per-token`), so one client cannot take every slot.
 
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use subtle::ConstantTimeEq;
+use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,22 +113,116 @@ impl TokenStore {
         }
         ok.into()
     }
+}
 
-    /// The interceptor body: Ok for a request with a valid bearer token.
-    pub fn check<T>(&self, request: Request<T>) -> Result<Request<T>, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing authorization metadata (Bearer token)")
-        })?;
-        let value = header.as_bytes();
-        let token = value
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.strip_prefix(b"bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
-        if self.accepts(token) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("invalid token"))
+/// The bearer token a request carries.
+fn bearer<T>(request: &Request<T>) -> Result<&[u8], Status> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing authorization metadata (Bearer token)"))?;
+    let value = header.as_bytes();
+    value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))
+}
+
+fn invalid_token() -> Status {
+    Status::unauthenticated("invalid token")
+}
+
+/// Who started a session, as the registry counts it: a hash of the bearer
+/// token keyed with a random per-process key, so it names the token within
+/// this process without revealing it (or anything usable elsewhere). It is
+/// still derived from a secret, so it is never logged or listed either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+impl Owner {
+    pub fn of_token(token: &[u8]) -> Owner {
+        // One key for the process, so a token keeps its owner (and its
+        // sessions' count) across SIGHUP reloads.
+        static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let hash = KEY.get_or_init(Default::default).hash_one(token);
+        Owner(format!("token-{hash:016x}"))
+    }
+
+    pub fn into_key(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Owner(…)")
+    }
+}
+
+/// Interceptor for ExecService: admits requests with an exec token and
+/// tags them with their [`Owner`].
+#[derive(Clone)]
+pub struct ExecGuard {
+    tokens: TokenStore,
+}
+
+impl ExecGuard {
+    pub fn new(tokens: TokenStore) -> Self {
+        ExecGuard { tokens }
+    }
+}
+
+impl Interceptor for ExecGuard {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let token = bearer(&request)?;
+        if !self.tokens.accepts(token) {
+            return Err(invalid_token());
         }
+        let owner = Owner::of_token(token);
+        request.extensions_mut().insert(owner);
+        Ok(request)
+    }
+}
+
+/// Interceptor for SessionAdmin.
+#[derive(Clone)]
+pub struct AdminGuard {
+    admin: TokenStore,
+    /// Exec tokens, recognised only to answer them with PERMISSION_DENIED.
+    exec: Option<TokenStore>,
+}
+
+impl AdminGuard {
+    /// The guard for the configured token files: admin tokens when given
+    /// (exec tokens then refused), else the exec tokens, else none (open,
+    /// like ExecService).
+    pub fn new(exec: Option<&TokenStore>, admin: Option<&TokenStore>) -> Option<Self> {
+        match (admin, exec) {
+            (Some(admin), exec) => Some(AdminGuard {
+                admin: admin.clone(),
+                exec: exec.cloned(),
+            }),
+            (None, Some(exec)) => Some(AdminGuard {
+                admin: exec.clone(),
+                exec: None,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Interceptor for AdminGuard {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let token = bearer(&request)?;
+        if self.admin.accepts(token) {
+            return Ok(request);
+        }
+        if self.exec.as_ref().is_some_and(|exec| exec.accepts(token)) {
+            return Err(Status::permission_denied(
+                "this token may open exec sessions but not use the admin API (that needs a token from --admin-token-file)",
+            ));
+        }
+        Err(invalid_token())
     }
 }
 
@@ -138,11 +246,23 @@ mod tests {
         r
     }
 
+    fn owner(r: &Request<()>) -> Option<Owner> {
+        r.extensions().get::<Owner>().cloned()
+    }
+
     #[test]
     fn accepts_any_listed_token_and_ignores_comments() {
         let (_d, s) = store("# rotation\nalpha\n\n  beta  \n");
-        assert!(s.check(request(Some("Bearer alpha"))).is_ok());
-        assert!(s.check(request(Some("Bearer beta"))).is_ok());
+        let mut guard = ExecGuard::new(s);
+        let alpha = guard.call(request(Some("Bearer alpha"))).unwrap();
+        let beta = guard.call(request(Some("Bearer beta"))).unwrap();
+        // Each token is its own owner, the same on every request, and the
+        // key does not contain the token.
+        let (a, b) = (owner(&alpha).unwrap(), owner(&beta).unwrap());
+        assert_ne!(a, b);
+        assert!(a == owner(&guard.call(request(Some("Bearer alpha"))).unwrap()).unwrap());
+        assert!(!a.clone().into_key().contains("alpha"));
+        assert_eq!(format!("{a:?}"), "Owner(…)");
         for bad in [
             None,
             Some("Bearer gamma"),
@@ -151,7 +271,7 @@ mod tests {
             Some("Bearer alphaa"),
             Some("Basic YWxwaGE="),
         ] {
-            let err = s.check(request(bad)).unwrap_err();
+            let err = guard.call(request(bad)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated);
             assert!(
                 !err.message().contains("alpha"),
@@ -159,6 +279,32 @@ mod tests {
                 err.message()
             );
         }
+    }
+
+    #[test]
+    fn admin_tokens_are_separate_from_exec_tokens() {
+        let (_e, exec) = store("exec-1\n");
+        let (_a, admin) = store("admin-1\n");
+        let mut guard = AdminGuard::new(Some(&exec), Some(&admin)).unwrap();
+        assert!(guard.call(request(Some("Bearer admin-1"))).is_ok());
+        let err = guard.call(request(Some("Bearer exec-1"))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        for bad in [None, Some("Bearer nope"), Some("Bearer admin-")] {
+            let err = guard.call(request(bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+        // Admin tokens do not open exec sessions.
+        let err = ExecGuard::new(exec.clone())
+            .call(request(Some("Bearer admin-1")))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // Without an admin file the exec tokens keep working for admin.
+        let mut guard = AdminGuard::new(Some(&exec), None).unwrap();
+        assert!(guard.call(request(Some("Bearer exec-1"))).is_ok());
+        assert!(AdminGuard::new(None, None).is_none());
+        // An admin file alone guards only the admin API.
+        let mut guard = AdminGuard::new(None, Some(&admin)).unwrap();
+        assert!(guard.call(request(Some("Bearer admin-1"))).is_ok());
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! Every response stream ends with exactly one terminal status message: for
 //! EXITED the RPC then ends OK; for ERROR it ends with a gRPC status of the
 //! same message and a code that classifies it.
+//!
+//! Logs: every client-provided value (ids, command, error messages that
+//! quote them) goes through [`LogField`]/[`LogCommand`], escaped and
+//! bounded, and is logged before it was validated only in that form; the
+//! command line is logged at debug only (it may carry secrets).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,8 +24,9 @@ use std::time::{Duration, Instant};
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_server::ExecService;
 use execd_proto::exec_service::ExecMessage;
+use execd_session::log_field::{LogCommand, LogField, MAX_LOG_FIELD};
 use execd_session::{
-    new_session_id, EndReason, SessionError, SessionEvent, SessionInput, SessionManager,
+    new_session_id, Door, EndReason, SessionError, SessionEvent, SessionInput, SessionManager,
     SessionStats, ValidationError,
 };
 use futures_util::Stream;
@@ -28,6 +34,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth::Owner;
 use crate::metrics::{ActiveSession, Metrics};
 use crate::protocol;
 
@@ -37,11 +44,18 @@ pub struct ExecServiceImpl {
 }
 
 impl ExecServiceImpl {
-    pub fn new(manager: SessionManager, start_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        manager: SessionManager,
+        start_timeout: Duration,
+        max_pending_starts: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ExecServiceImpl {
             opener: Opener {
                 manager,
                 start_timeout,
+                pending_starts: Arc::new(tokio::sync::Semaphore::new(max_pending_starts)),
+                max_pending_starts,
                 metrics,
             },
         }
@@ -53,10 +67,25 @@ impl ExecServiceImpl {
 struct Opener {
     manager: SessionManager,
     start_timeout: Duration,
+    /// Streams that have not sent their start yet hold one of these: an
+    /// idle stream costs little, but thousands of them must not.
+    pending_starts: Arc<tokio::sync::Semaphore>,
+    max_pending_starts: usize,
     metrics: Arc<Metrics>,
 }
 
 type Item = Result<ExecMessage, Status>;
+
+/// How long a stream may take to send its start when
+/// `--max-pending-starts` streams are already waiting.
+const CROWDED_START_GRACE: Duration = Duration::from_secs(1);
+
+/// Error messages may quote client input; logged escaped, up to this long.
+const MAX_LOGGED_ERROR: usize = 1024;
+
+fn log_error(message: &str) -> LogField<'_> {
+    LogField::with_limit(message, MAX_LOGGED_ERROR)
+}
 
 /// What the client reads: queued messages first (STARTED, or an early ERROR
 /// and its status), then the session's events until the terminal one.
@@ -89,7 +118,7 @@ impl ExecResponseStream {
 
     fn failed(session_id: &str, err: &SessionError) -> Self {
         let (msg, status) = protocol::error_pair(session_id, err);
-        tracing::info!(session_id, code = ?status.code(), error = %status.message(), "session refused");
+        tracing::info!(session_id = %LogField::new(session_id), code = ?status.code(), error = %log_error(status.message()), "session refused");
         Self::ending(session_id, VecDeque::from([Ok(msg), Err(status)]))
     }
 
@@ -182,7 +211,7 @@ impl Stream for ExecResponseStream {
                 let (stdin_bytes, output_bytes) = this.bytes();
                 let duration_ms = this.duration_ms();
                 this.span.in_scope(|| {
-                    tracing::info!(code = ?status.code(), error = %status.message(), duration_ms, stdin_bytes, output_bytes, "session ended")
+                    tracing::info!(code = ?status.code(), error = %log_error(status.message()), duration_ms, stdin_bytes, output_bytes, "session ended")
                 });
                 if let Some((active, _)) = &this.active {
                     active.failed(&err);
@@ -236,34 +265,57 @@ impl ExecService for ExecServiceImpl {
         request: Request<Streaming<ExecMessage>>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
         let opener = self.opener.clone();
+        // Set by the token check; without tokens nobody is counted per token.
+        let owner = request.extensions().get::<Owner>().cloned();
         let inbound = request.into_inner();
         Ok(Response::new(ExecResponseStream::opening(Box::pin(
-            opener.open(inbound),
+            opener.open(inbound, owner),
         ))))
     }
 }
 
 impl Opener {
     fn refuse(&self, session_id: &str, err: SessionError) -> ExecResponseStream {
-        self.metrics.record_refused(&err);
+        self.metrics.record_refused(Door::Grpc, &err);
         ExecResponseStream::failed(session_id, &err)
     }
 
-    async fn open(self, mut inbound: Streaming<ExecMessage>) -> ExecResponseStream {
+    async fn open(
+        self,
+        mut inbound: Streaming<ExecMessage>,
+        owner: Option<Owner>,
+    ) -> ExecResponseStream {
         let shutdown = self.manager.shutdown_token().clone();
+        // Past the cap of streams allowed to wait the full start timeout,
+        // a stream must bring its start at once (real clients send it with
+        // the call); idle streams are refused quickly instead.
+        let pending = self.pending_starts.clone().try_acquire_owned().ok();
+        let start_timeout = if pending.is_some() {
+            self.start_timeout
+        } else {
+            self.start_timeout.min(CROWDED_START_GRACE)
+        };
         let first = tokio::select! {
             first = inbound.message() => first,
-            _ = tokio::time::sleep(self.start_timeout) => {
-                let reason = EndReason::Protocol(format!(
-                    "no start_request within {}s of opening the stream",
-                    self.start_timeout.as_secs()
-                ));
+            _ = tokio::time::sleep(start_timeout) => {
+                let reason = if pending.is_some() {
+                    EndReason::Protocol(format!(
+                        "no start_request within {}s of opening the stream",
+                        self.start_timeout.as_secs()
+                    ))
+                } else {
+                    EndReason::TooLarge(format!(
+                        "more than {} streams are waiting to send their start_request",
+                        self.max_pending_starts
+                    ))
+                };
                 return self.refuse("", SessionError::Ended(reason));
             }
             _ = shutdown.cancelled() => {
                 return self.refuse("", SessionError::Ended(EndReason::Shutdown));
             }
         };
+        drop(pending);
         let msg = match first {
             Ok(Some(msg)) => msg,
             Ok(None) => {
@@ -301,12 +353,14 @@ impl Opener {
         } else {
             requested_id
         };
-        let spec = protocol::spec_from_start(request);
+        let mut spec = protocol::spec_from_start(request);
+        spec.owner = owner.map(Owner::into_key).unwrap_or_default();
+        // Not validated yet: the span shows the values escaped and bounded.
         let span = tracing::info_span!(
             "session",
-            session_id = %session_id,
-            instance_id = %spec.instance_id,
-            container_id = %spec.container_id,
+            session_id = %LogField::new(&session_id),
+            instance_id = %LogField::new(&spec.instance_id),
+            container_id = %LogField::new(&spec.container_id),
             tty = spec.tty,
         );
         let (tty, command) = (spec.tty, spec.effective_command());
@@ -320,14 +374,11 @@ impl Opener {
             Ok(session) => {
                 let latency = requested_at.elapsed();
                 span.in_scope(|| {
-                    tracing::info!(
-                        ?command,
-                        tty,
-                        start_ms = latency.as_millis() as u64,
-                        "session started"
-                    )
+                    tracing::info!(tty, start_ms = latency.as_millis() as u64, "session started");
+                    // Command lines can carry secrets: debug only.
+                    tracing::debug!(command = %LogCommand::new(&command, MAX_LOG_FIELD), "session command");
                 });
-                let active = self.metrics.session_started(tty, latency);
+                let active = self.metrics.session_started(Door::Grpc, tty, latency);
                 tokio::spawn(
                     relay_input(inbound, session.input, self.metrics.clone())
                         .instrument(span.clone()),
@@ -382,7 +433,7 @@ async fn relay_input(
                 return;
             }
             Err(status) => {
-                tracing::debug!(%status, "client stream failed");
+                tracing::debug!(code = ?status.code(), message = %log_error(status.message()), "client stream failed");
                 input.end(EndReason::ClientGone);
                 return;
             }

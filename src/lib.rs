@@ -2,7 +2,12 @@
 //!
 //! - [`auth`]: bearer-token check for every session and admin call.
 //! - [`config`]: flags (with `EXECD_*` env twins) and [`ServerConfig`].
-//! - [`listener`]: TCP or unix-socket [`Listener`].
+//! - [`listener`]: TCP or unix-socket [`Listener`]s.
+//! - [`transport`]: the connection layer under every door: accept loops,
+//!   connection and stream bounds, TLS, HTTP/1.1 vs HTTP/2, and the
+//!   `:authority` fix for gRPC clients on unix sockets.
+//! - [`doors`]: the HTTP front doors, beside gRPC on every listener.
+//! - [`stream_limit`]: caps concurrent streaming calls of a gRPC service.
 //! - [`protocol`]: mapping between `exec_service` messages and sessions.
 //! - [`exec_service`] serves `ExecService/ExecStream`, one session per stream.
 //! - [`health`]: `grpc.health.v1` status that follows the engine.
@@ -14,33 +19,35 @@
 pub mod admin_service;
 pub mod auth;
 pub mod config;
+pub mod doors;
 pub mod exec_service;
 pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
+pub mod stream_limit;
+pub mod transport;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use execd_proto::admin::session_admin_server::SessionAdminServer;
+use execd_proto::cri::runtime_service_server::RuntimeServiceServer;
 use execd_proto::exec_service::exec_service_server::ExecServiceServer;
 use execd_session::SessionManager;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::service::Routes;
 
 pub use config::{Cli, ServerConfig};
 pub use listener::Listener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("serving gRPC failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Tls(#[from] transport::tls::TlsError),
     #[error("binding the metrics listener {addr} failed: {source}")]
     MetricsBind {
         addr: std::net::SocketAddr,
@@ -49,19 +56,20 @@ pub enum ServerError {
     },
 }
 
-/// HTTP/2 flow-control windows: large enough that one stream can move
-/// hundreds of MiB/s on loopback, small enough to bound per-stream buffering.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-/// Largest HTTP/2 frame execd accepts; clients that accept large frames too
-/// get output in fewer, larger frames.
-const MAX_FRAME: u32 = 1024 * 1024;
-
-/// Serves ExecService and SessionAdmin on `listener` until `shutdown` is
-/// cancelled; then ends all sessions and returns within about
-/// `config.shutdown_grace`.
+/// Serves every door on `listener` until `shutdown` is cancelled; then ends
+/// all sessions and returns within about `config.shutdown_grace`.
 pub async fn run(
     listener: Listener,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    run_on(vec![listener], config, shutdown).await
+}
+
+/// Like [`run`], on several listeners at once (say a unix socket for
+/// node-local clients and a TLS port for remote ones).
+pub async fn run_on(
+    listeners: Vec<Listener>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -72,29 +80,100 @@ pub async fn run(
             .await
             .map_err(|source| ServerError::MetricsBind { addr, source })?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            config.handshake_timeout,
+            shutdown.clone(),
+        ));
     }
+    let stream_base_url = config
+        .stream_base_url
+        .clone()
+        .or_else(|| doors::kube::tokens::default_base_url(&listeners, config.tls.is_some()));
+    if stream_base_url.is_none() {
+        tracing::warn!("no TCP listener and no --stream-base-url: CRI Exec/Attach will refuse to issue streaming URLs");
+    }
+    let door_ctx = doors::DoorContext {
+        manager: manager.clone(),
+        metrics: metrics.clone(),
+        auth: config.auth.clone(),
+        streams: doors::kube::StreamTokens::new(
+            stream_base_url,
+            config.stream_token_ttl,
+            metrics.stream_tokens_pending().clone(),
+        ),
+        web: config.web.clone(),
+    };
+    tokio::spawn(door_ctx.streams.clone().sweep_until(shutdown.clone()));
+    let doors = doors::router(door_ctx.clone());
+    let app = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
+        .await?
+        .into_axum_router()
+        .merge(doors)
+        .fallback(doors::fallback);
+    let transport_config = transport::TransportConfig {
+        tls: config
+            .tls
+            .as_ref()
+            .map(transport::tls::acceptor)
+            .transpose()?,
+        max_connections: config.max_connections,
+        max_streams_per_connection: config.max_streams_per_connection,
+        handshake_timeout: config.handshake_timeout,
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+    };
+    let socket_files: Vec<listener::SocketFile> = listeners
+        .iter()
+        .filter_map(|l| l.socket_file().cloned())
+        .collect();
+    let addresses: Vec<String> = listeners.iter().map(Listener::local_addr).collect();
+    tracing::info!(listen = ?addresses, mode = ?manager.mode(), "execd serving");
+    let connections = transport::serve(listeners, app, transport_config, shutdown.clone());
+    shutdown.cancelled().await;
+    // Sessions got their ERROR and are killing their processes; the
+    // connections drain their streams (GOAWAY), but not forever.
+    let deadline = Instant::now() + config.shutdown_grace;
+    if tokio::time::timeout_at(deadline.into(), connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace elapsed; dropping remaining connections");
+    }
+    // The streams may be gone before the processes are: returning now
+    // would drop the runtime under the reapers.
+    if !wait_for_sessions(&manager, deadline).await {
+        tracing::warn!(
+            left = manager.registry().total(),
+            "shutdown grace elapsed with sessions left"
+        );
+    }
+    for file in &socket_files {
+        file.remove();
+    }
+    tracing::info!("execd stopped");
+    Ok(())
+}
+
+/// Every gRPC service, with tokens required where configured: ExecService
+/// and SessionAdmin behind the check; health and reflection open for
+/// probes and tooling (health Watch streams bounded in number).
+async fn grpc_routes(
+    config: &ServerConfig,
+    manager: &SessionManager,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: &CancellationToken,
+    door_ctx: &doors::DoorContext,
+) -> Result<Routes, ServerError> {
     let exec = ExecServiceServer::new(exec_service::ExecServiceImpl::new(
         manager.clone(),
         config.start_timeout,
+        config.max_pending_starts,
         metrics,
     ))
     .max_decoding_message_size(config.max_message_size);
     let admin = SessionAdminServer::new(admin_service::SessionAdminImpl::new(manager.clone()));
-    // With tokens configured, both services sit behind the check; health and
-    // reflection stay open for probes and tooling.
-    let (open_exec, open_admin, guarded_exec, guarded_admin) = match &config.auth {
-        None => (Some(exec), Some(admin), None, None),
-        Some(tokens) => {
-            let (a, b) = (tokens.clone(), tokens.clone());
-            (
-                None,
-                None,
-                Some(InterceptedService::new(exec, move |r| a.check(r))),
-                Some(InterceptedService::new(admin, move |r| b.check(r))),
-            )
-        }
-    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // NOT_SERVING until the first engine check has answered.
     for service in health::SERVICES {
@@ -108,90 +187,37 @@ pub async fn run(
         config.health_interval,
         shutdown.clone(),
     ));
+    let health = stream_limit::StreamLimit::new(health, "Watch", config.max_health_watches);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(execd_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let mut builder = Server::builder();
-    if let Some(tls) = &config.tls {
-        let mut tls_config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-        if let Some(ca) = &tls.client_ca_pem {
-            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(tls_config)?;
-    }
-    let router = builder
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .add_optional_service(open_exec)
-        .add_optional_service(open_admin)
-        .add_optional_service(guarded_exec)
-        .add_optional_service(guarded_admin)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    let signal = shutdown.clone().cancelled_owned();
-    let local = listener.local_addr();
-    tracing::info!(listen = %local, mode = ?manager.mode(), "execd serving");
-    let (serve, socket_path) = match listener {
-        Listener::Tcp(l) => {
-            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
-            (
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-                    as std::pin::Pin<
-                        Box<
-                            dyn std::future::Future<Output = Result<(), tonic::transport::Error>>
-                                + Send,
-                        >,
-                    >,
-                None,
-            )
-        }
-        Listener::Unix(l, path) => (
-            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), signal)) as _,
-            Some(path),
-        ),
+    let mut routes = Routes::new(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    // With tokens configured, the services sit behind their checks (the
+    // admin API behind admin tokens when given); health and reflection stay
+    // open for probes and tooling. The CRI RuntimeService (ExecSync, Exec,
+    // Attach) starts sessions, so it takes the exec tokens.
+    let cri = RuntimeServiceServer::new(doors::cri::CriRuntime::new(door_ctx.clone()));
+    routes = match &config.auth {
+        None => routes.add_service(exec).add_service(cri),
+        Some(tokens) => routes
+            .add_service(InterceptedService::new(
+                exec,
+                auth::ExecGuard::new(tokens.clone()),
+            ))
+            .add_service(InterceptedService::new(
+                cri,
+                auth::ExecGuard::new(tokens.clone()),
+            )),
     };
-    let mut serve = serve;
-    let mut shutdown_at = None;
-    let result = tokio::select! {
-        r = &mut serve => r,
-        _ = shutdown.cancelled() => {
-            shutdown_at = Some(Instant::now());
-            // Sessions got their ERROR and are killing their processes; the
-            // server drains the streams, but not forever.
-            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("shutdown grace elapsed; dropping remaining connections");
-                    Ok(())
-                }
-            }
-        }
+    routes = match auth::AdminGuard::new(config.auth.as_ref(), config.admin_auth.as_ref()) {
+        None => routes.add_service(admin),
+        Some(guard) => routes.add_service(InterceptedService::new(admin, guard)),
     };
-    if shutdown.is_cancelled() {
-        // The streams may be gone before the processes are: returning now
-        // would drop the runtime under the reapers.
-        let deadline = shutdown_at.unwrap_or_else(Instant::now) + config.shutdown_grace;
-        if !wait_for_sessions(&manager, deadline).await {
-            tracing::warn!(
-                left = manager.registry().total(),
-                "shutdown grace elapsed with sessions left"
-            );
-        }
-    }
-    if let Some(path) = socket_path {
-        let _ = std::fs::remove_file(path);
-    }
-    tracing::info!("execd stopped");
-    result.map_err(ServerError::from)
+    Ok(routes)
 }
 
 async fn wait_for_sessions(manager: &SessionManager, deadline: Instant) -> bool {
@@ -199,7 +225,7 @@ async fn wait_for_sessions(manager: &SessionManager, deadline: Instant) -> bool 
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     true
 }

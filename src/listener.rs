@@ -1,6 +1,14 @@
-//! Where execd listens: a TCP address or a unix socket (`unix:/path`).
+//! Where execd listens: TCP addresses and unix sockets (`unix:/path`).
+//!
+//! A unix socket is the default and the safe choice: its file mode decides
+//! who may connect. So it is created with that mode from the first moment
+//! (the umask is narrowed around `bind`, no chmod window), its directory is
+//! created 0700 when missing, a symlink in its place is refused, and on
+//! shutdown the path is removed only while it is still the socket this
+//! process created (a successor may already have replaced it).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
@@ -17,21 +25,55 @@ pub enum ListenError {
     },
     #[error("a file that is not a socket is in the way at {0}")]
     NotASocket(PathBuf),
+    #[error("{0} is a symbolic link; refusing to create the socket through it")]
+    Symlink(PathBuf),
     #[error("another server is already listening on {0}")]
     SocketInUse(PathBuf),
-    #[error("setting permissions of {path} failed: {source}")]
-    Permissions {
+    #[error("creating the socket directory {path} failed: {source}")]
+    Directory {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 }
 
+/// The socket file this process created: removed on shutdown only if the
+/// path still names this inode.
+#[derive(Debug, Clone)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device, inode and change time: a freed inode number is reused at
+    /// once, so the time tells our socket from a successor's.
+    identity: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the path if it is still our socket.
+    pub fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if identity(&meta) == self.identity => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => {
+                tracing::info!(path = %self.path.display(), "socket path now belongs to another server; left in place")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// A bound listener.
 pub enum Listener {
     Tcp(TcpListener),
-    /// The path is removed again when the server stops.
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener, SocketFile),
 }
 
 impl Listener {
@@ -48,19 +90,7 @@ impl Listener {
             if path.as_os_str().is_empty() {
                 return Err(ListenError::BadAddress(addr.to_string()));
             }
-            remove_stale_socket(&path).await?;
-            let listener = UnixListener::bind(&path).map_err(|source| ListenError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode)).map_err(
-                |source| ListenError::Permissions {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
-            return Ok(Listener::Unix(listener, path));
+            return bind_unix(addr, path, socket_mode).await;
         }
         let sock: SocketAddr = addr
             .parse()
@@ -74,6 +104,14 @@ impl Listener {
         Ok(Listener::Tcp(listener))
     }
 
+    /// The socket file to remove on shutdown, for unix listeners.
+    pub fn socket_file(&self) -> Option<&SocketFile> {
+        match self {
+            Listener::Tcp(_) => None,
+            Listener::Unix(_, file) => Some(file),
+        }
+    }
+
     /// The address clients connect to, in `--listen` syntax.
     pub fn local_addr(&self) -> String {
         match self {
@@ -81,9 +119,48 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+            Listener::Unix(_, file) => format!("unix:{}", file.path.display()),
         }
     }
+}
+
+async fn bind_unix(addr: &str, path: PathBuf, socket_mode: u32) -> Result<Listener, ListenError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| ListenError::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
+    remove_stale_socket(&path).await?;
+    // The socket gets its mode at creation: the umask takes away every
+    // bit the mode does not grant. The umask is process-wide, which is
+    // acceptable here because listeners are bound at start, before any
+    // session could create a file.
+    let mask = nix::sys::stat::Mode::from_bits_truncate((!socket_mode & 0o777) as libc::mode_t);
+    let previous = nix::sys::stat::umask(mask);
+    let bound = UnixListener::bind(&path);
+    nix::sys::stat::umask(previous);
+    let listener = bound.map_err(|source| ListenError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let meta = std::fs::symlink_metadata(&path).map_err(|source| ListenError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    Ok(Listener::Unix(
+        listener,
+        SocketFile {
+            path,
+            identity: identity(&meta),
+        },
+    ))
 }
 
 async fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
@@ -91,6 +168,9 @@ async fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
+    if meta.file_type().is_symlink() {
+        return Err(ListenError::Symlink(path.to_path_buf()));
+    }
     if !meta.file_type().is_socket() {
         return Err(ListenError::NotASocket(path.to_path_buf()));
     }
@@ -100,4 +180,63 @@ async fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
     }
     let _ = std::fs::remove_file(path);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn socket_gets_its_mode_at_creation_and_a_missing_dir_is_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/execd/execd.sock");
+        let listener = Listener::bind_with_mode(&format!("unix:{}", path.display()), 0o660)
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn symlink_in_place_of_the_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"precious").unwrap();
+        let path = dir.path().join("execd.sock");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = Listener::bind(&format!("unix:{}", path.display()))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ListenError::Symlink(_)), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn only_our_own_socket_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("execd.sock");
+        let addr = format!("unix:{}", path.display());
+        let Listener::Unix(first, file) = Listener::bind(&addr).await.unwrap() else {
+            panic!("unix listener expected");
+        };
+        // A successor replaced the socket (ours is stale once closed).
+        drop(first);
+        let successor = Listener::bind(&addr).await.unwrap();
+        file.remove();
+        assert!(path.exists(), "the successor's socket must stay");
+        let Listener::Unix(_, theirs) = successor else {
+            panic!("unix listener expected");
+        };
+        theirs.remove();
+        assert!(!path.exists());
+    }
 }

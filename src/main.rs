@@ -11,8 +11,12 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("--log-level {:?} is not a valid filter", cli.log_level))?;
+    // Colours only for a person at a terminal: escape codes in a log file
+    // or journal are noise, and with them gone any ESC byte in a log is
+    // suspicious (client values are escaped, see execd_session::log_field).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
@@ -33,17 +37,21 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli)?;
-    let insecure = cli.check_exposure().unwrap_or_else(|e| {
+    let warnings = cli.check_exposure().unwrap_or_else(|e| {
         eprintln!("execd: {e}");
         std::process::exit(2)
     });
-    if insecure {
-        tracing::warn!(listen = %cli.listen, "listening on a non-loopback address without TLS and token (--insecure-allow-remote): anyone who can reach it gets a shell in every container");
+    for warning in warnings {
+        tracing::warn!("{warning}");
     }
     let config = cli.load_server_config().unwrap_or_else(|e| e.exit());
-    let listener = Listener::bind_with_mode(&cli.listen, cli.socket_mode)
-        .await
-        .context("cannot start execd")?;
+    let mut listeners = Vec::with_capacity(cli.listen.len());
+    for addr in &cli.listen {
+        let listener = Listener::bind_with_mode(addr, cli.socket_mode)
+            .await
+            .context("cannot start execd")?;
+        listeners.push(listener);
+    }
     let shutdown = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -55,19 +63,28 @@ async fn main() -> anyhow::Result<()> {
         }
         trigger.cancel();
     });
-    if let Some(tokens) = config.auth.clone() {
+    let stores: Vec<(&'static str, execd::auth::TokenStore)> = [
+        ("exec", config.auth.clone()),
+        ("admin", config.admin_auth.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(which, store)| Some((which, store?)))
+    .collect();
+    if !stores.is_empty() {
         let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         tokio::spawn(async move {
             while sighup.recv().await.is_some() {
-                match tokens.reload() {
-                    Ok(count) => tracing::info!(count, "SIGHUP: auth tokens reloaded"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SIGHUP: token reload failed; previous tokens stay in force")
+                for (which, tokens) in &stores {
+                    match tokens.reload() {
+                        Ok(count) => tracing::info!(count, which, "SIGHUP: auth tokens reloaded"),
+                        Err(e) => {
+                            tracing::warn!(which, error = %e, "SIGHUP: token reload failed; previous tokens stay in force")
+                        }
                     }
                 }
             }
         });
     }
-    execd::run(listener, config, shutdown).await?;
+    execd::run_on(listeners, config, shutdown).await?;
     Ok(())
 }

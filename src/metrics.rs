@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use execd_session::preflight::PreflightError;
 use execd_session::spawn::SpawnError;
-use execd_session::{EndReason, ErrorKind, OutputStream, SessionError};
+use execd_session::{Door, EndReason, ErrorKind, OutputStream, SessionError};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,12 +24,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TtyLabels {
+pub struct SessionLabels {
+    /// The front door: grpc, cri, kube, docker.
+    pub door: String,
     pub tty: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    pub door: String,
     pub outcome: String,
 }
 
@@ -51,8 +54,8 @@ pub struct FailureLabels {
 /// All of execd's metrics and the registry that exposes them.
 pub struct Metrics {
     registry: Registry,
-    sessions_active: Family<TtyLabels, Gauge>,
-    sessions_started: Family<TtyLabels, Counter>,
+    sessions_active: Family<SessionLabels, Gauge>,
+    sessions_started: Family<SessionLabels, Counter>,
     sessions_ended: Family<OutcomeLabels, Counter>,
     start_latency: Histogram,
     /// Handles into the `bytes` family, made once: these are bumped per
@@ -62,6 +65,9 @@ pub struct Metrics {
     bytes_stderr: Counter,
     exit_codes: Family<ExitClassLabels, Counter>,
     runtime_failures: Family<FailureLabels, Counter>,
+    /// CRI streaming: URLs handed out by Exec/Attach and not yet used or
+    /// expired (see [`Metrics::stream_tokens_pending`]).
+    stream_tokens_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,8 +76,9 @@ impl Default for Metrics {
     }
 }
 
-fn tty_label(tty: bool) -> TtyLabels {
-    TtyLabels {
+fn session_labels(door: Door, tty: bool) -> SessionLabels {
+    SessionLabels {
+        door: door.as_str().to_string(),
         tty: tty.to_string(),
     }
 }
@@ -137,13 +144,13 @@ fn byte_counter(family: &Family<StreamLabels, Counter>, stream: &str) -> Counter
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("execd");
-        let sessions_active = Family::<TtyLabels, Gauge>::default();
+        let sessions_active = Family::<SessionLabels, Gauge>::default();
         registry.register(
             "sessions_active",
             "Sessions currently running",
             sessions_active.clone(),
         );
-        let sessions_started = Family::<TtyLabels, Counter>::default();
+        let sessions_started = Family::<SessionLabels, Counter>::default();
         registry.register(
             "sessions_started",
             "Sessions that reached STARTED",
@@ -179,7 +186,15 @@ impl Metrics {
             "Failures of the runtime CLI or engine, by kind",
             runtime_failures.clone(),
         );
+        // CRI streaming (the kube door).
+        let stream_tokens_pending = Gauge::default();
+        registry.register(
+            "stream_tokens_pending",
+            "CRI Exec/Attach streaming URLs issued and not yet used or expired",
+            stream_tokens_pending.clone(),
+        );
         Metrics {
+            stream_tokens_pending,
             registry,
             sessions_active,
             sessions_started,
@@ -213,13 +228,14 @@ impl Metrics {
     }
 
     /// A session was refused before it started.
-    pub fn record_refused(&self, err: &SessionError) {
-        self.record_error_outcome(err);
+    pub fn record_refused(&self, door: Door, err: &SessionError) {
+        self.record_error_outcome(door, err);
     }
 
-    fn record_error_outcome(&self, err: &SessionError) {
+    fn record_error_outcome(&self, door: Door, err: &SessionError) {
         self.sessions_ended
             .get_or_create(&OutcomeLabels {
+                door: door.as_str().to_string(),
                 outcome: outcome_of(err).to_string(),
             })
             .inc();
@@ -235,23 +251,36 @@ impl Metrics {
     /// A session reached STARTED; the returned guard ends it in the metrics.
     pub fn session_started(
         self: &Arc<Self>,
+        door: Door,
         tty: bool,
         latency: std::time::Duration,
     ) -> ActiveSession {
-        self.sessions_started.get_or_create(&tty_label(tty)).inc();
-        self.sessions_active.get_or_create(&tty_label(tty)).inc();
+        let labels = session_labels(door, tty);
+        self.sessions_started.get_or_create(&labels).inc();
+        self.sessions_active.get_or_create(&labels).inc();
         self.start_latency.observe(latency.as_secs_f64());
         ActiveSession {
             metrics: self.clone(),
+            door,
             tty,
             ended: AtomicBool::new(false),
         }
     }
 }
 
+// CRI streaming (the kube door).
+impl Metrics {
+    /// The gauge of outstanding CRI streaming tokens; the token store sets
+    /// it on every change.
+    pub fn stream_tokens_pending(&self) -> &Gauge {
+        &self.stream_tokens_pending
+    }
+}
+
 /// Keeps a session in the `sessions_active` gauge until it ends.
 pub struct ActiveSession {
     metrics: Arc<Metrics>,
+    door: Door,
     tty: bool,
     ended: AtomicBool,
 }
@@ -262,6 +291,7 @@ impl ActiveSession {
             let m = &self.metrics;
             m.sessions_ended
                 .get_or_create(&OutcomeLabels {
+                    door: self.door.as_str().into(),
                     outcome: "exited".into(),
                 })
                 .inc();
@@ -275,7 +305,7 @@ impl ActiveSession {
 
     pub fn failed(&self, err: &SessionError) {
         if !self.ended.swap(true, Ordering::Relaxed) {
-            self.metrics.record_error_outcome(err);
+            self.metrics.record_error_outcome(self.door, err);
         }
     }
 
@@ -290,25 +320,50 @@ impl Drop for ActiveSession {
         self.failed(&SessionError::Ended(EndReason::ClientGone));
         self.metrics
             .sessions_active
-            .get_or_create(&tty_label(self.tty))
+            .get_or_create(&session_labels(self.door, self.tty))
             .dec();
     }
 }
 
-/// Serves `/metrics` over plain HTTP/1.1 until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Scrapers are few; more connections than this wait in the backlog.
+const MAX_METRICS_CONNECTIONS: usize = 64;
+
+/// Serves `/metrics` until `shutdown`. Each connection must send its
+/// request headers within `header_timeout`; accept errors (EMFILE) back off
+/// instead of spinning.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    header_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let mut backoff = crate::transport::AcceptBackoff::default();
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff.reset();
+                    conn
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
+                    if !backoff.wait(&e, "metrics", &shutdown).await {
+                        return;
+                    }
                     continue;
                 }
             },
             _ = shutdown.cancelled() => return,
         };
         let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -330,12 +385,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
                     }
                 });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "metrics connection failed");
             }
+            drop(permit);
         });
     }
 }
@@ -355,24 +420,26 @@ mod tests {
     #[test]
     fn active_guard_counts_a_vanished_session_as_cancelled() {
         let m = Arc::new(Metrics::new());
-        let guard = m.session_started(true, std::time::Duration::from_millis(10));
-        assert!(m.encode().contains("execd_sessions_active{tty=\"true\"} 1"));
+        let guard = m.session_started(Door::Grpc, true, std::time::Duration::from_millis(10));
+        assert!(m
+            .encode()
+            .contains("execd_sessions_active{door=\"grpc\",tty=\"true\"} 1"));
         drop(guard);
         let text = m.encode();
         assert!(
-            text.contains("execd_sessions_active{tty=\"true\"} 0"),
+            text.contains("execd_sessions_active{door=\"grpc\",tty=\"true\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("execd_sessions_ended_total{outcome=\"cancelled\"} 1"),
+            text.contains("execd_sessions_ended_total{door=\"grpc\",outcome=\"cancelled\"} 1"),
             "{text}"
         );
-        let guard = m.session_started(false, std::time::Duration::from_millis(10));
+        let guard = m.session_started(Door::Grpc, false, std::time::Duration::from_millis(10));
         guard.exited(0);
         drop(guard);
         let text = m.encode();
         assert!(
-            text.contains("execd_sessions_ended_total{outcome=\"exited\"} 1"),
+            text.contains("execd_sessions_ended_total{door=\"grpc\",outcome=\"exited\"} 1"),
             "{text}"
         );
         assert!(

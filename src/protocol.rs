@@ -21,6 +21,7 @@ pub fn spec_from_start(req: ExecStartRequest) -> ExecSpec {
         working_dir: req.working_dir,
         user: req.user,
         instance_id: req.instance_id,
+        ..ExecSpec::default()
     }
 }
 

@@ -3,7 +3,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["exec_service.proto", "execd_admin.proto"];
+const PROTOS: &[&str] = &[
+    "exec_service.proto",
+    "execd_admin.proto",
+    "cri_runtime.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");

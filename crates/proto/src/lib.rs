@@ -2,6 +2,8 @@
 //!
 //! - [`exec_service`]: the fixed wire contract (`exec_service.ExecService`).
 //! - [`admin`]: execd's own session administration API (`execd.admin.v1`).
+//! - [`cri`]: the CRI `runtime.v1.RuntimeService` subset execd serves
+//!   (ExecSync, Exec, Attach).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of both, for reflection.
 //!
 //! The sources live in the workspace's `proto/` directory; `build.rs` compiles
@@ -15,6 +17,10 @@ pub mod exec_service {
 
 pub mod admin {
     tonic::include_proto!("execd.admin.v1");
+}
+
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
 }
 
 /// Encoded `FileDescriptorSet` of every execd proto file.

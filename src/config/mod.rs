@@ -3,18 +3,19 @@
 
 use std::time::Duration;
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
-use execd_session::{ExecMode, LifecycleConfig, Limits, ManagerConfig};
+use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
+
+/// The default listener: a unix socket only root can reach, like Docker's
+/// own daemon socket.
+pub const DEFAULT_LISTEN: &str = "unix:/run/execd/execd.sock";
 
 /// Parses a file mode written in octal, like `0600` or `660`.
 pub fn parse_mode(s: &str) -> Result<u32, String> {
@@ -52,14 +53,16 @@ pub struct Cli {
     #[arg(long, help_heading = "Configuration")]
     pub print_config: bool,
 
-    /// Address to serve on: host:port (loopback recommended) or unix:/path/to.sock
+    /// Where to serve: unix:/path/to.sock or host:port; repeat (or comma-separate in EXECD_LISTEN) for several listeners. A TCP listener without --auth-token-file lets anyone who can connect exec as root in every container
     #[arg(
         long,
         env = "EXECD_LISTEN",
-        default_value = "127.0.0.1:50051",
+        default_value = DEFAULT_LISTEN,
+        value_delimiter = ',',
+        action = clap::ArgAction::Append,
         help_heading = "Listening"
     )]
-    pub listen: String,
+    pub listen: Vec<String>,
 
     /// Unix socket file mode (octal), for unix:/path listeners
     #[arg(long, env = "EXECD_SOCKET_MODE", default_value = "0600", value_parser = parse_mode, help_heading = "Listening")]
@@ -121,6 +124,54 @@ pub struct Cli {
     #[arg(long, env = "EXECD_HOST_EXEC", help_heading = "Runtime")]
     pub host_exec: bool,
 
+    /// Most open connections at once, over all listeners; further clients wait in the kernel's backlog
+    #[arg(
+        long,
+        env = "EXECD_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        help_heading = "Limits"
+    )]
+    pub max_connections: usize,
+
+    /// Most concurrent HTTP/2 streams (calls) per connection
+    #[arg(
+        long,
+        env = "EXECD_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256,
+        help_heading = "Limits"
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Most session streams at once that have not sent their start yet (RESOURCE_EXHAUSTED beyond)
+    #[arg(
+        long,
+        env = "EXECD_MAX_PENDING_STARTS",
+        default_value_t = 256,
+        help_heading = "Limits"
+    )]
+    pub max_pending_starts: usize,
+
+    /// Most concurrent health Watch streams (they need no token)
+    #[arg(
+        long,
+        env = "EXECD_MAX_HEALTH_WATCHES",
+        default_value_t = 64,
+        help_heading = "Limits"
+    )]
+    pub max_health_watches: usize,
+
+    /// Time a new connection has to finish its TLS handshake, or to send its first bytes, and an HTTP/1.1 request its headers
+    #[arg(long, env = "EXECD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
+    pub handshake_timeout: Duration,
+
+    /// Leave what a session's process started in the background running after it exits (Docker's behaviour); by default execd ends it
+    #[arg(
+        long,
+        env = "EXECD_KEEP_BACKGROUND_PROCESSES",
+        help_heading = "Runtime"
+    )]
+    pub keep_background_processes: bool,
+
     /// Most concurrent sessions in total
     #[arg(
         long,
@@ -138,6 +189,25 @@ pub struct Cli {
         help_heading = "Limits"
     )]
     pub max_sessions_per_instance: usize,
+
+    // Admin rights and per-token limits.
+    /// File of bearer tokens for the admin API (format of --auth-token-file; reloaded on SIGHUP). When set, exec tokens are refused there (PERMISSION_DENIED)
+    #[arg(
+        long,
+        env = "EXECD_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        help_heading = "Security"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Most concurrent sessions per bearer token from --auth-token-file (0 = unlimited)
+    #[arg(
+        long,
+        env = "EXECD_MAX_SESSIONS_PER_TOKEN",
+        default_value_t = 256,
+        help_heading = "Limits"
+    )]
+    pub max_sessions_per_token: usize,
 
     /// Largest client message accepted, in bytes; larger ends the session with RESOURCE_EXHAUSTED
     #[arg(long, env = "EXECD_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, help_heading = "Limits")]
@@ -167,6 +237,30 @@ pub struct Cli {
     #[arg(long, env = "EXECD_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration, help_heading = "Observability")]
     pub health_interval: Duration,
 
+    // --- CRI streaming (the kube door) ---
+    /// Base of the streaming URLs that CRI Exec/Attach return, like https://node-1:50051 (default: derived from the first TCP listener; required with only unix sockets)
+    #[arg(
+        long,
+        env = "EXECD_STREAM_BASE_URL",
+        value_name = "URL",
+        help_heading = "CRI streaming"
+    )]
+    pub stream_base_url: Option<String>,
+
+    /// How long a streaming URL from CRI Exec/Attach stays valid (single use)
+    #[arg(long, env = "EXECD_STREAM_TOKEN_TTL", default_value = "1m", value_parser = parse_duration, help_heading = "CRI streaming")]
+    pub stream_token_ttl: Duration,
+    // --- end CRI streaming ---
+
+    // --- Web terminal ---
+    /// Serve the browser terminal at / (and the container list it picks from at /api/containers); off by default
+    #[arg(long, env = "EXECD_WEB", help_heading = "Web terminal")]
+    pub web: bool,
+
+    /// Origins (like https://ops.example:8443) besides execd's own that may open WebSocket sessions, comma-separated; other browsers' cross-origin upgrades get 403
+    #[arg(long, env = "EXECD_WEB_ALLOWED_ORIGINS", value_name = "ORIGIN", value_delimiter = ',', value_parser = crate::doors::web::origin::parse_allowed, help_heading = "Web terminal")]
+    pub web_allowed_origins: Vec<String>,
+    // --- end web terminal ---
     /// Log format
     #[arg(
         long,
@@ -187,49 +281,11 @@ pub struct Cli {
     pub log_level: String,
 }
 
-/// TLS material, read at start.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-    /// With a client CA, clients must present a certificate it signed.
-    pub client_ca_pem: Option<Vec<u8>>,
-}
+mod exposure;
+mod file;
+mod server;
 
-/// Everything `run` needs besides the listener and the shutdown token.
-#[derive(Clone)]
-pub struct ServerConfig {
-    /// Bearer tokens; `None` accepts every client (loopback/unix default).
-    pub auth: Option<crate::auth::TokenStore>,
-    pub tls: Option<TlsConfig>,
-    pub manager: ManagerConfig,
-    /// Serve Prometheus metrics at `http://ADDR/metrics`.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// How often the engine is probed for gRPC health.
-    pub health_interval: Duration,
-    pub max_message_size: usize,
-    pub start_timeout: Duration,
-    pub shutdown_grace: Duration,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            auth: None,
-            tls: None,
-            manager: ManagerConfig::default(),
-            metrics_listen: None,
-            health_interval: Duration::from_secs(5),
-            max_message_size: 4 * 1024 * 1024,
-            start_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use server::{ServerConfig, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -264,217 +320,10 @@ impl ConfigError {
     }
 }
 
-fn toml_to_arg(
-    path: &std::path::Path,
-    key: &str,
-    value: &toml::Value,
-) -> Result<Option<String>, ConfigError> {
-    let bad = |what: &str| ConfigError::File {
-        path: path.to_path_buf(),
-        message: format!("field {key:?}: {what}"),
-    };
-    Ok(match value {
-        toml::Value::String(s) => Some(format!("--{key}={s}")),
-        toml::Value::Integer(i) => Some(format!("--{key}={i}")),
-        toml::Value::Boolean(true) => Some(format!("--{key}")),
-        toml::Value::Boolean(false) => None,
-        _ => return Err(bad("expected a string, integer or boolean")),
-    })
-}
-
-impl Cli {
-    /// Parses flags, `EXECD_*` env and the optional `--config` TOML file.
-    /// Precedence: flag > env > file > default. A file key that names no
-    /// flag, or a value a flag would refuse, fails with the field named.
-    pub fn load_from<I, T>(args: I) -> Result<Cli, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let command = Cli::command();
-        let matches = command.clone().try_get_matches_from(&args)?;
-        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
-            return Ok(Cli::from_arg_matches(&matches)?);
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::File {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let mut extra: Vec<OsString> = Vec::new();
-        for (key, value) in &table {
-            let id = key.replace('-', "_");
-            let known = command
-                .get_arguments()
-                .any(|a| a.get_id().as_str() == id && a.get_long().is_some() && id != "config");
-            if !known {
-                return Err(ConfigError::File {
-                    path: path.clone(),
-                    message: format!(
-                        "unknown field {key:?} (fields are flag names, like max-sessions)"
-                    ),
-                });
-            }
-            // Only fill in what neither a flag nor the environment set.
-            if matches!(
-                matches.value_source(&id),
-                Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
-            ) {
-                continue;
-            }
-            if let Some(arg) = toml_to_arg(&path, key, value)? {
-                extra.push(arg.into());
-            }
-        }
-        let mut full = args.clone();
-        full.extend(extra);
-        let matches = command
-            .try_get_matches_from(&full)
-            .map_err(|e| ConfigError::File {
-                path: path.clone(),
-                message: e.to_string().trim().to_string(),
-            })?;
-        Ok(Cli::from_arg_matches(&matches)?)
-    }
-
-    /// The effective settings in the `--config` file format.
-    pub fn effective_toml(&self) -> String {
-        let d = |d: &Duration| humantime::format_duration(*d).to_string();
-        let mut out = String::new();
-        let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
-        line("listen", format!("{:?}", self.listen));
-        line("socket-mode", format!("\"{:04o}\"", self.socket_mode));
-        let path =
-            |p: &Option<PathBuf>| p.as_ref().map(|p| format!("{:?}", p.display().to_string()));
-        for (key, value) in [
-            ("auth-token-file", path(&self.auth_token_file)),
-            ("tls-cert", path(&self.tls_cert)),
-            ("tls-key", path(&self.tls_key)),
-            ("tls-client-ca", path(&self.tls_client_ca)),
-        ] {
-            if let Some(v) = value {
-                line(key, v);
-            }
-        }
-        line(
-            "insecure-allow-remote",
-            self.insecure_allow_remote.to_string(),
-        );
-        line("runtime-cli", format!("{:?}", self.runtime_cli));
-        line("host-exec", self.host_exec.to_string());
-        line("max-sessions", self.max_sessions.to_string());
-        line(
-            "max-sessions-per-instance",
-            self.max_sessions_per_instance.to_string(),
-        );
-        line("max-message-size", self.max_message_size.to_string());
-        line("idle-timeout", format!("{:?}", d(&self.idle_timeout)));
-        line("start-timeout", format!("{:?}", d(&self.start_timeout)));
-        line("shutdown-grace", format!("{:?}", d(&self.shutdown_grace)));
-        line("kill-grace", format!("{:?}", d(&self.kill_grace)));
-        if let Some(addr) = self.metrics_listen {
-            line("metrics-listen", format!("{:?}", addr.to_string()));
-        }
-        line("health-interval", format!("{:?}", d(&self.health_interval)));
-        let format = match self.log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        };
-        line("log-format", format!("{format:?}"));
-        line("log-level", format!("{:?}", self.log_level));
-        out
-    }
-
-    /// Refuses a non-loopback TCP listener without TLS and a token, unless
-    /// explicitly allowed. Returns whether the listener is exposed insecurely.
-    pub fn check_exposure(&self) -> Result<bool, ConfigError> {
-        if self.listen.starts_with("unix:") {
-            return Ok(false);
-        }
-        let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
-            return Ok(false); // bind reports the syntax error
-        };
-        if addr.ip().is_loopback() {
-            return Ok(false);
-        }
-        if self.tls_cert.is_some() && self.auth_token_file.is_some() {
-            return Ok(false);
-        }
-        if self.insecure_allow_remote {
-            return Ok(true);
-        }
-        Err(ConfigError::InsecureRemote {
-            addr: self.listen.clone(),
-        })
-    }
-
-    fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
-        std::fs::read(path).map_err(|source| ConfigError::ReadFile {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// The server configuration, with token and TLS files read.
-    pub fn load_server_config(&self) -> Result<ServerConfig, ConfigError> {
-        let mut config = self.server_config();
-        if let Some(path) = &self.auth_token_file {
-            config.auth = Some(crate::auth::TokenStore::load(path)?);
-        }
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            config.tls = Some(TlsConfig {
-                cert_pem: Self::read("--tls-cert", cert)?,
-                key_pem: Self::read("--tls-key", key)?,
-                client_ca_pem: match &self.tls_client_ca {
-                    Some(ca) => Some(Self::read("--tls-client-ca", ca)?),
-                    None => None,
-                },
-            });
-        }
-        Ok(config)
-    }
-
-    pub fn server_config(&self) -> ServerConfig {
-        let mode = if self.host_exec {
-            ExecMode::Host
-        } else {
-            ExecMode::Container {
-                runtime_cli: self.runtime_cli.clone(),
-            }
-        };
-        ServerConfig {
-            manager: ManagerConfig {
-                mode,
-                limits: Limits {
-                    max_sessions: self.max_sessions,
-                    max_sessions_per_instance: self.max_sessions_per_instance,
-                },
-                lifecycle: LifecycleConfig {
-                    kill_grace: self.kill_grace,
-                    idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
-                    ..LifecycleConfig::default()
-                },
-            },
-            metrics_listen: self.metrics_listen,
-            health_interval: self.health_interval,
-            max_message_size: self.max_message_size,
-            start_timeout: self.start_timeout,
-            shutdown_grace: self.shutdown_grace,
-            ..ServerConfig::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use execd_session::{ExecMode, Limits};
 
     #[test]
     fn durations() {
@@ -528,7 +377,18 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let cli = Cli::try_parse_from(["execd"]).unwrap();
-        assert_eq!(cli.listen, "127.0.0.1:50051");
+        assert_eq!(cli.listen, [DEFAULT_LISTEN]);
+        let cli = Cli::try_parse_from([
+            "execd",
+            "--listen",
+            "unix:/run/execd/execd.sock",
+            "--listen=127.0.0.1:1,[::1]:2",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.listen,
+            ["unix:/run/execd/execd.sock", "127.0.0.1:1", "[::1]:2"]
+        );
         let cfg = cli.server_config();
         assert_eq!(cfg.manager.limits, Limits::default());
         assert_eq!(
@@ -548,5 +408,33 @@ mod tests {
         assert_eq!(cfg.manager.mode, ExecMode::Host);
         assert_eq!(cfg.manager.lifecycle.idle_timeout, None);
         assert!(Cli::try_parse_from(["execd", "--idle-timeout", "later"]).is_err());
+    }
+
+    #[test]
+    fn admin_token_file_and_per_token_limit() {
+        let cli = Cli::try_parse_from(["execd"]).unwrap();
+        assert_eq!(
+            cli.server_config().manager.limits.max_sessions_per_owner,
+            256
+        );
+        assert!(cli.admin_token_file.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("admin");
+        std::fs::write(&admin, "root-token\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "execd",
+            "--admin-token-file",
+            admin.to_str().unwrap(),
+            "--max-sessions-per-token",
+            "0",
+        ])
+        .unwrap();
+        let cfg = cli.load_server_config().unwrap();
+        assert!(cfg.admin_auth.is_some_and(|t| t.accepts(b"root-token")));
+        assert!(cfg.auth.is_none());
+        assert_eq!(cfg.manager.limits.max_sessions_per_owner, 0);
+        let toml = cli.effective_toml();
+        assert!(toml.contains("admin-token-file = "), "{toml}");
+        assert!(toml.contains("max-sessions-per-token = 0"), "{toml}");
     }
 }

@@ -1,0 +1,151 @@
+//! The server configuration built from the flags: files read (tokens,
+//! TLS material) and every setting handed to the session manager, the
+//! transport and the doors.
+
+use std::time::Duration;
+
+use execd_session::{ExecMode, LifecycleConfig, Limits, ManagerConfig};
+
+use super::{Cli, ConfigError};
+
+/// TLS material, read at start.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// With a client CA, clients must present a certificate it signed.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// Everything `run` needs besides the listener and the shutdown token.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Bearer tokens; `None` accepts every client (loopback/unix default).
+    pub auth: Option<crate::auth::TokenStore>,
+    /// Admin API tokens; `None`: the admin API takes the `auth` tokens.
+    pub admin_auth: Option<crate::auth::TokenStore>,
+    pub tls: Option<TlsConfig>,
+    pub manager: ManagerConfig,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How often the engine is probed for gRPC health.
+    pub health_interval: Duration,
+    pub max_message_size: usize,
+    pub start_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_streams_per_connection: u32,
+    pub max_pending_starts: usize,
+    pub max_health_watches: usize,
+    pub handshake_timeout: Duration,
+    /// CRI streaming: base of the URLs Exec/Attach return; `None` derives
+    /// it from the first TCP listener.
+    pub stream_base_url: Option<String>,
+    /// CRI streaming: lifetime of an unused streaming URL.
+    pub stream_token_ttl: Duration,
+    /// The browser terminal and the WebSocket origin guard.
+    pub web: crate::doors::web::WebConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            auth: None,
+            admin_auth: None,
+            tls: None,
+            manager: ManagerConfig::default(),
+            metrics_listen: None,
+            health_interval: Duration::from_secs(5),
+            max_message_size: 4 * 1024 * 1024,
+            start_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_streams_per_connection: 256,
+            max_pending_starts: 256,
+            max_health_watches: 64,
+            handshake_timeout: Duration::from_secs(10),
+            stream_base_url: None,
+            stream_token_ttl: Duration::from_secs(60),
+            web: crate::doors::web::WebConfig::default(),
+        }
+    }
+}
+
+impl Cli {
+    fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+        std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The server configuration, with token and TLS files read.
+    pub fn load_server_config(&self) -> Result<ServerConfig, ConfigError> {
+        let mut config = self.server_config();
+        if let Some(path) = &self.auth_token_file {
+            config.auth = Some(crate::auth::TokenStore::load(path)?);
+        }
+        if let Some(path) = &self.admin_token_file {
+            config.admin_auth = Some(crate::auth::TokenStore::load(path)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig {
+                cert_pem: Self::read("--tls-cert", cert)?,
+                key_pem: Self::read("--tls-key", key)?,
+                client_ca_pem: match &self.tls_client_ca {
+                    Some(ca) => Some(Self::read("--tls-client-ca", ca)?),
+                    None => None,
+                },
+            });
+        }
+        Ok(config)
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        let mode = if self.host_exec {
+            ExecMode::Host
+        } else {
+            ExecMode::Container {
+                runtime_cli: self.runtime_cli.clone(),
+            }
+        };
+        ServerConfig {
+            manager: ManagerConfig {
+                mode,
+                limits: Limits {
+                    max_sessions: self.max_sessions,
+                    max_sessions_per_instance: self.max_sessions_per_instance,
+                    max_sessions_per_owner: self.max_sessions_per_token,
+                },
+                lifecycle: LifecycleConfig {
+                    kill_grace: self.kill_grace,
+                    keep_background_processes: self.keep_background_processes,
+                    idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+                    ..LifecycleConfig::default()
+                },
+            },
+            metrics_listen: self.metrics_listen,
+            health_interval: self.health_interval,
+            max_message_size: self.max_message_size,
+            start_timeout: self.start_timeout,
+            shutdown_grace: self.shutdown_grace,
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_pending_starts: self.max_pending_starts,
+            max_health_watches: self.max_health_watches,
+            handshake_timeout: self.handshake_timeout,
+            stream_base_url: self.stream_base_url.clone(),
+            stream_token_ttl: self.stream_token_ttl,
+            web: crate::doors::web::WebConfig {
+                enabled: self.web,
+                allowed_origins: self.web_allowed_origins.clone(),
+            },
+            ..ServerConfig::default()
+        }
+    }
+}
