@@ -1,0 +1,311 @@
+//! CRI `runtime.v1.RuntimeService`: `ExecSync`, `Exec` and `Attach`, as
+//! kubelet-style tooling calls them, onto the same session manager. Every
+//! other RuntimeService method is absent (UNIMPLEMENTED).
+//!
+//! - `ExecSync` runs the command to its end and returns its output (each
+//!   stream capped at [`MAX_OUTPUT`]; more is dropped) and exit code. A
+//!   `timeout` (seconds, 0 = none) that elapses kills the process in the
+//!   container and answers DEADLINE_EXCEEDED.
+//! - `Exec`/`Attach` validate the request and check the container, then
+//!   return a single-use streaming URL ([`crate::doors::kube`]) where the
+//!   client opens the WebSocket; the session starts when it does.
+
+use std::time::{Duration, Instant};
+
+use execd_proto::cri::runtime_service_server::RuntimeService;
+use execd_proto::cri::{
+    AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
+};
+use execd_session::{Door, EndReason, ExecSpec, SessionError, SessionEvent, SessionKind};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::kube::{StreamRequest, TokenError};
+use super::DoorContext;
+
+/// Most bytes of each of stdout and stderr that ExecSync returns.
+pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// How long a timed-out ExecSync waits for its processes to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("command timed out after {0}s")]
+    Timeout(i64),
+}
+
+impl From<CriError> for Status {
+    fn from(err: CriError) -> Status {
+        match err {
+            CriError::Invalid(m) => Status::invalid_argument(m),
+            CriError::Tokens(e @ TokenError::TooMany) => Status::resource_exhausted(e.to_string()),
+            CriError::Tokens(e @ TokenError::NoBaseUrl) => {
+                Status::failed_precondition(e.to_string())
+            }
+            CriError::Session(e) => Status::from(&e),
+            e @ CriError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        }
+    }
+}
+
+/// The RuntimeService implementation.
+pub struct CriRuntime {
+    ctx: DoorContext,
+}
+
+impl CriRuntime {
+    pub fn new(ctx: DoorContext) -> Self {
+        CriRuntime { ctx }
+    }
+}
+
+/// The CRI rules for the requested streams.
+fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), CriError> {
+    if !(stdin || stdout || stderr) {
+        return Err(CriError::Invalid(
+            "one of stdin, stdout, or stderr must be set".into(),
+        ));
+    }
+    if tty && stderr {
+        return Err(CriError::Invalid(
+            "tty and stderr cannot both be true (a terminal merges stderr into stdout)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The owner key the exec token check put on the call (empty without
+/// tokens), so CRI sessions count per token like every other door's.
+fn owner_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<crate::auth::Owner>()
+        .cloned()
+        .map(crate::auth::Owner::into_key)
+        .unwrap_or_default()
+}
+
+fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = MAX_OUTPUT.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+impl CriRuntime {
+    async fn exec_sync(
+        &self,
+        owner: String,
+        req: ExecSyncRequest,
+    ) -> Result<ExecSyncResponse, CriError> {
+        if req.cmd.is_empty() {
+            return Err(CriError::Invalid("cmd is empty".into()));
+        }
+        let spec = ExecSpec {
+            door: Door::Cri,
+            kind: SessionKind::Exec,
+            container_id: req.container_id,
+            command: req.cmd,
+            owner,
+            ..ExecSpec::default()
+        };
+        let span = tracing::info_span!(
+            "session",
+            door = "cri",
+            kind = "exec_sync",
+            session_id = tracing::field::Empty,
+            container_id = %execd_session::log_field::LogField::new(&spec.container_id),
+        );
+        let started_at = Instant::now();
+        let session = match self
+            .ctx
+            .manager
+            .start(None, spec)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.metrics.record_refused(Door::Cri, &e);
+                return Err(e.into());
+            }
+        };
+        span.record("session_id", session.id.as_str());
+        let active = self
+            .ctx
+            .metrics
+            .session_started(Door::Cri, false, started_at.elapsed());
+        let mut input = session.input;
+        input.close_stdin().await;
+        let mut events = session.output.into_receiver();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let collect = async {
+            loop {
+                match events.recv().await {
+                    Some(SessionEvent::Output { stream, data }) => {
+                        self.ctx.metrics.record_output(stream, data.len());
+                        match stream {
+                            execd_session::OutputStream::Stdout => {
+                                append_capped(&mut stdout, &data)
+                            }
+                            execd_session::OutputStream::Stderr => {
+                                append_capped(&mut stderr, &data)
+                            }
+                        }
+                    }
+                    Some(SessionEvent::Exited { code }) => return Ok(code),
+                    Some(SessionEvent::Failed(e)) => return Err(e),
+                    None => {
+                        return Err(SessionError::Wait(std::io::Error::other(
+                            "session ended without a final status",
+                        )))
+                    }
+                }
+            }
+        };
+        let outcome = if req.timeout > 0 {
+            let limit = Duration::from_secs(req.timeout.unsigned_abs());
+            match tokio::time::timeout(limit, collect).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // End it and wait for the kill, so the process is gone
+                    // in the container when the caller hears of the timeout.
+                    let reason = EndReason::Closed(format!("timeout after {}s", req.timeout));
+                    input.end(reason.clone());
+                    let _ = tokio::time::timeout(KILL_WAIT, input.finished()).await;
+                    let err = CriError::Timeout(req.timeout);
+                    active.failed(&SessionError::Ended(reason));
+                    span.in_scope(|| tracing::info!(error = %err, "exec_sync timed out"));
+                    return Err(err);
+                }
+            }
+        } else {
+            collect.await
+        };
+        let _entered = span.enter();
+        match outcome {
+            Ok(exit_code) => {
+                active.exited(exit_code);
+                tracing::info!(
+                    exit_code,
+                    duration_ms = started_at.elapsed().as_millis() as u64,
+                    "exec_sync exited"
+                );
+                Ok(ExecSyncResponse {
+                    stdout: stdout.into(),
+                    stderr: stderr.into(),
+                    exit_code,
+                })
+            }
+            Err(e) => {
+                active.failed(&e);
+                tracing::info!(error = %e, "exec_sync ended");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn exec(&self, owner: String, req: ExecRequest) -> Result<ExecResponse, CriError> {
+        check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
+        if req.cmd.is_empty() {
+            return Err(CriError::Invalid("cmd is empty".into()));
+        }
+        if let Some(index) = req.cmd.iter().position(|a| a.contains('\0')) {
+            return Err(CriError::Invalid(format!(
+                "cmd[{index}] contains a NUL byte"
+            )));
+        }
+        self.ctx.manager.check_container(&req.container_id).await?;
+        let url = self.ctx.streams.issue(
+            "exec",
+            StreamRequest {
+                door: Door::Cri,
+                kind: SessionKind::Exec,
+                container_id: req.container_id,
+                command: req.cmd,
+                instance_id: String::new(),
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+                owner,
+            },
+        )?;
+        Ok(ExecResponse { url })
+    }
+
+    async fn attach(&self, owner: String, req: AttachRequest) -> Result<AttachResponse, CriError> {
+        check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
+        let target = self.ctx.manager.attach_target(&req.container_id).await?;
+        if req.stdin && !target.open_stdin {
+            return Err(CriError::Invalid(format!(
+                "container {} was not created with an open stdin; attach without stdin",
+                req.container_id
+            )));
+        }
+        let url = self.ctx.streams.issue(
+            "attach",
+            StreamRequest {
+                door: Door::Cri,
+                kind: SessionKind::Attach,
+                container_id: req.container_id,
+                command: Vec::new(),
+                instance_id: String::new(),
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                // What the container has decides how to attach to it.
+                tty: target.tty,
+                owner,
+            },
+        )?;
+        Ok(AttachResponse { url })
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriRuntime {
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        Ok(Response::new(
+            CriRuntime::exec_sync(self, owner_of(&request), request.into_inner()).await?,
+        ))
+    }
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Ok(Response::new(
+            CriRuntime::exec(self, owner_of(&request), request.into_inner()).await?,
+        ))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        Ok(Response::new(
+            CriRuntime::attach(self, owner_of(&request), request.into_inner()).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_rules() {
+        assert!(check_streams(false, false, false, false).is_err());
+        assert!(check_streams(false, true, true, true).is_err());
+        assert!(check_streams(true, true, false, true).is_ok());
+        let mut buf = vec![0u8; MAX_OUTPUT - 1];
+        append_capped(&mut buf, b"abc");
+        assert_eq!(buf.len(), MAX_OUTPUT);
+    }
+}

@@ -1,0 +1,496 @@
+//! The Kubernetes front door: the pod `exec`/`attach` paths of the API
+//! server and the single-use streaming URLs that CRI `Exec`/`Attach`
+//! ([`crate::doors::cri`]) hand out, all upgraded to the remotecommand
+//! WebSocket protocol ([`stream`]).
+//!
+//! - `GET|POST /api/v1/namespaces/{ns}/pods/{pod}/exec?command=…&…` and
+//!   `…/attach?…`: what kube clients open with `host = http://execd`. The
+//!   container is `container` when given, else the pod name; the pod name is
+//!   the session's `instance_id`; the namespace is not used. Only requests
+//!   with `Upgrade: websocket` belong here: any other request on the exec
+//!   path goes to the handler given to [`router`] (the Docker-style door's).
+//! - `GET /exec/{token}`, `GET /attach/{token}`: the CRI streaming URLs;
+//!   the token is the capability, no bearer token is needed.
+//!
+//! Everything that can be refused is refused before the upgrade, with an
+//! HTTP code and a Kubernetes `Status` body ([`status`]): the session is
+//! started first, and only a running session is upgraded.
+
+pub mod status;
+pub mod stream;
+pub mod tokens;
+
+use std::time::Instant;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, MethodRouter};
+use base64::Engine as _;
+use execd_session::log_field::LogField;
+use execd_session::{Door, ExecSpec, SessionError, SessionKind};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use super::DoorContext;
+pub use tokens::{StreamTokens, TokenError};
+
+/// Prefix of the subprotocol that carries a bearer token (base64url), for
+/// WebSocket clients that cannot set headers (browsers).
+const BEARER_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// Query parameters that would carry a credential; refused outright, since
+/// query strings end up in logs and histories.
+const TOKEN_PARAMS: [&str; 4] = ["access_token", "token", "bearer", "authorization"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("streaming URL not found (unknown, already used or expired)")]
+    UnknownToken,
+    #[error("Upgrade request required")]
+    UpgradeRequired,
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl IntoResponse for KubeError {
+    fn into_response(self) -> Response {
+        let (code, reason) = match &self {
+            KubeError::BadRequest(_) | KubeError::UpgradeRequired => {
+                (StatusCode::BAD_REQUEST, "BadRequest")
+            }
+            KubeError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            KubeError::UnknownToken => (StatusCode::NOT_FOUND, "NotFound"),
+            KubeError::Session(err) => status::http_status(err.kind()),
+        };
+        status::response(code, reason, &self.to_string())
+    }
+}
+
+/// What to start when a stream is opened: from a pod path's query, or
+/// stored under a CRI token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    pub door: Door,
+    pub kind: SessionKind,
+    pub container_id: String,
+    /// Exec only.
+    pub command: Vec<String>,
+    pub instance_id: String,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// For an attach: whether the container has a terminal (from inspect).
+    pub tty: bool,
+    /// Opaque key of the token that asked (empty without tokens): sessions
+    /// count against `--max-sessions-per-token` whatever the door.
+    pub owner: String,
+}
+
+/// The door's routes. `plain_exec` serves requests on the pod exec path
+/// that are not WebSocket upgrades (the Docker-style door's `POST`);
+/// without one they get 400 "Upgrade request required", as from the API
+/// server.
+pub fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum::Router {
+    let exec = move |State(ctx): State<DoorContext>, Path(path): Path<PodPath>, req: Request| {
+        let plain = plain_exec.clone();
+        async move {
+            if !wants_websocket(req.headers()) {
+                // Only a POST is the Docker-style create; anything else
+                // without an upgrade is a Kubernetes client that must upgrade.
+                let plain = plain.filter(|_| req.method() == http::Method::POST);
+                return match plain {
+                    Some(plain) => match plain.oneshot(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    },
+                    None => KubeError::UpgradeRequired.into_response(),
+                };
+            }
+            pod_stream(ctx, path, SessionKind::Exec, req).await
+        }
+    };
+    let attach = |State(ctx): State<DoorContext>, Path(path): Path<PodPath>, req: Request| async move {
+        if !wants_websocket(req.headers()) {
+            return KubeError::UpgradeRequired.into_response();
+        }
+        pod_stream(ctx, path, SessionKind::Attach, req).await
+    };
+    axum::Router::new()
+        .route("/api/v1/namespaces/{namespace}/pods/{pod}/exec", any(exec))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{pod}/attach",
+            any(attach),
+        )
+        .route("/exec/{token}", get(token_exec))
+        .route("/attach/{token}", get(token_attach))
+        .with_state(ctx)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PodPath {
+    #[allow(dead_code)]
+    namespace: String,
+    pod: String,
+}
+
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// `strconv.ParseBool`, as the API server parses these parameters.
+fn parse_bool(name: &str, value: &str) -> Result<bool, KubeError> {
+    match value {
+        "1" | "t" | "T" | "true" | "True" | "TRUE" => Ok(true),
+        "" | "0" | "f" | "F" | "false" | "False" | "FALSE" => Ok(false),
+        _ => Err(KubeError::BadRequest(format!(
+            "query parameter {name}={:?} is not a boolean",
+            value.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, or the
+/// base64url subprotocol.
+fn bearer(headers: &HeaderMap) -> Option<Vec<u8>> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.as_bytes();
+        let prefix = b"Bearer ";
+        if value.len() > prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            return Some(value[prefix.len()..].trim_ascii().to_vec());
+        }
+        return None;
+    }
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL))
+        .and_then(|b64| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64.trim_end_matches('='))
+                .ok()
+        })
+}
+
+/// Admits the request and names its owner (the token's key; empty
+/// without tokens).
+fn check_auth(ctx: &DoorContext, headers: &HeaderMap) -> Result<String, KubeError> {
+    let Some(store) = &ctx.auth else {
+        return Ok(String::new());
+    };
+    match bearer(headers) {
+        Some(token) if store.accepts(&token) => Ok(crate::auth::Owner::of_token(&token).into_key()),
+        _ => Err(KubeError::Unauthorized),
+    }
+}
+
+/// The pod exec/attach request from its query string.
+fn pod_request(
+    kind: SessionKind,
+    pod: &str,
+    query: &[(String, String)],
+) -> Result<StreamRequest, KubeError> {
+    let mut request = StreamRequest {
+        door: Door::Kube,
+        kind,
+        container_id: pod.to_string(),
+        command: Vec::new(),
+        instance_id: pod.to_string(),
+        stdin: false,
+        stdout: false,
+        stderr: false,
+        tty: false,
+        owner: String::new(),
+    };
+    for (key, value) in query {
+        match key.as_str() {
+            "command" if kind == SessionKind::Exec => request.command.push(value.clone()),
+            "container" if !value.is_empty() => request.container_id = value.clone(),
+            "stdin" => request.stdin = parse_bool(key, value)?,
+            "stdout" => request.stdout = parse_bool(key, value)?,
+            "stderr" => request.stderr = parse_bool(key, value)?,
+            "tty" => request.tty = parse_bool(key, value)?,
+            k if TOKEN_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                return Err(KubeError::BadRequest(
+                    "tokens are not accepted in the query string; send Authorization: Bearer or the base64url.bearer.authorization.k8s.io subprotocol".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if kind == SessionKind::Exec && request.command.is_empty() {
+        return Err(KubeError::BadRequest(
+            "you must specify at least one command for the container".into(),
+        ));
+    }
+    if !(request.stdin || request.stdout || request.stderr) {
+        return Err(KubeError::BadRequest(
+            "you must specify at least one of stdin, stdout, stderr".into(),
+        ));
+    }
+    Ok(request)
+}
+
+async fn pod_stream(ctx: DoorContext, path: PodPath, kind: SessionKind, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let query = match Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
+        Ok(Query(q)) => q,
+        Err(e) => return KubeError::BadRequest(e.body_text()).into_response(),
+    };
+    // Before anything else: a token in the query string is refused even
+    // when it would be valid.
+    let result = async {
+        let mut request = pod_request(kind, &path.pod, &query)?;
+        request.owner = check_auth(&ctx, &parts.headers)?;
+        // WebSocket is GET; some clients upgrade a POST (the exec verb).
+        parts.method = http::Method::GET;
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| KubeError::BadRequest(e.body_text()))?;
+        if kind == SessionKind::Attach {
+            let target = ctx.manager.attach_target(&request.container_id).await?;
+            if request.stdin && !target.open_stdin {
+                return Err(KubeError::BadRequest(format!(
+                    "container {} was not created with an open stdin (docker run -i); attach without stdin",
+                    request.container_id
+                )));
+            }
+            request.tty = target.tty;
+        }
+        Ok::<_, KubeError>((request, ws))
+    }
+    .await;
+    match result {
+        Ok((request, ws)) => upgrade(ctx, request, ws).await,
+        Err(e) => refuse(&ctx, Door::Kube, e),
+    }
+}
+
+async fn token_exec(
+    State(ctx): State<DoorContext>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Response {
+    token_stream(ctx, SessionKind::Exec, token, req).await
+}
+
+async fn token_attach(
+    State(ctx): State<DoorContext>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Response {
+    token_stream(ctx, SessionKind::Attach, token, req).await
+}
+
+async fn token_stream(
+    ctx: DoorContext,
+    kind: SessionKind,
+    token: String,
+    req: Request,
+) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    // The upgrade is checked before the token is spent: a prefetcher or a
+    // proxy's plain GET must not use up the client's single-use URL.
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return refuse(&ctx, Door::Cri, KubeError::BadRequest(e.body_text())),
+    };
+    let Some(request) = ctx.streams.redeem(kind.as_str(), &token) else {
+        return refuse(&ctx, Door::Cri, KubeError::UnknownToken);
+    };
+    upgrade(ctx, request, ws).await
+}
+
+fn refuse(ctx: &DoorContext, door: Door, err: KubeError) -> Response {
+    match &err {
+        KubeError::Session(e) => ctx.metrics.record_refused(door, e),
+        _ => tracing::info!(error = %err, "kube stream refused"),
+    }
+    err.into_response()
+}
+
+/// Picks the newest subprotocol both sides speak; no offer at all means
+/// the original binary protocol.
+fn negotiate(ws: WebSocketUpgrade) -> Result<(WebSocketUpgrade, stream::Protocol), KubeError> {
+    let offered = ws.requested_protocols().next().is_some();
+    let ws = ws.protocols(stream::PROTOCOLS);
+    let chosen = ws
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_string);
+    match chosen.as_deref().and_then(stream::Protocol::from_name) {
+        Some(p) => Ok((ws, p)),
+        // Only a bearer-token subprotocol was offered: like no offer.
+        None if !offered || only_bearer(&ws) => Ok((ws, stream::Protocol::V1)),
+        None => Err(KubeError::BadRequest(format!(
+            "none of the offered WebSocket subprotocols is supported (supported: {})",
+            stream::PROTOCOLS.join(", ")
+        ))),
+    }
+}
+
+fn only_bearer(ws: &WebSocketUpgrade) -> bool {
+    ws.requested_protocols()
+        .all(|p| p.to_str().is_ok_and(|p| p.starts_with(BEARER_PROTOCOL)))
+}
+
+/// Starts the session, then answers 101 and hands the socket over.
+async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade) -> Response {
+    let (ws, protocol) = match negotiate(ws) {
+        Ok(n) => n,
+        Err(e) => return refuse(&ctx, request.door, e),
+    };
+    let session_id = execd_session::new_session_id();
+    let span = tracing::info_span!(
+        "session",
+        session_id = %session_id,
+        door = request.door.as_str(),
+        kind = request.kind.as_str(),
+        instance_id = %LogField::new(&request.instance_id),
+        container_id = %LogField::new(&request.container_id),
+        tty = request.tty,
+    );
+    let spec = ExecSpec {
+        door: request.door,
+        kind: request.kind,
+        container_id: request.container_id.clone(),
+        command: request.command.clone(),
+        tty: request.tty,
+        instance_id: request.instance_id.clone(),
+        attach_stdin: request.stdin,
+        owner: request.owner.clone(),
+        ..ExecSpec::default()
+    };
+    let requested_at = Instant::now();
+    let session = match ctx
+        .manager
+        .start(Some(session_id), spec)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _entered = span.enter();
+            return refuse(&ctx, request.door, e.into());
+        }
+    };
+    let latency = requested_at.elapsed();
+    span.in_scope(|| {
+        tracing::info!(
+            ?protocol,
+            start_ms = latency.as_millis() as u64,
+            "session started"
+        )
+    });
+    span.in_scope(|| {
+        tracing::debug!(command = %execd_session::log_field::LogCommand::new(&request.command, execd_session::log_field::MAX_LOG_FIELD), "session command")
+    });
+    let relay = stream::Relay {
+        protocol,
+        streams: stream::Streams {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            tty: request.tty,
+            kind: request.kind,
+        },
+        active: ctx
+            .metrics
+            .session_started(request.door, request.tty, latency),
+        session,
+        metrics: ctx.metrics.clone(),
+        span: span.clone(),
+        started_at: requested_at,
+    };
+    // If the upgrade never completes the callback is dropped with the
+    // session in it, which ends the session like a client leaving.
+    let mut response = ws.on_upgrade(move |socket| stream::serve(socket, relay).instrument(span));
+    // kube-rs and others compare this header exactly.
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_queries_parse_like_the_api_server() {
+        let r = pod_request(
+            SessionKind::Exec,
+            "web",
+            &q(&[
+                ("command", "sh"),
+                ("command", "-c"),
+                ("command", "echo hi"),
+                ("stdout", "True"),
+                ("stderr", "1"),
+                ("tty", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(r.container_id, "web");
+        assert_eq!(r.instance_id, "web");
+        assert!(r.stdout && r.stderr && !r.stdin && !r.tty);
+        let r = pod_request(
+            SessionKind::Attach,
+            "pod",
+            &q(&[("container", "c1"), ("stdin", "true")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.container_id.as_str(), r.instance_id.as_str()),
+            ("c1", "pod")
+        );
+        for bad in [
+            q(&[("stdout", "true")]),
+            q(&[("command", "x")]),
+            q(&[("command", "x"), ("stdout", "yes")]),
+            q(&[("command", "x"), ("stdout", "1"), ("access_token", "t")]),
+        ] {
+            assert!(
+                pod_request(SessionKind::Exec, "p", &bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_from_header_or_subprotocol() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+        assert_eq!(bearer(&h).as_deref(), Some(&b"s3cret"[..]));
+        let mut h = HeaderMap::new();
+        let proto = format!(
+            "v4.channel.k8s.io, {BEARER_PROTOCOL}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("s3cret")
+        );
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&proto).unwrap(),
+        );
+        assert_eq!(bearer(&h).as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+}
