@@ -32,7 +32,8 @@ async fn active(server: &TestServer, instance: &str) -> u32 {
         .admin()
         .await
         .list_sessions(ListSessionsRequest {
-            instance_id: String::new(),
+            instance_id: instance.to_string(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -125,6 +126,7 @@ async fn admin_lists_and_closes_sessions() {
     let list = admin
         .list_sessions(ListSessionsRequest {
             instance_id: instance.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -193,7 +195,7 @@ async fn admin_lists_and_closes_sessions() {
 async fn idle_sessions_are_ended_and_killed() {
     need_docker!();
     let mut cfg = config();
-    cfg.manager.lifecycle.idle_timeout = Some(Duration::from_secs(2));
+    cfg.manager.lifecycle.idle_timeout = Some(Duration::from_secs(3));
     let server = start_server(cfg).await;
     let n = marker();
     // A chatty session is not idle.

@@ -2,6 +2,8 @@
 //! time; nothing secret is checked in.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::time::Duration;
 
@@ -10,7 +12,6 @@ use execd::config::TlsConfig;
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::admin::ListSessionsRequest;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
@@ -106,51 +107,19 @@ async fn tokens_guard_exec_and_admin_but_not_health() {
     assert!(health.is_ok());
 }
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "execd test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(vec!["execd-client".to_string()]).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "execd-client");
-    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
-    Pki {
-        ca: ca.pem(),
-        server_cert: server_cert.pem(),
-        server_key: server_key.serialize_pem(),
-        client_cert: client_cert.pem(),
-        client_key: client_key.serialize_pem(),
-    }
-}
-
 async fn tls_channel(
     addr: &str,
-    pki: &Pki,
+    pki: &pki::ServerPki,
     with_client_cert: bool,
 ) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
         .domain_name("localhost");
     if with_client_cert {
-        tls = tls.identity(Identity::from_pem(&pki.client_cert, &pki.client_key));
+        tls = tls.identity(Identity::from_pem(
+            &pki.client_cert_pem,
+            &pki.client_key_pem,
+        ));
     }
     Endpoint::from_shared(addr.replace("http://", "https://"))
         .unwrap()
@@ -161,11 +130,11 @@ async fn tls_channel(
 
 #[tokio::test]
 async fn tls_and_mutual_tls() {
-    let pki = pki();
+    let pki = pki::ServerPki::generate();
     let mut cfg = host_config();
     cfg.tls = Some(TlsConfig {
-        cert_pem: pki.server_cert.clone().into_bytes(),
-        key_pem: pki.server_key.clone().into_bytes(),
+        cert_pem: pki.cert_pem.clone().into_bytes(),
+        key_pem: pki.key_pem.clone().into_bytes(),
         client_ca_pem: None,
     });
     let server = start_server(cfg).await;
@@ -182,9 +151,9 @@ async fn tls_and_mutual_tls() {
 
     let mut cfg = host_config();
     cfg.tls = Some(TlsConfig {
-        cert_pem: pki.server_cert.clone().into_bytes(),
-        key_pem: pki.server_key.clone().into_bytes(),
-        client_ca_pem: Some(pki.ca.clone().into_bytes()),
+        cert_pem: pki.cert_pem.clone().into_bytes(),
+        key_pem: pki.key_pem.clone().into_bytes(),
+        client_ca_pem: Some(pki.ca_pem.clone().into_bytes()),
     });
     let server = start_server(cfg).await;
     let without = match tls_channel(&server.addr, &pki, false).await {
@@ -209,6 +178,9 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
     // A stale socket file nobody listens on: execd must replace it.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let tokens_arg = tokens.display().to_string();
+    let admin_tokens = dir.path().join("admin-tokens");
+    std::fs::write(&admin_tokens, "admin-first\n").unwrap();
+    let admin_arg = admin_tokens.display().to_string();
     let execd = ExecdProcess::start_in(
         dir,
         &[
@@ -217,6 +189,8 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
             "0660",
             "--auth-token-file",
             &tokens_arg,
+            "--admin-token-file",
+            &admin_arg,
         ],
     )
     .await;
@@ -233,7 +207,14 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
         "ok\n"
     );
 
+    assert_eq!(admin_list(&channel, "admin-first").await, Ok(()));
+    assert_eq!(
+        admin_list(&channel, "first").await,
+        Err(Code::PermissionDenied)
+    );
+
     std::fs::write(&tokens, "second\n").unwrap();
+    std::fs::write(&admin_tokens, "admin-second\n").unwrap();
     execd.signal(nix::sys::signal::Signal::SIGHUP);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -248,10 +229,33 @@ async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        echo_with_token(channel, Some("second")).await.unwrap(),
+        echo_with_token(channel.clone(), Some("second"))
+            .await
+            .unwrap(),
         "ok\n"
     );
+    // The admin file was reloaded by the same signal.
+    assert_eq!(admin_list(&channel, "admin-second").await, Ok(()));
+    assert_eq!(
+        admin_list(&channel, "admin-first").await,
+        Err(Code::Unauthenticated)
+    );
     assert!(execd.terminate().await.success());
+}
+
+/// ListSessions with a bearer token: Ok, or the refusal's code.
+async fn admin_list(channel: &Channel, token: &str) -> Result<(), Code> {
+    let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    let mut client =
+        SessionAdminClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", value.clone());
+            Ok(req)
+        });
+    client
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
 }
 
 #[test]
@@ -270,7 +274,7 @@ fn remote_listening_without_tls_and_token_is_refused() {
         execd::Cli::try_parse_from(["execd", "--listen", "0.0.0.0:1", "--insecure-allow-remote"])
             .unwrap();
     assert!(
-        cli.check_exposure().unwrap(),
+        !cli.check_exposure().unwrap().is_empty(),
         "allowed, flagged as insecure"
     );
     let cli = execd::Cli::try_parse_from([
@@ -285,7 +289,10 @@ fn remote_listening_without_tls_and_token_is_refused() {
         "t",
     ])
     .unwrap();
-    assert!(!cli.check_exposure().unwrap(), "TLS + token is fine");
+    assert!(
+        cli.check_exposure().unwrap().is_empty(),
+        "TLS + token is fine"
+    );
     let cli = execd::Cli::try_parse_from([
         "execd",
         "--listen",
@@ -297,8 +304,92 @@ fn remote_listening_without_tls_and_token_is_refused() {
     ])
     .unwrap();
     assert!(cli.check_exposure().is_err(), "TLS alone is not enough");
-    for local in ["127.0.0.1:1", "[::1]:1", "unix:/tmp/x.sock"] {
+    // Loopback without a token is allowed only because it was asked for,
+    // and named as a risk; a unix socket is the safe default.
+    for local in ["127.0.0.1:1", "[::1]:1"] {
         let cli = execd::Cli::try_parse_from(["execd", "--listen", local]).unwrap();
-        assert!(!cli.check_exposure().unwrap(), "{local}");
+        let warnings = cli.check_exposure().unwrap();
+        assert!(
+            warnings.iter().any(|w| w.contains("every local user")),
+            "{local}: {warnings:?}"
+        );
+        let cli =
+            execd::Cli::try_parse_from(["execd", "--listen", local, "--auth-token-file", "t"])
+                .unwrap();
+        assert!(
+            cli.check_exposure().unwrap().is_empty(),
+            "{local} with token"
+        );
+    }
+    let cli = execd::Cli::try_parse_from(["execd", "--listen", "unix:/tmp/x.sock"]).unwrap();
+    assert!(cli.check_exposure().unwrap().is_empty());
+    let cli = execd::Cli::try_parse_from(["execd"]).unwrap();
+    assert_eq!(cli.listen, ["unix:/run/execd/execd.sock"], "safe default");
+    assert!(cli.check_exposure().unwrap().is_empty());
+    // The metrics port counts too.
+    let cli = execd::Cli::try_parse_from(["execd", "--metrics-listen", "0.0.0.0:9464"]).unwrap();
+    assert!(
+        cli.check_exposure().is_err(),
+        "remote metrics need the opt-in"
+    );
+}
+
+/// The real binary's logs: client values with newlines and ANSI escapes
+/// cannot forge log lines or reach a terminal raw, and the command line is
+/// logged at debug only.
+#[tokio::test]
+async fn client_values_are_logged_escaped() {
+    let execd = ExecdProcess::start_logging(&["--host-exec", "--log-level", "debug"]).await;
+    let channel = execd.channel.clone();
+    let forged = |what: &str| format!("x\nINFO forged-{what} \u{1b}[2J\r");
+    let run = |session_id: String, r: execd_proto::exec_service::ExecStartRequest| {
+        let mut client = ExecServiceClient::new(channel.clone());
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(start_msg(&session_id, r)).await.unwrap();
+            let mut stream = client
+                .exec_stream(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Code::Ok,
+                    Err(status) => return status.code(),
+                }
+            }
+        }
+    };
+    let mut r = req(&forged("container"), &["true"]);
+    assert_eq!(run(String::new(), r.clone()).await, Code::InvalidArgument);
+    r.container_id.clear();
+    r.instance_id = forged("instance");
+    assert_eq!(run(String::new(), r.clone()).await, Code::InvalidArgument);
+    r.instance_id = "fn-log".into();
+    assert_eq!(
+        run(forged("session"), r.clone()).await,
+        Code::InvalidArgument
+    );
+    r.command = vec!["echo".into(), forged("command"), "y".repeat(100_000)];
+    assert_eq!(run(String::new(), r).await, Code::Ok);
+    // Every line about these sessions is written before their RPCs end.
+    let log = String::from_utf8(execd.log_text()).unwrap();
+    assert!(execd.terminate().await.success());
+
+    assert!(!log.contains('\u{1b}'), "raw escape in the log:\n{log}");
+    assert!(!log.contains('\r'), "raw CR in the log:\n{log}");
+    for what in ["container", "instance", "session", "command"] {
+        assert!(
+            log.contains(&format!("x\\nINFO forged-{what} \\u{{1b}}[2J\\r")),
+            "{what} not logged escaped:\n{log}"
+        );
+    }
+    for line in log.lines() {
+        assert!(!line.starts_with("INFO forged"), "forged line: {line}");
+        assert!(line.len() < 4096, "unbounded line: {}…", &line[..200]);
+        if line.contains("forged-command") {
+            assert!(line.contains(" DEBUG "), "command at info: {line}");
+        }
     }
 }

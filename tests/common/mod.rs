@@ -11,16 +11,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use execd::{Listener, ServerConfig};
+use execd_client::{Addr, Connector};
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_output_data::StreamType;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
-use execd_proto::exec_service::{
-    ExecInputData, ExecMessage, ExecResizeRequest, ExecStartRequest, ExecStdinEof,
-};
+use execd_proto::exec_service::{ExecMessage, ExecStartRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -203,8 +201,9 @@ pub async fn start_server(config: ServerConfig) -> TestServer {
 
 impl TestServer {
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.addr.clone())
-            .unwrap()
+        let addr: Addr = self.addr.parse().expect("the test server's address");
+        Connector::new(&addr, None)
+            .expect("a usable address")
             .connect()
             .await
             .expect("connect to test server")
@@ -251,41 +250,13 @@ impl TestServer {
     }
 }
 
-pub fn start_msg(session_id: &str, req: ExecStartRequest) -> ExecMessage {
-    ExecMessage {
-        session_id: session_id.to_string(),
-        payload: Some(Payload::StartRequest(req)),
-    }
-}
-
-pub fn req(container: &str, command: &[&str]) -> ExecStartRequest {
-    ExecStartRequest {
-        container_id: container.to_string(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-pub fn input_msg(data: impl Into<Bytes>) -> ExecMessage {
-    ExecMessage {
-        session_id: String::new(),
-        payload: Some(Payload::InputData(ExecInputData { data: data.into() })),
-    }
-}
-
-pub fn eof_msg() -> ExecMessage {
-    ExecMessage {
-        session_id: String::new(),
-        payload: Some(Payload::StdinEof(ExecStdinEof {})),
-    }
-}
-
-pub fn resize_msg(rows: i32, cols: i32) -> ExecMessage {
-    ExecMessage {
-        session_id: String::new(),
-        payload: Some(Payload::Resize(ExecResizeRequest { rows, cols })),
-    }
-}
+// The message builders live in execd-client (shared with the example
+// client and the bench); these names are the ones the tests use. Each test
+// binary uses only some of them.
+#[allow(unused_imports)]
+pub use execd_client::message::{
+    eof as eof_msg, input as input_msg, request as req, resize as resize_msg, start as start_msg,
+};
 
 /// Everything a session sent, in order.
 #[derive(Debug, Default)]
@@ -478,15 +449,9 @@ impl Exec {
 
 /// A channel to a server on a unix socket.
 pub async fn connect_unix(path: std::path::PathBuf) -> Channel {
-    tonic::transport::Endpoint::try_from("http://execd.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    Connector::new(&Addr::Unix(path), None)
+        .expect("a usable socket path")
+        .connect()
         .await
         .expect("connect to the unix socket")
 }
@@ -496,6 +461,9 @@ pub struct ExecdProcess {
     pub child: tokio::process::Child,
     pub socket: std::path::PathBuf,
     pub channel: Channel,
+    /// Where stderr (the logs) goes, for processes started with
+    /// [`ExecdProcess::start_logging`].
+    pub log: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -507,13 +475,32 @@ impl ExecdProcess {
     /// Starts in `dir` (the socket is `dir/execd.sock`, which the caller may
     /// have prepared) and waits until it answers.
     pub async fn start_in(dir: tempfile::TempDir, args: &[&str]) -> ExecdProcess {
+        Self::spawn_in(dir, args, false).await
+    }
+
+    /// Like [`ExecdProcess::start`], with stderr written to a file; read it
+    /// with [`ExecdProcess::log_text`].
+    pub async fn start_logging(args: &[&str]) -> ExecdProcess {
+        Self::spawn_in(tempfile::tempdir().unwrap(), args, true).await
+    }
+
+    /// Everything execd logged so far (needs [`ExecdProcess::start_logging`]).
+    pub fn log_text(&self) -> Vec<u8> {
+        std::fs::read(self.log.as_ref().expect("started with start_logging")).unwrap()
+    }
+
+    async fn spawn_in(dir: tempfile::TempDir, args: &[&str], logging: bool) -> ExecdProcess {
         let socket = dir.path().join("execd.sock");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+        let log = logging.then(|| dir.path().join("execd.log"));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"));
+        command
             .args(["--listen", &format!("unix:{}", socket.display())])
             .args(args)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn execd");
+            .kill_on_drop(true);
+        if let Some(log) = &log {
+            command.stderr(std::fs::File::create(log).expect("create the log file"));
+        }
+        let child = command.spawn().expect("spawn execd");
         let deadline = Instant::now() + PATIENCE;
         while tokio::net::UnixStream::connect(&socket).await.is_err() {
             assert!(
@@ -528,6 +515,7 @@ impl ExecdProcess {
             child,
             socket,
             channel,
+            log,
             _dir: dir,
         }
     }
@@ -569,5 +557,40 @@ impl ExecdProcess {
             .await
             .expect("execd exits in time")
             .unwrap()
+    }
+}
+
+/// A `docker run -dit` shell container, removed on drop.
+pub struct InteractiveContainer(pub String);
+
+impl InteractiveContainer {
+    pub fn start(tag: &str) -> InteractiveContainer {
+        let name = format!("execd-test-attach-{tag}-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        let out = docker(&[
+            "run",
+            "-dit",
+            "--network",
+            "none",
+            "--label",
+            "execd-test=1",
+            "--name",
+            &name,
+            IMAGE,
+            "sh",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        InteractiveContainer(name)
+    }
+
+    pub fn running(&self) -> bool {
+        let out = docker(&["inspect", "--format", "{{.State.Running}}", &self.0]);
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    }
+}
+
+impl Drop for InteractiveContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
     }
 }

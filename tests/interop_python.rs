@@ -1,0 +1,395 @@
+//! An independent client: Python grpcio (C-core HTTP/2, stubs generated from
+//! proto/exec_service.proto at test time) against the real execd binary,
+//! over TCP, the unix socket and TLS with a bearer token, with default
+//! channel options, the way the function system and other Python users
+//! connect. The scripts in tests/python record what happened as JSON; the
+//! assertions are here.
+//!
+//! The interpreter comes from `EXECD_TEST_PYTHON` (scripts/test makes a venv
+//! from tests/python/requirements.txt), else `python3`. Without grpcio the
+//! tests skip, except under `CI=true`, where they fail.
+
+mod common;
+#[path = "common/pki.rs"]
+mod pki;
+#[path = "common/spawned.rs"]
+mod spawned;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use pki::ServerPki;
+use serde::Deserialize;
+use spawned::{free_port, Reach, SpawnedExecd};
+
+macro_rules! need_docker_and_python {
+    () => {{
+        if !docker_or_skip(module_path!()) {
+            return;
+        }
+        match python_or_skip(module_path!()) {
+            Some(python) => python,
+            None => return,
+        }
+    }};
+}
+
+/// A Python with grpcio and grpc_tools, or None (after saying why) when
+/// there is none and this is not CI.
+fn python_or_skip(test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("EXECD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into());
+    let usable = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if usable {
+        return Some(python);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test}: {} cannot import grpc and grpc_tools and CI=true; run scripts/test or set EXECD_TEST_PYTHON to a venv with tests/python/requirements.txt",
+            python.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: {} has no grpcio/grpcio-tools (pip install -r tests/python/requirements.txt, then set EXECD_TEST_PYTHON)",
+        python.display()
+    );
+    None
+}
+
+/// The Python client's working set: interpreter plus stubs generated from
+/// the contract into a temp dir.
+struct PyClient {
+    python: PathBuf,
+    stubs: tempfile::TempDir,
+}
+
+impl PyClient {
+    fn new(python: PathBuf) -> PyClient {
+        let stubs = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(&python)
+            .arg("-m")
+            .arg("grpc_tools.protoc")
+            .arg(format!("-I{}", root.join("proto").display()))
+            .arg(format!("--python_out={}", stubs.path().display()))
+            .arg(format!("--grpc_python_out={}", stubs.path().display()))
+            .arg("exec_service.proto")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grpc_tools.protoc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PyClient { python, stubs }
+    }
+
+    /// Runs tests/python/`script` against `target` and parses its JSON.
+    async fn run<T: serde::de::DeserializeOwned>(
+        &self,
+        script: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> T {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/python")
+            .join(script);
+        let run = tokio::process::Command::new(&self.python)
+            .arg(&script)
+            .arg("--stubs")
+            .arg(self.stubs.path())
+            .args(["--target", target, "--container", shared_container()])
+            .args(extra)
+            // C-core's own diagnostics stay in stderr, shown on failure.
+            .env("GRPC_VERBOSITY", "ERROR")
+            // No __pycache__ next to the scripts in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .kill_on_drop(true)
+            .output();
+        // The scripts bound every call themselves; this only stops a hang.
+        let out = tokio::time::timeout(Duration::from_secs(300), run)
+            .await
+            .expect("python client finishes")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{stderr}",
+            script.display(),
+            out.status
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: output is not the expected JSON ({e}):\n{}\n{stderr}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PyStatus {
+    status: String,
+    exit_code: i32,
+    error_message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PyRpc {
+    code: String,
+    details: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PyTranscript {
+    sent_session_id: String,
+    session_ids: Vec<String>,
+    statuses: Vec<PyStatus>,
+    stdout: String,
+    stderr: String,
+    rpc: Option<PyRpc>,
+}
+
+impl PyTranscript {
+    fn statuses(&self) -> Vec<(&str, i32)> {
+        self.statuses
+            .iter()
+            .map(|s| (s.status.as_str(), s.exit_code))
+            .collect()
+    }
+
+    /// STARTED, EXITED 0, the RPC ended OK, every message carried the
+    /// client's session id; returns stdout.
+    fn assert_exited_0(&self, what: &str) -> &str {
+        assert!(self.rpc.is_none(), "{what}: {self:#?}");
+        assert_eq!(
+            self.statuses(),
+            [("STARTED", 0), ("EXITED", 0)],
+            "{what}: {self:#?}"
+        );
+        assert_eq!(
+            self.session_ids,
+            std::slice::from_ref(&self.sent_session_id),
+            "{what}: {self:#?}"
+        );
+        &self.stdout
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BasicSessions {
+    echo: PyTranscript,
+    stdin_eof: PyTranscript,
+    tty_resize: PyTranscript,
+    error: PyTranscript,
+}
+
+/// Echo, stdin EOF, tty resize and a missing container, one after another
+/// on one grpcio channel to `target`.
+async fn assert_basic_sessions(client: &PyClient, target: &str, extra: &[&str]) {
+    let got: BasicSessions = client.run("basic_sessions.py", target, extra).await;
+
+    assert_eq!(got.echo.assert_exited_0("echo hi"), "hi\n");
+
+    // Binary-safe both ways, and stdin_eof alone ends `cat` (the script keeps
+    // its side of the stream open).
+    assert_eq!(
+        got.stdin_eof.assert_exited_0("cat with stdin_eof"),
+        "line one\nline two\u{0}\u{fffd} end"
+    );
+
+    let size = got.tty_resize.assert_exited_0("tty resize");
+    assert_eq!(size.trim_end(), "40 100", "{:#?}", got.tty_resize);
+    assert!(got.tty_resize.stderr.is_empty(), "a tty merges stderr");
+
+    let error = &got.error;
+    assert_eq!(error.statuses(), [("ERROR", 0)], "{error:#?}");
+    let rpc = error.rpc.as_ref().expect("the RPC ends with a status");
+    assert_eq!(rpc.code, "NOT_FOUND", "{error:#?}");
+    assert_eq!(rpc.details, error.statuses[0].error_message);
+    assert!(
+        rpc.details.contains("execd-interop-no-such-container"),
+        "{error:#?}"
+    );
+}
+
+#[derive(Debug, Deserialize)]
+struct Bridge {
+    rounds: Vec<Vec<PyTranscript>>,
+    states: Vec<String>,
+}
+
+const BRIDGE_SESSIONS: usize = 12;
+
+/// Two rounds of twelve concurrent tty sessions on one grpcio channel, each
+/// cancelled right after its EXITED.
+async fn assert_bridge_pattern(client: &PyClient, target: &str) {
+    let sessions = BRIDGE_SESSIONS.to_string();
+    let got: Bridge = client
+        .run(
+            "bridge.py",
+            target,
+            &["--sessions", &sessions, "--rounds", "2"],
+        )
+        .await;
+    assert_eq!(got.rounds.len(), 2);
+    for (round, transcripts) in got.rounds.iter().enumerate() {
+        assert_eq!(transcripts.len(), BRIDGE_SESSIONS);
+        for (n, t) in transcripts.iter().enumerate() {
+            let what = format!("round {round}, session {n}");
+            let out = t.assert_exited_0(&what);
+            // The shell computes the text, so the terminal's echo of the
+            // typed line cannot satisfy this.
+            let expected = format!("hello-{}\r\n", 100 + n);
+            assert!(out.contains(&expected), "{what}: {t:#?}");
+        }
+    }
+    // Any change would mean the connection broke (a cancel taking the
+    // connection down) and grpcio reconnected behind the test's back.
+    assert_eq!(
+        got.states,
+        ["READY"],
+        "the one connection must survive every cancel"
+    );
+}
+
+/// execd on `--listen unix:<dir>/execd.sock` (and nothing else), and the
+/// grpcio target for it: `unix:` + path, no authority option.
+async fn start_unix(dir: &tempfile::TempDir) -> (SpawnedExecd, String) {
+    let socket = dir.path().join("execd.sock");
+    let listen = format!("unix:{}", socket.display());
+    let execd = SpawnedExecd::start(
+        dir.path(),
+        &["--listen".into(), listen.clone()],
+        &[],
+        &[Reach::Unix(socket)],
+    )
+    .await;
+    (execd, listen)
+}
+
+async fn start_tcp(dir: &tempfile::TempDir, extra: &[String]) -> (SpawnedExecd, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen".to_string(), addr.clone()];
+    args.extend_from_slice(extra);
+    let execd = SpawnedExecd::start(dir.path(), &args, &[], &[Reach::Tcp(port)]).await;
+    (execd, addr)
+}
+
+async fn stop(execd: SpawnedExecd) {
+    let log = execd.log();
+    assert!(
+        execd.terminate().await.success(),
+        "execd ends cleanly:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn python_client_over_tcp() {
+    let python = need_docker_and_python!();
+    let client = PyClient::new(python);
+    let dir = tempfile::tempdir().unwrap();
+    let (execd, target) = start_tcp(&dir, &[]).await;
+    assert_basic_sessions(&client, &target, &[]).await;
+    stop(execd).await;
+}
+
+/// grpcio (C-core ≥ 1.57) sends the percent-encoded socket path as
+/// `:authority` (e.g. `tmp%2F…%2Fexecd.sock`) on `unix:` targets. That is no
+/// valid authority, and an HTTP/2 server that validates it strictly resets
+/// every stream with PROTOCOL_ERROR (grpcio: INTERNAL "Received RST_STREAM
+/// with error code 1"). execd must serve such clients: the socket is how
+/// node-local clients reach it.
+#[tokio::test]
+async fn python_client_over_unix_socket_with_default_options() {
+    let python = need_docker_and_python!();
+    let client = PyClient::new(python);
+    let dir = tempfile::tempdir().unwrap();
+    let (execd, target) = start_unix(&dir).await;
+    assert_basic_sessions(&client, &target, &[]).await;
+    stop(execd).await;
+}
+
+#[tokio::test]
+async fn python_client_over_tls_with_bearer_token() {
+    let python = need_docker_and_python!();
+    let client = PyClient::new(python);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ServerPki::generate();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = file("ca.pem", &pki.ca_pem);
+    let args = [
+        "--tls-cert".to_string(),
+        file("server.pem", &pki.cert_pem),
+        "--tls-key".into(),
+        file("server.key", &pki.key_pem),
+        "--auth-token-file".into(),
+        file("tokens", "python-interop-token\n"),
+    ];
+    let (execd, target) = start_tcp(&dir, &args).await;
+
+    assert_basic_sessions(
+        &client,
+        &target,
+        &["--tls-ca", &ca, "--token", "python-interop-token"],
+    )
+    .await;
+
+    // The token is what lets the sessions above in.
+    let refused: BasicSessions = client
+        .run(
+            "basic_sessions.py",
+            &target,
+            &["--tls-ca", &ca, "--token", "wrong-token"],
+        )
+        .await;
+    for t in [
+        &refused.echo,
+        &refused.stdin_eof,
+        &refused.tty_resize,
+        &refused.error,
+    ] {
+        assert!(t.statuses.is_empty(), "{t:#?}");
+        assert_eq!(
+            t.rpc.as_ref().map(|r| r.code.as_str()),
+            Some("UNAUTHENTICATED"),
+            "{t:#?}"
+        );
+    }
+    stop(execd).await;
+}
+
+#[tokio::test]
+async fn bridge_pattern_over_tcp() {
+    let python = need_docker_and_python!();
+    let client = PyClient::new(python);
+    let dir = tempfile::tempdir().unwrap();
+    let (execd, target) = start_tcp(&dir, &[]).await;
+    assert_bridge_pattern(&client, &target).await;
+    stop(execd).await;
+}
+
+/// The function system's bridge reaches execd over the node-local socket.
+/// Fails while unix-socket requests from grpcio are reset (see
+/// `python_client_over_unix_socket_with_default_options`).
+#[tokio::test]
+async fn bridge_pattern_over_unix_socket() {
+    let python = need_docker_and_python!();
+    let client = PyClient::new(python);
+    let dir = tempfile::tempdir().unwrap();
+    let (execd, target) = start_unix(&dir).await;
+    assert_bridge_pattern(&client, &target).await;
+    stop(execd).await;
+}

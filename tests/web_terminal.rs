@@ -1,0 +1,382 @@
+//! The browser terminal (`--web`): the page, its headers and embedded
+//! assets, the container list, the cross-origin WebSocket guard, and real
+//! sessions in headless chromium driven through chromedriver by
+//! tests/python/web_terminal.py (selenium), which reports what it saw as
+//! JSON; the assertions are here.
+//!
+//! The browser tests need Docker, `chromium` + `chromedriver` and a Python
+//! with selenium (`EXECD_TEST_PYTHON`, which scripts/test builds from
+//! tests/python/requirements.txt). Without them they skip, except under
+//! `CI=true`, where they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use execd::doors::web::WebConfig;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "web-terminal-test-token";
+
+fn web_config(allowed_origins: &[&str]) -> execd::ServerConfig {
+    let mut cfg = config();
+    cfg.web = WebConfig {
+        enabled: true,
+        allowed_origins: allowed_origins
+            .iter()
+            .map(|o| execd::doors::web::origin::parse_allowed(o).unwrap())
+            .collect(),
+    };
+    cfg
+}
+
+/// A server with tokens required; the temp dir holds the token file.
+async fn server_with_token() -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    let mut cfg = web_config(&[]);
+    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    (start_server(cfg).await, dir)
+}
+
+fn host_port(server: &TestServer) -> &str {
+    server.addr.trim_start_matches("http://")
+}
+
+/// One raw HTTP/1.1 request; returns the status code, the head and the
+/// body (read until close, or just the head for a 101).
+async fn http(server: &TestServer, head: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(host_port(server))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let read = async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if raw.starts_with(b"HTTP/1.1 101") && raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("answer in time");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a full head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    (code, head, raw[split + 4..].to_vec())
+}
+
+async fn get(server: &TestServer, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let host = host_port(server).to_string();
+    http(
+        server,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
+    )
+    .await
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+#[tokio::test]
+async fn without_web_flag_there_is_no_page() {
+    let server = start_server(config()).await;
+    for path in ["/", "/assets/app.js", "/api/containers"] {
+        let (code, _, _) = get(&server, path, "").await;
+        assert_eq!(code, 404, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn page_is_embedded_with_a_strict_policy() {
+    let server = start_server(web_config(&[])).await;
+    let (code, head, body) = get(&server, "/", "").await;
+    assert_eq!(code, 200, "{head}");
+    let page = String::from_utf8_lossy(&body);
+    let csp = header(&head, "content-security-policy").expect("a CSP header");
+    let script_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"))
+        .expect("a script-src directive");
+    assert_eq!(script_src, "script-src 'self'", "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(!csp.contains('*'), "{csp}");
+    assert_eq!(header(&head, "x-content-type-options"), Some("nosniff"));
+    if !execd::doors::web::assets::BUNDLED {
+        // A build without Node: the page says so instead.
+        assert!(page.contains("without its web assets"), "{page}");
+        assert!(
+            !in_ci(),
+            "execd was built without web/dist and CI=true; run scripts/test, which builds the assets"
+        );
+        eprintln!("SKIPPED asset checks: built without web/dist (npm ci && npm run build in web/)");
+        server.stop().await;
+        return;
+    }
+    // Our page: no inline script, only the bundle from this origin.
+    assert!(
+        page.contains("<script defer src=\"/assets/app.js\">"),
+        "{page}"
+    );
+    assert_eq!(page.matches("<script").count(), 1, "{page}");
+    let (code, head, js) = get(&server, "/assets/app.js", "").await;
+    assert_eq!(code, 200);
+    assert!(header(&head, "content-type").is_some_and(|t| t.starts_with("text/javascript")));
+    let js = String::from_utf8_lossy(&js);
+    assert!(
+        js.contains("v5.channel.k8s.io"),
+        "our client is in the bundle"
+    );
+    assert!(js.contains("xterm"), "xterm.js is in the bundle");
+    let (code, head, css) = get(&server, "/assets/app.css", "").await;
+    assert_eq!(code, 200);
+    assert!(header(&head, "content-type").is_some_and(|t| t.starts_with("text/css")));
+    assert!(String::from_utf8_lossy(&css).contains(".xterm"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn container_list_comes_from_the_engine_behind_the_token() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let container = shared_container();
+    let (server, _dir) = server_with_token().await;
+    let (code, head, _) = get(&server, "/api/containers", "").await;
+    assert_eq!(code, 401, "{head}");
+    let (code, _, _) = get(&server, "/api/containers", "Authorization: Bearer nope\r\n").await;
+    assert_eq!(code, 401);
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (code, head, body) = get(&server, "/api/containers", &auth).await;
+    assert_eq!(code, 200, "{head}");
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    let ours = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == container)
+        .unwrap_or_else(|| panic!("{container} listed: {list}"));
+    assert_eq!(ours["image"], IMAGE);
+    assert!(ours["status"].as_str().unwrap().starts_with("Up"), "{ours}");
+    server.stop().await;
+}
+
+/// A WebSocket upgrade of the pod exec path with `origin`; the status code.
+async fn upgrade(server: &TestServer, container: &str, origin: Option<&str>) -> u16 {
+    let host = host_port(server).to_string();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "GET /api/v1/namespaces/default/pods/{container}/exec?command=true&stdout=true HTTP/1.1\r\n\
+         Host: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n{origin}\r\n"
+    );
+    http(server, &head).await.0
+}
+
+#[tokio::test]
+async fn cross_origin_websockets_are_refused() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let container = shared_container();
+    // The guard is on without --web too: it protects the kube door itself.
+    let server = start_server(web_config(&["https://ops.example"])).await;
+    let own = format!("http://{}", host_port(&server));
+    assert_eq!(upgrade(&server, container, None).await, 101);
+    assert_eq!(upgrade(&server, container, Some(&own)).await, 101);
+    assert_eq!(
+        upgrade(&server, container, Some("https://ops.example:443")).await,
+        101
+    );
+    for evil in [
+        "http://evil.example",
+        "https://ops.example:8443",
+        "null",
+        &own.replace("127.0.0.1", "localhost"),
+    ] {
+        assert_eq!(upgrade(&server, container, Some(evil)).await, 403, "{evil}");
+    }
+    server.stop().await;
+    let server = start_server(config()).await;
+    assert_eq!(
+        upgrade(&server, container, Some("http://evil.example")).await,
+        403
+    );
+    server.stop().await;
+}
+
+/// The Python with selenium, chromium and chromedriver, or None (after
+/// saying why) when something is missing and this is not CI.
+fn browser_or_skip(test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("EXECD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into());
+    let selenium = Command::new(&python)
+        .args(["-c", "import selenium"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|p| Path::new(p).exists());
+    if selenium && browser && execd::doors::web::assets::BUNDLED {
+        return Some(python);
+    }
+    let why = format!(
+        "selenium in {}: {selenium}; chromium and chromedriver: {browser}; web assets built: {}",
+        python.display(),
+        execd::doors::web::assets::BUNDLED
+    );
+    if in_ci() {
+        panic!("{test}: {why}, and CI=true; run scripts/test");
+    }
+    eprintln!("SKIPPED {test}: {why} (scripts/test sets all of them up)");
+    None
+}
+
+async fn drive(python: &Path, server: &TestServer, scenario: &str, extra: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/web_terminal.py");
+    let run = tokio::process::Command::new(python)
+        .arg(script)
+        .args(["--url", &server.addr, "--container", shared_container()])
+        .args(["--scenario", scenario])
+        .args(extra)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        // Selenium must use the chromedriver given, never fetch one.
+        .env("SE_OFFLINE", "true")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("browser script finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "web_terminal.py {scenario} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn no_policy_violations(seen: &Value) {
+    let console = seen["console"].as_array().unwrap();
+    assert!(
+        !console
+            .iter()
+            .any(|m| m.as_str().unwrap_or("").contains("Content Security Policy")),
+        "the page broke its own CSP: {console:?}"
+    );
+}
+
+#[tokio::test]
+async fn browser_session_echo_resize_and_exit_banner() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let Some(python) = browser_or_skip(module_path!()) else {
+        return;
+    };
+    let server = start_server(web_config(&[])).await;
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-terminal.png");
+    let seen = drive(
+        &python,
+        &server,
+        "session",
+        &["--screenshot", shot.to_str().unwrap()],
+    )
+    .await;
+    // The picker lists the container with its image; a click opens it and
+    // puts the session in the address bar.
+    assert!(
+        seen["picker_row"].as_str().unwrap().contains(IMAGE),
+        "{seen}"
+    );
+    assert!(
+        seen["picked_url"].as_str().unwrap().contains("cmd=sh"),
+        "{seen}"
+    );
+    assert_eq!(seen["echo_seen"], true, "{seen}");
+    // What stty says inside is what is on screen, before and after the
+    // window shrank.
+    let before = &seen["size_before"];
+    let after = &seen["size_after"];
+    assert_eq!(before["screen"], before["stty"], "{seen}");
+    assert_eq!(after["screen"], after["stty"], "{seen}");
+    assert_ne!(before["screen"], after["screen"], "{seen}");
+    assert_eq!(seen["banner"], "Process exited with code 3", "{seen}");
+    assert_eq!(seen["rerun_echo_seen"], true, "{seen}");
+    assert!(
+        seen["url"].as_str().unwrap().contains("container="),
+        "{seen}"
+    );
+    no_policy_violations(&seen);
+    assert!(shot.exists());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn browser_asks_for_the_token_once_and_keeps_it_out_of_urls() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let Some(python) = browser_or_skip(module_path!()) else {
+        return;
+    };
+    let (server, _dir) = server_with_token().await;
+    let seen = drive(&python, &server, "token", &["--token", TOKEN]).await;
+    assert_eq!(seen["prompted"], true, "{seen}");
+    assert_eq!(seen["refusal"], "That token was refused.", "{seen}");
+    assert_eq!(seen["echo_seen"], true, "{seen}");
+    assert_eq!(seen["stored"], TOKEN, "kept in sessionStorage: {seen}");
+    assert!(!seen["url"].as_str().unwrap().contains(TOKEN), "{seen}");
+    assert_eq!(seen["state_after_reload"], "open", "asked once: {seen}");
+    no_policy_violations(&seen);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn browser_cannot_open_a_websocket_from_another_origin() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let Some(python) = browser_or_skip(module_path!()) else {
+        return;
+    };
+    let server = start_server(web_config(&[])).await;
+    let seen = drive(&python, &server, "origin", &[]).await;
+    assert_eq!(seen["same_origin"], "open", "{seen}");
+    assert_eq!(seen["cross_origin"], "error", "{seen}");
+    server.stop().await;
+}
