@@ -29,6 +29,32 @@ fn init_logging(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard one: each session holds a
+/// few descriptors (a socket or pty and pipes, the client's connection),
+/// and the usual soft default of 1024 would cap execd far below
+/// `--max-sessions`.
+fn raise_fd_limit(max_sessions: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+        }
+    }
+    let limit = soft.max(hard);
+    // About four descriptors per session, plus the server's own.
+    let needed = (max_sessions as u64).saturating_mul(4).saturating_add(256);
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is low for --max-sessions; raise it (LimitNOFILE=, ulimit -n)"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::load_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
@@ -45,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let config = cli.load_server_config().unwrap_or_else(|e| e.exit());
+    raise_fd_limit(cli.max_sessions);
     let mut listeners = Vec::with_capacity(cli.listen.len());
     for addr in &cli.listen {
         let listener = Listener::bind_with_mode(addr, cli.socket_mode)

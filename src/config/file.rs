@@ -140,6 +140,22 @@ impl Cli {
         line("runtime-cli", format!("{:?}", self.runtime_cli));
         line("host-exec", self.host_exec.to_string());
         line(
+            "backend",
+            format!(
+                "{:?}",
+                match self.backend {
+                    super::BackendChoice::Cli => "cli",
+                    super::BackendChoice::EngineApi => "engine-api",
+                }
+            ),
+        );
+        if let Some(socket) = &self.engine_socket {
+            line(
+                "engine-socket",
+                format!("{:?}", socket.display().to_string()),
+            );
+        }
+        line(
             "keep-background-processes",
             self.keep_background_processes.to_string(),
         );

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+/// `--backend`: what runs the sessions' processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Cli,
+    EngineApi,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -123,6 +130,25 @@ pub struct Cli {
     /// Run commands directly on this host instead of in a container (sidecar mode); container_id must then be empty
     #[arg(long, env = "EXECD_HOST_EXEC", help_heading = "Runtime")]
     pub host_exec: bool,
+
+    /// What runs sessions: `cli` (a --runtime-cli child per session; docker, podman, nerdctl) or `engine-api` (the Docker Engine API directly: no process per session, for scale)
+    #[arg(
+        long,
+        env = "EXECD_BACKEND",
+        value_enum,
+        default_value = "cli",
+        help_heading = "Runtime"
+    )]
+    pub backend: BackendChoice,
+
+    /// The Docker Engine API socket for --backend engine-api [default: DOCKER_HOST's unix:// path, else /var/run/docker.sock]
+    #[arg(
+        long,
+        env = "EXECD_ENGINE_SOCKET",
+        value_name = "PATH",
+        help_heading = "Runtime"
+    )]
+    pub engine_socket: Option<PathBuf>,
 
     /// Most open connections at once, over all listeners; further clients wait in the kernel's backlog
     #[arg(
@@ -302,6 +328,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--backend engine-api: {0}")]
+    Backend(String),
     #[error("refusing to listen on {addr}: a non-loopback address needs both TLS (--tls-cert/--tls-key) and --auth-token-file, or --insecure-allow-remote")]
     InsecureRemote { addr: String },
 }

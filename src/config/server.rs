@@ -2,11 +2,12 @@
 //! TLS material) and every setting handed to the session manager, the
 //! transport and the doors.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use execd_session::{ExecMode, LifecycleConfig, Limits, ManagerConfig};
+use execd_session::{BackendKind, ExecMode, LifecycleConfig, Limits, ManagerConfig};
 
-use super::{Cli, ConfigError};
+use super::{BackendChoice, Cli, ConfigError};
 
 /// TLS material, read at start.
 #[derive(Debug, Clone)]
@@ -87,6 +88,7 @@ impl Cli {
     /// The server configuration, with token and TLS files read.
     pub fn load_server_config(&self) -> Result<ServerConfig, ConfigError> {
         let mut config = self.server_config();
+        config.manager.backend = self.backend_kind()?;
         if let Some(path) = &self.auth_token_file {
             config.auth = Some(crate::auth::TokenStore::load(path)?);
         }
@@ -106,6 +108,36 @@ impl Cli {
         Ok(config)
     }
 
+    /// The backend `--backend` names, with its socket resolved.
+    pub fn backend_kind(&self) -> Result<BackendKind, ConfigError> {
+        match self.backend {
+            BackendChoice::Cli => Ok(BackendKind::Cli),
+            BackendChoice::EngineApi if self.host_exec => Err(ConfigError::Backend(
+                "host-exec mode has no container engine; drop --host-exec or use --backend cli"
+                    .into(),
+            )),
+            BackendChoice::EngineApi => {
+                let socket = match &self.engine_socket {
+                    Some(path) => path.clone(),
+                    None => match std::env::var("DOCKER_HOST") {
+                        Ok(host) => match host.strip_prefix("unix://") {
+                            Some(path) => PathBuf::from(path),
+                            None => {
+                                return Err(ConfigError::Backend(format!(
+                                    "DOCKER_HOST={host} is not a unix socket; set --engine-socket"
+                                )))
+                            }
+                        },
+                        Err(_) => PathBuf::from("/var/run/docker.sock"),
+                    },
+                };
+                Ok(BackendKind::EngineApi { socket })
+            }
+        }
+    }
+
+    /// The server configuration without reading files (the backend stays
+    /// the CLI; [`Cli::load_server_config`] resolves it).
     pub fn server_config(&self) -> ServerConfig {
         let mode = if self.host_exec {
             ExecMode::Host
@@ -117,6 +149,7 @@ impl Cli {
         ServerConfig {
             manager: ManagerConfig {
                 mode,
+                backend: BackendKind::Cli,
                 limits: Limits {
                     max_sessions: self.max_sessions,
                     max_sessions_per_instance: self.max_sessions_per_instance,

@@ -19,6 +19,7 @@ use execd_proto::exec_service::exec_output_data::StreamType;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use execd_proto::exec_service::{ExecMessage, ExecStartRequest};
+use execd_session::{BackendKind, ExecMode};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -179,7 +180,28 @@ pub fn config() -> ServerConfig {
     config
 }
 
+/// The backend the suite runs against: `EXECD_BACKEND=engine-api` (the
+/// same variable the binary reads, so spawned servers follow too) runs the
+/// whole suite through the Engine API backend. Tests that point the CLI
+/// backend at a stub or missing CLI keep it: they test that CLI.
+pub fn with_test_backend(mut config: ServerConfig) -> ServerConfig {
+    let default_cli = matches!(
+        &config.manager.mode,
+        ExecMode::Container { runtime_cli } if runtime_cli == "docker"
+    );
+    if default_cli
+        && config.manager.backend == BackendKind::Cli
+        && std::env::var("EXECD_BACKEND").as_deref() == Ok("engine-api")
+    {
+        config.manager.backend = BackendKind::EngineApi {
+            socket: "/var/run/docker.sock".into(),
+        };
+    }
+    config
+}
+
 pub async fn start_server(config: ServerConfig) -> TestServer {
+    let config = with_test_backend(config);
     // EXECD_TEST_LOG=debug (or any filter) shows the server's logs.
     if let Ok(filter) = std::env::var("EXECD_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -497,6 +519,14 @@ impl ExecdProcess {
             .args(["--listen", &format!("unix:{}", socket.display())])
             .args(args)
             .kill_on_drop(true);
+        if args
+            .iter()
+            .any(|a| a.starts_with("--host-exec") || a.starts_with("--runtime-cli"))
+        {
+            // Host exec has no engine, and a chosen CLI is what is tested:
+            // the suite's backend choice does not apply.
+            command.env_remove("EXECD_BACKEND");
+        }
         if let Some(log) = &log {
             command.stderr(std::fs::File::create(log).expect("create the log file"));
         }

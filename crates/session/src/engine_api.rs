@@ -1,17 +1,23 @@
-//! The smallest Engine API client that does the job: one HTTP/1.0 GET over
-//! the local Docker socket.
+//! A small Docker Engine API client over the local unix socket, on hyper.
 //!
 //! Used where asking the CLI would spawn a process per question (the start
-//! preflight, health checks). Only for `docker` on a local unix socket with
-//! no context override; everything else goes through the CLI, which knows
-//! its own configuration.
+//! preflight, health checks) and by the Engine API backend, which also
+//! needs the hijacked streams of `exec/{id}/start` and
+//! `containers/{id}/attach`. The preflight uses it only for `docker` on a
+//! local unix socket with no context override; everything else goes
+//! through the CLI, which knows its own configuration.
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1;
+use hyper::{header, Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
 
 /// Largest answer read (container inspect data is a few KiB).
-const MAX_ANSWER: u64 = 4 * 1024 * 1024;
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// The Engine API socket, if `runtime_cli` is docker and would talk to a
 /// local unix socket: no other host, no context chosen by environment or in
@@ -45,39 +51,147 @@ fn uses_named_context() -> bool {
         .is_some_and(|c| !c.is_empty() && c != "default")
 }
 
-/// GETs `path`; returns the status code and body. HTTP/1.0 keeps the answer
-/// unchunked and the connection one-shot.
+/// GETs `path`; returns the status code and body.
 pub async fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::UnixStream::connect(socket).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::with_capacity(16 * 1024);
-    stream.take(MAX_ANSWER).read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed Engine API answer"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("malformed Engine API status line"))?;
-    // Anything but a plain, complete body is not understood here: the
-    // caller then asks the CLI instead.
-    let lower = head.to_ascii_lowercase();
-    if lower.contains("transfer-encoding: chunked") {
-        return Err(std::io::Error::other("chunked Engine API answer"));
-    }
-    if let Some(len) = lower
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        if body.len() != len {
-            return Err(std::io::Error::other("truncated Engine API answer"));
+    request(socket, Method::GET, path, None).await
+}
+
+/// POSTs `body` as JSON to `path`; returns the status code and body.
+pub async fn post_json(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+) -> std::io::Result<(u16, String)> {
+    request(socket, Method::POST, path, Some(body)).await
+}
+
+/// Opens one HTTP/1.1 connection to the engine. One connection per call:
+/// a unix-socket connect costs microseconds, and a session's hijacked
+/// stream owns its connection anyway.
+async fn connect(
+    socket: &Path,
+    upgrades: bool,
+) -> std::io::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = UnixStream::connect(socket).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let result = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "Engine API connection ended");
         }
+    });
+    Ok(sender)
+}
+
+fn build(
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<Request<Full<Bytes>>> {
+    let builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "docker");
+    let request = match body {
+        Some(json) => builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json.to_string()))),
+        None => builder.body(Full::new(Bytes::new())),
+    };
+    request.map_err(std::io::Error::other)
+}
+
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, String)> {
+    let mut sender = connect(socket, false).await?;
+    let response = sender
+        .send_request(build(method, path, body)?)
+        .await
+        .map_err(std::io::Error::other)?;
+    let code = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A hijacked connection: the raw socket after the engine's `101`, and the
+/// bytes hyper had already read past the response head.
+pub struct Hijacked {
+    pub stream: UnixStream,
+    pub already_read: Bytes,
+}
+
+/// The result of asking for a hijacked stream.
+pub enum HijackAnswer {
+    Upgraded(Hijacked),
+    /// The engine refused: status and body.
+    Refused(u16, String),
+}
+
+/// POSTs `body` to `path` asking for the connection to be upgraded to a raw
+/// stream (`exec/{id}/start`, `containers/{id}/attach`), as the docker CLI
+/// does.
+pub async fn hijack(
+    socket: &Path,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<HijackAnswer> {
+    let mut sender = connect(socket, true).await?;
+    let mut request = build(Method::POST, path, body)?;
+    let headers = request.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("tcp"));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let code = response.status().as_u16();
+    if code != 101 {
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Ok(HijackAnswer::Refused(code, body));
     }
-    Ok((code, body.to_string()))
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(std::io::Error::other)?;
+    // Back to the plain socket: the stream is raw bytes from here on, and
+    // owning the socket gives a real half-close (stdin EOF) and lets the
+    // two directions live in different tasks without a lock.
+    let parts = upgraded
+        .downcast::<TokioIo<UnixStream>>()
+        .map_err(|_| std::io::Error::other("upgraded Engine API stream is not a unix socket"))?;
+    Ok(HijackAnswer::Upgraded(Hijacked {
+        stream: parts.io.into_inner(),
+        already_read: parts.read_buf,
+    }))
+}
+
+/// The engine's error message from an error body (`{"message": "..."}`),
+/// or the body itself.
+pub fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string())
 }
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ pub enum SessionError {
     Ended(EndReason),
     #[error("waiting for the session's process failed: {0}")]
     Wait(#[source] std::io::Error),
+    #[error(transparent)]
+    Process(#[from] crate::backend::WaitError),
 }
 
 impl SessionError {
@@ -121,6 +123,10 @@ impl SessionError {
             }
             SessionError::Ended(reason) => reason.kind(),
             SessionError::Wait(_) => ErrorKind::Internal,
+            SessionError::Process(crate::backend::WaitError::Io(_)) => ErrorKind::Internal,
+            SessionError::Process(crate::backend::WaitError::EngineGone(_)) => {
+                ErrorKind::Unavailable
+            }
         }
     }
 }

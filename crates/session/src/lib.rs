@@ -9,7 +9,10 @@
 //! - [`registry`]: live sessions, per-instance counts and their change
 //!   events; a session counts for exactly as long as its RAII
 //!   [`Registration`] lives.
-//! - [`spawn`] and [`pty`]: starting the child with pipes or under a
+//! - [`backend`]: the one seam to whatever runs the process: [`backend::cli`]
+//!   (`docker exec` or host-exec children) and [`backend::engine`] (the
+//!   Docker Engine API, no process per session).
+//! - [`spawn`] and [`pty`]: the CLI backend's child with pipes or under a
 //!   pseudo-terminal, with non-blocking I/O on the tokio reactor;
 //!   [`orphans`] reaps orphaned processes when execd is PID 1.
 //! - [`preflight`]: asking the engine whether the container exists and runs,
@@ -30,6 +33,7 @@
 //!   `tonic::Status`, kept behind a feature so the manager stays gRPC-free.
 
 pub mod attach_target;
+pub mod backend;
 pub mod command;
 pub mod engine_api;
 pub mod error;
@@ -50,6 +54,7 @@ pub mod spawn;
 pub mod status;
 
 pub use attach_target::AttachTarget;
+pub use backend::BackendKind;
 pub use command::{Door, ExecMode, ExecSpec, SessionKind, TermSize, ValidationError};
 pub use error::{EndReason, ErrorKind, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};

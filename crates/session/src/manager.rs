@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{self, Backend, BackendKind, Process, SpawnRequest};
 use crate::command::{validate_session_id, ExecMode, ExecSpec, SessionKind, TermSize};
 use crate::error::SessionError;
 use crate::preflight;
@@ -16,12 +17,13 @@ use crate::registry::{
 };
 use crate::resize::{self, SizeWait};
 use crate::session::{self, Launch, LifecycleConfig, Session};
-use crate::spawn;
 
 /// Everything the manager is configured with.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     pub mode: ExecMode,
+    /// What runs the sessions' processes.
+    pub backend: BackendKind,
     pub limits: Limits,
     pub lifecycle: LifecycleConfig,
 }
@@ -32,6 +34,7 @@ impl Default for ManagerConfig {
             mode: ExecMode::Container {
                 runtime_cli: "docker".into(),
             },
+            backend: BackendKind::Cli,
             limits: Limits::default(),
             lifecycle: LifecycleConfig::default(),
         }
@@ -42,6 +45,7 @@ impl Default for ManagerConfig {
 #[derive(Clone)]
 pub struct SessionManager {
     mode: Arc<ExecMode>,
+    backend: Arc<dyn Backend>,
     /// The local Engine API socket, if the runtime CLI is a plain local
     /// docker; decided once (it reads the CLI's config file).
     engine_api: Option<Arc<std::path::Path>>,
@@ -125,11 +129,14 @@ impl SessionManager {
     /// `shutdown` ends every session (with "server shutting down") when
     /// cancelled.
     pub fn new(config: ManagerConfig, shutdown: CancellationToken) -> Self {
-        let engine_api = match &config.mode {
-            ExecMode::Container { runtime_cli } => {
+        let engine_api = match (&config.mode, &config.backend) {
+            (ExecMode::Container { .. }, BackendKind::EngineApi { socket }) => {
+                Some(Arc::from(socket.as_path()))
+            }
+            (ExecMode::Container { runtime_cli }, BackendKind::Cli) => {
                 crate::engine_api::local_socket(runtime_cli).map(Arc::from)
             }
-            ExecMode::Host => {
+            (ExecMode::Host, _) => {
                 // A sidecar's execd is often PID 1 of its namespace: then it
                 // has to reap what sessions orphan.
                 crate::orphans::spawn_reaper_if_init();
@@ -138,6 +145,7 @@ impl SessionManager {
         };
         SessionManager {
             engine_api,
+            backend: backend::build(&config.backend),
             mode: Arc::new(config.mode),
             lifecycle: Arc::new(config.lifecycle),
             registry: Registry::new(config.limits),
@@ -200,7 +208,6 @@ impl SessionManager {
             }
             None => new_session_id(),
         };
-        let command = spec.effective_command();
         let registration = self.registry.register(SessionEntry {
             session_id: id.clone(),
             door: spec.door,
@@ -208,46 +215,50 @@ impl SessionManager {
             instance_id: spec.instance_id.clone(),
             owner: spec.owner.clone(),
             container_id: spec.container_id.clone(),
-            command,
+            command: spec.effective_command(),
             tty: spec.tty,
             started_at_unix_ms: now_ms(),
             stats: Arc::new(SessionStats::new()),
             control: Arc::new(SessionControl::new(&self.shutdown)),
         })?;
-
-        let marker = new_marker();
-        let runtime = spec.build_command(&self.mode, &marker);
-        let size = TermSize::from_client(spec.rows, spec.cols);
-        let spawned_at = std::time::Instant::now();
-        // Host sessions: user lookups may ask NSS (files, LDAP, network), so
-        // they run on a blocking thread, never on the runtime.
-        let host = match self.mode.as_ref() {
-            ExecMode::Host => {
-                let user = spec.user.clone();
-                let resolved =
-                    tokio::task::spawn_blocking(move || spawn::HostSetup::resolve(&user))
-                        .await
-                        .map_err(|e| SessionError::Wait(std::io::Error::other(e)))??;
-                Some(resolved)
-            }
-            ExecMode::Container { .. } => None,
-        };
-        let mut spawned = if spec.tty {
-            let mode = match self.mode.as_ref() {
-                ExecMode::Container { .. } => spawn::TerminalMode::Raw,
-                ExecMode::Host => spawn::TerminalMode::Cooked,
-            };
-            spawn::spawn_in_terminal_with(&runtime, size, mode, host.as_ref())?
-        } else {
-            spawn::spawn_piped_with(&runtime, host.as_ref())?
-        };
         let control = registration.entry().control.clone();
+        let size = TermSize::from_client(spec.rows, spec.cols);
+        let mut abandon = self.abandon_guard(&spec, registration);
+        let mut process = self
+            .spawn_confirmed(&spec, size, &control, &mut abandon)
+            .await?;
+        let container = abandon.container.clone();
+        if spec.tty {
+            self.await_terminal_size(&abandon, &mut process, size, &control)
+                .await?;
+        }
+        abandon.armed = false;
+        let Some(registration) = abandon.registration.take() else {
+            return Err(SessionError::Wait(std::io::Error::other(
+                "session registration lost during start",
+            )));
+        };
+        Ok(session::launch(Launch {
+            id,
+            marker: abandon.marker.clone(),
+            process,
+            initial_size: size,
+            registration,
+            container,
+            config: self.lifecycle.clone(),
+            spawned_at: abandon.started,
+        }))
+    }
+
+    /// The guard that ends whatever a start leaves behind if it does not
+    /// get to the end; armed from the first moment something may run.
+    fn abandon_guard(&self, spec: &ExecSpec, registration: Registration) -> AbandonGuard {
         // An attach starts nothing in the container: its end must never
         // reach in there (PID 1 and everything else keep running). Without
-        // a container reference only the attach CLI itself is killed.
+        // a container reference only the runtime side itself is stopped.
         let reaps_in_container = spec.kind != SessionKind::Attach;
-        let mut abandon = AbandonGuard {
-            marker: marker.clone(),
+        AbandonGuard {
+            marker: new_marker(),
             // init_pid unknown yet: if execd cannot see the container's
             // processes, the reaper falls back to the runtime CLI.
             container: match self.mode.as_ref() {
@@ -260,119 +271,147 @@ impl SessionManager {
             },
             tty: spec.tty,
             grace: self.lifecycle.kill_grace,
-            started: spawned_at,
+            started: std::time::Instant::now(),
             armed: true,
             registration: Some(registration),
-        };
+        }
+    }
 
-        // The exec is already on its way; the inspect runs alongside it.
-        let container = match self.mode.as_ref() {
-            ExecMode::Container { runtime_cli } => {
-                let inspected = tokio::select! {
-                    r = preflight::check_container(runtime_cli, self.engine_api_socket(), &spec.container_id) => r,
-                    _ = control.token().cancelled() => {
-                        Err(preflight::PreflightError::Failed {
-                            container_id: spec.container_id.clone(),
-                            message: control.reason().to_string(),
-                        })
-                    }
-                };
-                match inspected {
-                    Ok(_) if !reaps_in_container => None,
-                    Ok(state) => {
-                        // From here on the guard's cleanup can look at the
-                        // container's processes only.
-                        if let Some(c) = abandon.container.as_mut() {
-                            c.init_pid = state.init_pid;
-                        }
-                        Some(ContainerRef {
-                            runtime_cli: runtime_cli.clone(),
-                            container_id: spec.container_id.clone(),
-                            init_pid: state.init_pid,
-                        })
-                    }
-                    Err(e) => {
-                        let _ = spawned.child.start_kill();
-                        let _ = spawned.child.wait().await;
-                        if control.token().is_cancelled() {
-                            // Ended while the exec was under way: it may have
-                            // started, so the guard (still armed) reaps it and
-                            // keeps the session counted until then.
-                            return Err(SessionError::Ended(control.reason()));
-                        }
-                        // Only a definite "no such container" or "not
-                        // running" means the exec cannot have started. Any
-                        // other failure (an engine error, a timeout, an
-                        // unreadable answer) says nothing about the exec,
-                        // which ran alongside: the guard stays armed and
-                        // ends whatever it may have started.
-                        if matches!(
-                            e,
-                            preflight::PreflightError::NotFound { .. }
-                                | preflight::PreflightError::NotRunning { .. }
-                        ) {
-                            abandon.armed = false;
-                        }
-                        return Err(e.into());
-                    }
-                }
-            }
-            ExecMode::Host => None,
+    /// Starts the process and, side by side, asks the engine about the
+    /// container: the inspect costs no latency on the happy path and tells
+    /// a missing container apart from a process that exits 1.
+    async fn spawn_confirmed(
+        &self,
+        spec: &ExecSpec,
+        size: TermSize,
+        control: &SessionControl,
+        abandon: &mut AbandonGuard,
+    ) -> Result<Process, SessionError> {
+        let request = SpawnRequest {
+            spec,
+            mode: &self.mode,
+            marker: &abandon.marker,
+            size,
         };
-        if spec.tty {
-            if let Some(container) = container.clone() {
-                let init_pid = container.init_pid;
-                let visible = crate::procfs::run(move || reaper::container_visible(&container))
-                    .await
-                    .unwrap_or(false);
-                // Where the container's processes cannot be seen there is
-                // nothing to wait for: the resizer can only nudge the CLI.
-                if visible {
-                    let waited = resize::await_container_size(
-                        &marker,
-                        init_pid,
-                        size,
-                        &mut spawned.child,
-                        control.token(),
-                        self.lifecycle.start_size_wait,
-                    )
-                    .await;
-                    match waited {
-                        SizeWait::Sized | SizeWait::CliExited => {}
-                        SizeWait::TimedOut => tracing::warn!(
-                            wait = ?self.lifecycle.start_size_wait,
-                            ?size,
-                            "the container's terminal did not get the requested size in time; \
-                             announcing the session anyway"
-                        ),
-                        SizeWait::Cancelled => {
-                            // The guard (still armed) ends what was started.
-                            let _ = spawned.child.start_kill();
-                            let _ = spawned.child.wait().await;
-                            return Err(SessionError::Ended(control.reason()));
-                        }
-                    }
+        let (spawned, inspected) = tokio::select! {
+            both = async { tokio::join!(self.backend.spawn(request), self.inspect(spec)) } => both,
+            // The guard (still armed) ends whatever may have started.
+            _ = control.token().cancelled() => return Err(SessionError::Ended(control.reason())),
+        };
+        match (spawned, inspected) {
+            (Ok(process), Ok(state)) => {
+                if let (Some(c), Some(state)) = (abandon.container.as_mut(), state) {
+                    // From here on the guard's cleanup looks at the
+                    // container's processes only.
+                    c.init_pid = state.init_pid;
                 }
+                Ok(process)
+            }
+            (Ok(mut process), Err(e)) => {
+                process.control.kill().await;
+                if control.token().is_cancelled() {
+                    return Err(SessionError::Ended(control.reason()));
+                }
+                // Only a definite "no such container" or "not running" means
+                // the exec cannot have started. Any other failure (an engine
+                // error, a timeout, an unreadable answer) says nothing about
+                // the exec, which ran alongside: the guard stays armed and
+                // ends whatever it may have started.
+                if definitely_not_started(&e) {
+                    abandon.armed = false;
+                }
+                Err(e.into())
+            }
+            (Err(e), _) => {
+                // A refusal means nothing started; an engine that stopped
+                // answering half-way may have started the exec, which the
+                // guard (still armed) then ends.
+                if !matches!(&e, SessionError::Preflight(p) if !definitely_not_started(p)) {
+                    abandon.armed = false;
+                }
+                Err(e)
             }
         }
-        abandon.armed = false;
-        let Some(registration) = abandon.registration.take() else {
-            return Err(SessionError::Wait(std::io::Error::other(
-                "session registration lost during start",
-            )));
-        };
-
-        Ok(session::launch(Launch {
-            id,
-            marker,
-            child: spawned.child,
-            tracked: spawned.tracked,
-            io: spawned.io,
-            initial_size: size,
-            registration,
-            container,
-            config: self.lifecycle.clone(),
-            spawned_at,
-        }))
     }
+
+    /// The engine's view of the container (`None` in host-exec mode).
+    async fn inspect(
+        &self,
+        spec: &ExecSpec,
+    ) -> Result<Option<preflight::ContainerState>, preflight::PreflightError> {
+        match self.mode.as_ref() {
+            ExecMode::Container { runtime_cli } => preflight::check_container(
+                runtime_cli,
+                self.engine_api_socket(),
+                &spec.container_id,
+            )
+            .await
+            .map(Some),
+            ExecMode::Host => Ok(None),
+        }
+    }
+
+    /// For a terminal whose size can be overwritten behind execd's back
+    /// (the CLI's), waits until the container's terminal has `size`, so
+    /// that STARTED never reaches a client before its size did.
+    async fn await_terminal_size(
+        &self,
+        abandon: &AbandonGuard,
+        process: &mut Process,
+        size: TermSize,
+        control: &SessionControl,
+    ) -> Result<(), SessionError> {
+        let (Some(container), Some(resizer)) =
+            (abandon.container.clone(), process.resizer.as_deref())
+        else {
+            return Ok(());
+        };
+        if !resizer.needs_checks() {
+            return Ok(());
+        }
+        let init_pid = container.init_pid;
+        let visible = crate::procfs::run(move || reaper::container_visible(&container))
+            .await
+            .unwrap_or(false);
+        // Where the container's processes cannot be seen there is nothing
+        // to wait for: the resizer can only nudge the CLI.
+        if !visible {
+            return Ok(());
+        }
+        let waited = resize::await_container_size(
+            &abandon.marker,
+            init_pid,
+            size,
+            process.control.as_mut(),
+            resizer,
+            control.token(),
+            self.lifecycle.start_size_wait,
+        )
+        .await;
+        match waited {
+            SizeWait::Sized | SizeWait::CliExited => Ok(()),
+            SizeWait::TimedOut => {
+                tracing::warn!(
+                    wait = ?self.lifecycle.start_size_wait,
+                    ?size,
+                    "the container's terminal did not get the requested size in time; \
+                     announcing the session anyway"
+                );
+                Ok(())
+            }
+            SizeWait::Cancelled => {
+                // The guard (still armed) ends what was started.
+                process.control.kill().await;
+                Err(SessionError::Ended(control.reason()))
+            }
+        }
+    }
+}
+
+/// Whether an inspect's verdict means no exec can have started.
+fn definitely_not_started(e: &preflight::PreflightError) -> bool {
+    matches!(
+        e,
+        preflight::PreflightError::NotFound { .. } | preflight::PreflightError::NotRunning { .. }
+    )
 }

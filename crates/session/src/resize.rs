@@ -20,12 +20,11 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{ProcessControl, Resizer};
 use crate::command::TermSize;
 use crate::pidfd::ProcHandle;
 use crate::pty::ForeignTerminal;
@@ -37,16 +36,15 @@ use crate::reaper;
 /// a backoff schedule, it checks the container's terminal, corrects it when
 /// it differs and sends SIGWINCH to the CLI so the engine agrees.
 pub(crate) async fn resize_terminal(
-    master: crate::pty::PtyMaster,
+    resizer: Box<dyn Resizer>,
     marker: String,
-    child_pid: Option<u32>,
     // `Some(init pid)` for container sessions (0 if unknown).
     container_init: Option<i32>,
     mut sizes: watch::Receiver<TermSize>,
     schedule: Vec<Duration>,
     done: CancellationToken,
 ) {
-    let cli_group = child_pid.map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let checks = resizer.needs_checks();
     let mut target = *sizes.borrow_and_update();
     let mut changed_at = Instant::now();
     let mut step = 0usize;
@@ -57,7 +55,7 @@ pub(crate) async fn resize_terminal(
     loop {
         let next_check = schedule
             .get(step)
-            .filter(|_| container_init.is_some())
+            .filter(|_| checks && container_init.is_some())
             .map(|d| changed_at + *d);
         if !watching && next_check.is_none() {
             return;
@@ -69,7 +67,7 @@ pub(crate) async fn resize_terminal(
                     continue;
                 }
                 target = *sizes.borrow_and_update();
-                if let Err(e) = master.resize(target) {
+                if let Err(e) = resizer.resize(target).await {
                     tracing::debug!(error = %e, "resize failed");
                 }
                 changed_at = Instant::now();
@@ -88,9 +86,7 @@ pub(crate) async fn resize_terminal(
                 inner = found;
                 if verdict != TerminalCheck::Right {
                     tracing::trace!(?verdict, ?target, "container terminal size re-applied");
-                    if let Some(group) = cli_group {
-                        let _ = nix::sys::signal::killpg(group, Signal::SIGWINCH);
-                    }
+                    resizer.nudge();
                 }
             }
             _ = done.cancelled() => return,
@@ -170,12 +166,12 @@ pub(crate) async fn await_container_size(
     marker: &str,
     init_pid: i32,
     target: TermSize,
-    cli: &mut Child,
+    runtime: &mut dyn ProcessControl,
+    resizer: &dyn Resizer,
     cancel: &CancellationToken,
     within: Duration,
 ) -> SizeWait {
     let deadline = Instant::now() + within;
-    let cli_group = cli.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let mut inner: Option<ProcHandle> = None;
     loop {
         if cancel.is_cancelled() {
@@ -183,7 +179,7 @@ pub(crate) async fn await_container_size(
         }
         // A short-lived process may be gone before it was ever seen; its
         // CLI's exit ends the wait instead of the deadline.
-        if matches!(cli.try_wait(), Ok(Some(_))) {
+        if runtime.has_exited() {
             return SizeWait::CliExited;
         }
         let id = marker.to_string();
@@ -198,9 +194,7 @@ pub(crate) async fn await_container_size(
             TerminalCheck::Fixed => {
                 // Set directly; tell the CLI too so the engine agrees. The
                 // next round confirms the size held.
-                if let Some(group) = cli_group {
-                    let _ = nix::sys::signal::killpg(group, Signal::SIGWINCH);
-                }
+                resizer.nudge();
             }
             TerminalCheck::NotVisible => {}
         }

@@ -25,15 +25,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Process;
 use crate::command::TermSize;
 use crate::error::{EndReason, SessionError};
 use crate::reaper::ContainerRef;
 use crate::registry::{Registration, SessionControl, SessionStats};
-use crate::spawn::ChildIo;
 
 /// Bytes read from the child per chunk (one output message at most).
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -209,10 +208,7 @@ pub(crate) struct Launch {
     pub id: String,
     /// The value of the session's process marker (see the reaper).
     pub marker: String,
-    pub child: Child,
-    /// Keeps `child` known as execd's own for the orphan reaper.
-    pub tracked: crate::orphans::Tracked,
-    pub io: ChildIo,
+    pub process: Process,
     pub initial_size: TermSize,
     pub registration: Registration,
     pub container: Option<ContainerRef>,
@@ -228,19 +224,19 @@ pub(crate) fn launch(l: Launch) -> Session {
     // The idle clock starts with the session, not with its registration:
     // a slow start (busy engine) is not idleness.
     stats.touch();
-    let tty = l.io.terminal.is_some();
+    let Process {
+        stdin,
+        output,
+        eof_char,
+        resizer,
+        control: runtime,
+    } = l.process;
+    let tty = resizer.is_some();
     let done = CancellationToken::new();
     let (stdin_tx, stdin_rx) = mpsc::channel(INPUT_DEPTH);
     let (events_tx, events_rx) = mpsc::channel(OUTPUT_DEPTH);
     let (size_tx, size_rx) = watch::channel(l.initial_size);
 
-    let ChildIo {
-        stdin,
-        stdout,
-        stderr,
-        terminal,
-    } = l.io;
-    let eof_char = terminal.as_ref().map(|t| t.eof_char);
     // The writer stops when the session is ended or finished, whichever
     // comes first.
     let writer_stop = CancellationToken::new();
@@ -261,11 +257,10 @@ pub(crate) fn launch(l: Launch) -> Session {
         stats.clone(),
         writer_stop,
     ));
-    if let Some(terminal) = &terminal {
+    if let Some(resizer) = resizer {
         tokio::spawn(crate::resize::resize_terminal(
-            terminal.master.clone(),
+            resizer,
             l.marker.clone(),
-            l.child.id(),
             l.container.as_ref().map(|c| c.init_pid),
             size_rx,
             l.config.resize_nudges.clone(),
@@ -284,13 +279,11 @@ pub(crate) fn launch(l: Launch) -> Session {
     let pump = crate::pump::Pump {
         id: l.id.clone(),
         marker: l.marker,
-        child: l.child,
-        _tracked: l.tracked,
-        stdout: Some(stdout),
-        stderr,
-        terminal,
+        output,
+        control: runtime,
+        tty,
         events: events_tx,
-        control: control.clone(),
+        session: control.clone(),
         stats,
         config: l.config,
         container: l.container,
@@ -338,7 +331,15 @@ async fn write_stdin(
             _ = stop.cancelled() => return,
         };
         match cmd {
-            None => return,
+            None => {
+                if eof_char.is_some() {
+                    // A terminal's input stays open until the session ends:
+                    // the engine closes a tty exec's console (output
+                    // included) when its input is closed.
+                    stop.cancelled().await;
+                }
+                return;
+            }
             Some(StdinCommand::Data(data)) => {
                 if broken {
                     // The process closed its stdin; keep accepting so the
