@@ -32,7 +32,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::Parser;
 
-use scenarios::{Bench, Scenario, NOTES, SCENARIOS};
+use scenarios::{Backend, Bench, Scenario, NOTES, SCENARIOS};
 use system::Execd;
 
 #[derive(Debug, Parser)]
@@ -47,6 +47,9 @@ struct Args {
     /// execd binary to start (default: the one next to this binary)
     #[arg(long)]
     execd: Option<PathBuf>,
+    /// The backends to measure (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "cli,engine-api", value_parser = ["cli", "engine-api"])]
+    backends: Vec<String>,
     /// Run only these scenarios (comma-separated)
     #[arg(long, value_delimiter = ',', value_parser = scenario_names())]
     only: Vec<String>,
@@ -87,11 +90,20 @@ async fn main() -> Result<()> {
         .collect();
     let binary = execd_binary(args.execd)?;
     system::ensure_container()?;
-    let execd = Execd::start(&binary).await?;
-    let channel = execd.channel().await?;
+    let mut backends = Vec::new();
+    for name in ["cli", "engine-api"] {
+        if args.backends.iter().any(|b| b == name) {
+            let execd = Execd::start(&binary, name).await?;
+            let channel = execd.channel().await?;
+            backends.push(Backend {
+                name,
+                execd,
+                channel,
+            });
+        }
+    }
     let bench = Bench {
-        execd,
-        channel,
+        backends,
         quick: args.quick,
     };
     scenarios::warm_up(&bench).await?;

@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 use crate::report::Samples;
-use crate::session::{next_event, open, Event, Session, COLS, ROWS};
-use crate::system::{children_rss_kib, rss_kib, threads, Execd, CONTAINER};
+use crate::session::{next_event, open, open_in, Event, Session, COLS, ROWS};
+use crate::system::{children_rss_kib, marked_processes, rss_kib, threads, Execd, CONTAINER};
 
 fn ms_since(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
@@ -301,4 +301,108 @@ pub async fn slow_reader(execd: &Execd, channel: &Channel, seconds: u64) -> Resu
     drop(s);
     let growth_mib = peak.saturating_sub(base) as f64 / 1024.0;
     Ok((growth_mib, mib_per_s(read, t0)))
+}
+
+pub struct ChurnResult {
+    pub sessions: usize,
+    pub per_second: f64,
+    pub fds_before: usize,
+    pub fds_after: usize,
+    pub threads_before: u64,
+    pub threads_after: u64,
+    /// Marked processes still alive once execd settled.
+    pub left: usize,
+    /// Sessions that did not end the way their kind should.
+    pub failures: usize,
+}
+
+/// One churn session: `i % 3` picks an exit, an error (no such
+/// container) or a cancel in the middle of output. True if it ended as
+/// that kind should.
+async fn churn_one(channel: &Channel, i: usize) -> bool {
+    match i % 3 {
+        0 => match open(channel, &["echo", "x"], false).await {
+            Ok(mut s) => loop {
+                match next_event(&mut s.rx).await {
+                    Ok(Event::Exited(code)) => return code == 0,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            },
+            Err(_) => false,
+        },
+        1 => match open_in(channel, "execd-bench-no-such-container", &["true"], false).await {
+            Ok(mut s) => next_event(&mut s.rx).await.is_err(),
+            Err(_) => true,
+        },
+        _ => match open(channel, &["yes"], i % 2 == 0).await {
+            Ok(mut s) => loop {
+                match next_event(&mut s.rx).await {
+                    // Dropping the stream mid-output is the cancel.
+                    Ok(Event::Output(_)) => return true,
+                    Ok(Event::Started) => {}
+                    _ => return false,
+                }
+            },
+            Err(_) => false,
+        },
+    }
+}
+
+/// `n` sessions through `workers` concurrent clients: a third exit, a
+/// third fail, a third are cancelled mid-output. Then execd's descriptors
+/// and threads must come back to where they were and no session's process
+/// may be left.
+pub async fn churn(
+    execd: &Execd,
+    channel: &Channel,
+    n: usize,
+    workers: usize,
+) -> Result<ChurnResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds_before, threads_before) = (execd.fds(), threads(execd.pid()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (next, failures, channel) = (next.clone(), failures.clone(), channel.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                if !churn_one(&channel, i).await {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let per_second = n as f64 / t0.elapsed().as_secs_f64();
+    // Cancelled sessions are cleaned up after their client left: give
+    // execd the time it needs, then look.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let settled = execd.fds() <= fds_before
+            && threads(execd.pid()) <= threads_before
+            && marked_processes() == 0;
+        if settled || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(ChurnResult {
+        sessions: n,
+        per_second,
+        fds_before,
+        fds_after: execd.fds(),
+        threads_before,
+        threads_after: threads(execd.pid()),
+        left: marked_processes(),
+        failures: failures.load(Ordering::Relaxed),
+    })
 }

@@ -26,6 +26,16 @@ pub struct Session {
 
 /// Opens a session running `command` in the bench container.
 pub async fn open(channel: &Channel, command: &[&str], tty: bool) -> Result<Session> {
+    open_in(channel, CONTAINER, command, tty).await
+}
+
+/// Opens a session running `command` in `container`.
+pub async fn open_in(
+    channel: &Channel,
+    container: &str,
+    command: &[&str],
+    tty: bool,
+) -> Result<Session> {
     // Large enough for any output message execd sends (256 KiB).
     let mut client = ExecServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(64);
@@ -33,7 +43,7 @@ pub async fn open(channel: &Channel, command: &[&str], tty: bool) -> Result<Sess
         tty,
         rows: i32::from(ROWS),
         cols: i32::from(COLS),
-        ..message::request(CONTAINER, command)
+        ..message::request(container, command)
     };
     tx.send(message::start("", request)).await?;
     let rx = client

@@ -82,6 +82,19 @@ pub fn threads(pid: u32) -> u64 {
     proc_status_field(pid, "Threads:").unwrap_or(0)
 }
 
+/// Processes on this host started by any execd session (they carry the
+/// session marker in their environment), e.g. left behind in a container.
+pub fn marked_processes() -> usize {
+    pids()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|v| v.starts_with(b"EXECD_SESSION_ID="))
+            })
+        })
+        .count()
+}
+
 /// Every process id in `/proc` (those that end meanwhile included).
 fn pids() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
@@ -109,7 +122,8 @@ pub struct Execd {
 }
 
 impl Execd {
-    pub async fn start(binary: &Path) -> Result<Execd> {
+    /// Starts `binary` with `--backend backend`.
+    pub async fn start(binary: &Path, backend: &str) -> Result<Execd> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("execd.sock");
         // `--listen` always: the default listener is a system-wide socket.
@@ -119,8 +133,12 @@ impl Execd {
                 &format!("unix:{}", socket.display()),
                 "--log-level",
                 "warn",
+                "--backend",
+                backend,
+                "--max-sessions",
+                "1100",
                 "--max-sessions-per-instance",
-                "1000",
+                "1100",
             ])
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -142,6 +160,13 @@ impl Execd {
 
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// Open file descriptors of the execd process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// One connection for every session, with HTTP/2 windows large enough

@@ -1,0 +1,130 @@
+//! What only the Engine API backend can get wrong: the engine going away
+//! under running sessions. (Every other guarantee is tested for both
+//! backends by running the whole suite with `EXECD_BACKEND=engine-api`.)
+//!
+//! The engine's socket is reached through a small proxy the test can cut,
+//! which is what a restarting engine or a vanished socket looks like from
+//! execd: open connections drop and new ones are refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use execd_session::BackendKind;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+const GONE_WITHIN: Duration = Duration::from_secs(6);
+
+/// Forwards connections on `path` to the real engine until `cut` fires;
+/// then every forwarded connection drops and the socket is removed.
+fn engine_proxy(path: &Path, cut: CancellationToken) {
+    let listener = UnixListener::bind(path).expect("bind the proxy socket");
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                },
+                _ = cut.cancelled() => break,
+            };
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let Ok(mut engine) = UnixStream::connect("/var/run/docker.sock").await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+                    _ = cut.cancelled() => {}
+                }
+            });
+        }
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+fn engine_config(socket: PathBuf) -> execd::ServerConfig {
+    let mut cfg = config();
+    cfg.manager.backend = BackendKind::EngineApi { socket };
+    cfg
+}
+
+#[tokio::test]
+async fn engine_gone_mid_session_ends_it_unavailable_without_a_hang() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let cut = CancellationToken::new();
+    engine_proxy(&socket, cut.clone());
+    let server = start_server(engine_config(socket)).await;
+    let n = marker();
+    let mut exec = server
+        .exec(req(
+            shared_container(),
+            &["sh", "-c", &format!("echo up; exec sleep {n}")],
+        ))
+        .await;
+    exec.started().await;
+    exec.read_until("up").await;
+    cut.cancel();
+    let t = tokio::time::timeout(Duration::from_secs(20), exec.finish())
+        .await
+        .expect("the session ends once the engine is gone");
+    let msg = t.assert_error(Code::Unavailable);
+    assert!(msg.contains("engine"), "{msg}");
+    // The process the engine left behind is still the session's: it goes.
+    let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
+    assert!(left.is_empty(), "{left:?}");
+    // And new sessions are refused as unavailable, not hung.
+    let t = server
+        .exec(req(shared_container(), &["true"]))
+        .await
+        .finish()
+        .await;
+    t.assert_error(Code::Unavailable);
+}
+
+#[tokio::test]
+async fn no_engine_at_start_is_unavailable() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(engine_config(dir.path().join("nobody.sock"))).await;
+    let t = server
+        .exec(req(shared_container(), &["true"]))
+        .await
+        .finish()
+        .await;
+    let msg = t.assert_error(Code::Unavailable);
+    assert!(msg.contains("engine"), "{msg}");
+}
+
+#[tokio::test]
+async fn tty_output_survives_stdin_eof_before_the_process_writes() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    // The engine closes a tty exec's console when its input is closed, so
+    // a client's EOF must become the terminal's EOF character, never a
+    // half-close that would swallow what the process prints next.
+    let server = start_server(engine_config("/var/run/docker.sock".into())).await;
+    let mut r = req(
+        shared_container(),
+        &["sh", "-c", "sleep 0.3; echo still-here"],
+    );
+    r.tty = true;
+    let mut exec = server.exec(r).await;
+    exec.close_send();
+    let t = exec.finish().await;
+    assert_eq!(t.assert_exited(), 0);
+    assert!(t.stdout_str().contains("still-here"), "{t:?}");
+}
