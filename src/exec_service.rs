@@ -26,11 +26,10 @@ use execd_proto::exec_service::exec_service_server::ExecService;
 use execd_proto::exec_service::ExecMessage;
 use execd_session::log_field::{LogCommand, LogField, MAX_LOG_FIELD};
 use execd_session::{
-    new_session_id, Door, EndReason, SessionError, SessionEvent, SessionInput, SessionManager,
-    SessionStats, ValidationError,
+    new_session_id, Door, EndReason, ReplayFrom, SessionError, SessionEvent, SessionEvents,
+    SessionInput, SessionManager, SessionStats, ValidationError,
 };
 use futures_util::Stream;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -95,7 +94,7 @@ pub struct ExecResponseStream {
     opening: Option<Pin<Box<dyn Future<Output = ExecResponseStream> + Send>>>,
     session_id: String,
     queued: VecDeque<Item>,
-    events: Option<mpsc::Receiver<SessionEvent>>,
+    events: Option<SessionEvents>,
     span: tracing::Span,
     started_at: Instant,
     /// Present once STARTED: metrics and counters of the running session.
@@ -137,7 +136,8 @@ impl ExecResponseStream {
 
     fn started(
         session_id: &str,
-        events: mpsc::Receiver<SessionEvent>,
+        reattached: bool,
+        events: SessionEvents,
         span: tracing::Span,
         active: ActiveSession,
         stats: Arc<SessionStats>,
@@ -148,7 +148,11 @@ impl ExecResponseStream {
             active: Some((active, stats)),
             ..Self::ending(
                 session_id,
-                VecDeque::from([Ok(protocol::started(session_id))]),
+                VecDeque::from([Ok(if reattached {
+                    protocol::running(session_id)
+                } else {
+                    protocol::started(session_id)
+                })]),
             )
         }
     }
@@ -267,9 +271,10 @@ impl ExecService for ExecServiceImpl {
         let opener = self.opener.clone();
         // Set by the token check; without tokens nobody is counted per token.
         let owner = request.extensions().get::<Owner>().cloned();
+        let from = replay_from(request.metadata())?;
         let inbound = request.into_inner();
         Ok(Response::new(ExecResponseStream::opening(Box::pin(
-            opener.open(inbound, owner),
+            opener.open(inbound, owner, from),
         ))))
     }
 }
@@ -284,6 +289,7 @@ impl Opener {
         self,
         mut inbound: Streaming<ExecMessage>,
         owner: Option<Owner>,
+        from: ReplayFrom,
     ) -> ExecResponseStream {
         let shutdown = self.manager.shutdown_token().clone();
         // Past the cap of streams allowed to wait the full start timeout,
@@ -367,14 +373,18 @@ impl Opener {
         let requested_at = Instant::now();
         match self
             .manager
-            .start(Some(session_id.clone()), spec)
+            .open(Some(session_id.clone()), spec, from)
             .instrument(span.clone())
             .await
         {
             Ok(session) => {
                 let latency = requested_at.elapsed();
                 span.in_scope(|| {
-                    tracing::info!(tty, start_ms = latency.as_millis() as u64, "session started");
+                    if session.reattached {
+                        tracing::info!(tty, "client reattached");
+                    } else {
+                        tracing::info!(tty, start_ms = latency.as_millis() as u64, "session started");
+                    }
                     // Command lines can carry secrets: debug only.
                     tracing::debug!(command = %LogCommand::new(&command, MAX_LOG_FIELD), "session command");
                 });
@@ -385,6 +395,7 @@ impl Opener {
                 );
                 ExecResponseStream::started(
                     &session.id,
+                    session.reattached,
                     session.output.into_receiver(),
                     span,
                     active,
@@ -402,6 +413,26 @@ impl Opener {
             }
         }
     }
+}
+
+/// Metadata a reattaching client sends: how many output bytes of the
+/// session it received, so that the replay starts right after them.
+pub const OUTPUT_OFFSET_HEADER: &str = "execd-output-offset";
+
+fn replay_from(metadata: &tonic::metadata::MetadataMap) -> Result<ReplayFrom, Status> {
+    let Some(value) = metadata.get(OUTPUT_OFFSET_HEADER) else {
+        return Ok(ReplayFrom::Undelivered);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(ReplayFrom::Offset)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{OUTPUT_OFFSET_HEADER} must be a byte count (a non-negative integer)"
+            ))
+        })
 }
 
 /// Feeds client messages into the session until it ends or the client stops

@@ -96,6 +96,7 @@ pub fn outcome_of(err: &SessionError) -> &'static str {
             ErrorKind::NotFound => "not_found",
             ErrorKind::FailedPrecondition => "failed_precondition",
             ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Aborted => "closed",
             ErrorKind::DeadlineExceeded => "idle",

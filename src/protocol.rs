@@ -52,6 +52,12 @@ pub fn started(session_id: &str) -> ExecMessage {
     status(session_id, WireStatus::Started, 0, String::new())
 }
 
+/// Sent instead of STARTED to a client that reattached: the process did
+/// not start again.
+pub fn running(session_id: &str) -> ExecMessage {
+    status(session_id, WireStatus::Running, 0, String::new())
+}
+
 pub fn exited(session_id: &str, code: i32) -> ExecMessage {
     status(session_id, WireStatus::Exited, code, String::new())
 }

@@ -169,6 +169,9 @@ impl Cli {
             self.max_sessions_per_token.to_string(),
         );
         line("max-message-size", self.max_message_size.to_string());
+        line("reattach-grace", format!("{:?}", d(&self.reattach_grace)));
+        line("replay-buffer", self.replay_buffer.to_string());
+        line("replay-buffer-total", self.replay_buffer_total.to_string());
         line("max-connections", self.max_connections.to_string());
         line(
             "max-streams-per-connection",

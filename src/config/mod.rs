@@ -239,6 +239,18 @@ pub struct Cli {
     #[arg(long, env = "EXECD_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, help_heading = "Limits")]
     pub max_message_size: usize,
 
+    /// Keep a session whose client went away (without ending it) running this long for the client to reattach, its output kept for replay (0 = off: the session ends with its client)
+    #[arg(long, env = "EXECD_REATTACH_GRACE", default_value = "0s", value_parser = parse_duration, help_heading = "Timeouts")]
+    pub reattach_grace: Duration,
+
+    /// Output kept per detached session for replay, in bytes (the oldest is dropped past it)
+    #[arg(long, env = "EXECD_REPLAY_BUFFER", default_value_t = 1024 * 1024, help_heading = "Limits")]
+    pub replay_buffer: usize,
+
+    /// Output kept for replay by all sessions together, in bytes
+    #[arg(long, env = "EXECD_REPLAY_BUFFER_TOTAL", default_value_t = 256 * 1024 * 1024, help_heading = "Limits")]
+    pub replay_buffer_total: usize,
+
     /// End sessions with no input and no output for this long (0 disables)
     #[arg(long, env = "EXECD_IDLE_TIMEOUT", default_value = "4h", value_parser = parse_duration, help_heading = "Timeouts")]
     pub idle_timeout: Duration,

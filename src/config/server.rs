@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use execd_session::{BackendKind, ExecMode, LifecycleConfig, Limits, ManagerConfig};
+use execd_session::{
+    BackendKind, ExecMode, LifecycleConfig, Limits, ManagerConfig, ReattachConfig,
+};
 
 use super::{BackendChoice, Cli, ConfigError};
 
@@ -161,6 +163,11 @@ impl Cli {
                     idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
                     ..LifecycleConfig::default()
                 },
+                reattach: (!self.reattach_grace.is_zero()).then(|| ReattachConfig {
+                    grace: self.reattach_grace,
+                    buffer: self.replay_buffer,
+                    total: self.replay_buffer_total,
+                }),
             },
             metrics_listen: self.metrics_listen,
             health_interval: self.health_interval,

@@ -231,6 +231,37 @@ impl TestServer {
             .expect("connect to test server")
     }
 
+    /// A channel on a connection of its own that the test can cut, the
+    /// way a client's network or process dies: no half-close, no reset,
+    /// the socket just ends.
+    #[allow(dead_code)]
+    pub async fn cuttable_channel(&self) -> (Channel, Cutter) {
+        let target = self
+            .addr
+            .strip_prefix("http://")
+            .expect("the test server listens on TCP")
+            .to_string();
+        let cutter = Cutter::default();
+        let sockets = cutter.0.clone();
+        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let (target, sockets) = (target.clone(), sockets.clone());
+                async move {
+                    let stream = tokio::net::TcpStream::connect(target).await?;
+                    let handle = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned()?;
+                    sockets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(handle);
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to test server");
+        (channel, cutter)
+    }
+
     pub async fn client(&self) -> ExecServiceClient<Channel> {
         let channel = self.shared.get_or_init(|| self.channel()).await.clone();
         ExecServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
@@ -279,6 +310,19 @@ impl TestServer {
 pub use execd_client::message::{
     eof as eof_msg, input as input_msg, request as req, resize as resize_msg, start as start_msg,
 };
+
+/// Cuts the connections of a [`TestServer::cuttable_channel`].
+#[derive(Default, Clone)]
+pub struct Cutter(std::sync::Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>);
+
+impl Cutter {
+    #[allow(dead_code)]
+    pub fn cut(&self) {
+        for socket in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
 
 /// Everything a session sent, in order.
 #[derive(Debug, Default)]

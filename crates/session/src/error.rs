@@ -22,6 +22,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// A limit was reached.
     ResourceExhausted,
+    /// The client may not touch this session (another client started it).
+    PermissionDenied,
     /// The engine cannot be reached, or the server is going away.
     Unavailable,
     /// An operator closed the session.
@@ -97,6 +99,8 @@ pub enum SessionError {
     Wait(#[source] std::io::Error),
     #[error(transparent)]
     Process(#[from] crate::backend::WaitError),
+    #[error(transparent)]
+    Reattach(#[from] crate::reattach::ReattachError),
 }
 
 impl SessionError {
@@ -124,6 +128,15 @@ impl SessionError {
             SessionError::Ended(reason) => reason.kind(),
             SessionError::Wait(_) => ErrorKind::Internal,
             SessionError::Process(crate::backend::WaitError::Io(_)) => ErrorKind::Internal,
+            SessionError::Reattach(crate::reattach::ReattachError::Attached(_)) => {
+                ErrorKind::AlreadyExists
+            }
+            SessionError::Reattach(crate::reattach::ReattachError::Mismatch { .. }) => {
+                ErrorKind::InvalidArgument
+            }
+            SessionError::Reattach(crate::reattach::ReattachError::NotOwner(_)) => {
+                ErrorKind::PermissionDenied
+            }
             SessionError::Process(crate::backend::WaitError::EngineGone(_)) => {
                 ErrorKind::Unavailable
             }

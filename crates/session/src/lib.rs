@@ -23,6 +23,9 @@
 //! - [`session`]: the running session's tasks and the [`Session`] handle
 //!   (input side, output side) the server drives; `pump` (output and the
 //!   end) and `resize` (getting the size into the container) are its parts.
+//! - [`replay`] and [`reattach`]: with reattach on, a session outlives a
+//!   vanished client for a grace period, its output kept in a bounded
+//!   ring, until the same client comes back.
 //! - [`reaper`]: ending a session's processes inside the container too;
 //!   [`procfs`] runs its `/proc` scans on a small bounded pool, and
 //!   [`pidfd`] pins the processes found so a reused pid is never signalled.
@@ -46,7 +49,9 @@ pub mod procfs;
 pub mod pty;
 mod pump;
 pub mod reaper;
+pub mod reattach;
 pub mod registry;
+pub mod replay;
 mod resize;
 pub mod session;
 pub mod spawn;
@@ -58,10 +63,13 @@ pub use backend::BackendKind;
 pub use command::{Door, ExecMode, ExecSpec, SessionKind, TermSize, ValidationError};
 pub use error::{EndReason, ErrorKind, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};
+pub use reattach::{ReattachError, ReattachRequest, ReattachTable};
 pub use registry::{
     CloseTarget, InstanceEvent, InstanceEventKind, Limits, ListPage, PageRequest, Registration,
     Registry, SessionSnapshot, SessionStats,
 };
+pub use replay::{DetachInfo, ReattachConfig, ReplayFrom};
 pub use session::{
-    LifecycleConfig, OutputStream, Session, SessionEvent, SessionInput, SessionOutput,
+    LifecycleConfig, OutputStream, Session, SessionEvent, SessionEvents, SessionInput,
+    SessionOutput,
 };

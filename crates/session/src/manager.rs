@@ -12,6 +12,7 @@ use crate::command::{validate_session_id, ExecMode, ExecSpec, SessionKind, TermS
 use crate::error::SessionError;
 use crate::preflight;
 use crate::reaper::{self, ContainerRef};
+use crate::reattach::ReattachTable;
 use crate::registry::{
     now_ms, Limits, Registration, Registry, SessionControl, SessionEntry, SessionStats,
 };
@@ -26,6 +27,8 @@ pub struct ManagerConfig {
     pub backend: BackendKind,
     pub limits: Limits,
     pub lifecycle: LifecycleConfig,
+    /// Detach and reattach; `None` ends a session with its client.
+    pub reattach: Option<crate::ReattachConfig>,
 }
 
 impl Default for ManagerConfig {
@@ -37,6 +40,7 @@ impl Default for ManagerConfig {
             backend: BackendKind::Cli,
             limits: Limits::default(),
             lifecycle: LifecycleConfig::default(),
+            reattach: None,
         }
     }
 }
@@ -51,6 +55,7 @@ pub struct SessionManager {
     engine_api: Option<Arc<std::path::Path>>,
     lifecycle: Arc<LifecycleConfig>,
     registry: Arc<Registry>,
+    reattach: Option<Arc<ReattachTable>>,
     shutdown: CancellationToken,
 }
 
@@ -149,6 +154,9 @@ impl SessionManager {
             mode: Arc::new(config.mode),
             lifecycle: Arc::new(config.lifecycle),
             registry: Registry::new(config.limits),
+            reattach: config
+                .reattach
+                .map(|c| ReattachTable::new(c, shutdown.clone())),
             shutdown,
         }
     }
@@ -164,6 +172,38 @@ impl SessionManager {
     /// The local Engine API socket used for preflights and health, if any.
     pub fn engine_api_socket(&self) -> Option<&std::path::Path> {
         self.engine_api.as_deref()
+    }
+
+    /// The reattachable sessions, when reattach is on.
+    pub fn reattach_table(&self) -> Option<&Arc<ReattachTable>> {
+        self.reattach.as_ref()
+    }
+
+    /// Starts a session, or, when reattach is on and `requested_id` names
+    /// a detached session, reattaches to it (then the session says
+    /// [`Session::reattached`] and `spec`'s command, tty and environment
+    /// are not used). `from` is where the replay starts.
+    pub async fn open(
+        &self,
+        requested_id: Option<String>,
+        spec: ExecSpec,
+        from: crate::ReplayFrom,
+    ) -> Result<Session, SessionError> {
+        if let (Some(table), Some(id)) = (&self.reattach, requested_id.as_deref()) {
+            let request = crate::ReattachRequest {
+                session_id: id.to_string(),
+                container_id: spec.container_id.clone(),
+                instance_id: spec.instance_id.clone(),
+                owner: spec.owner.clone(),
+                from,
+                size: (spec.rows > 0 && spec.cols > 0)
+                    .then(|| TermSize::from_client(spec.rows, spec.cols)),
+            };
+            if let Some(session) = table.reattach(&request).await? {
+                return Ok(session);
+            }
+        }
+        self.start(requested_id, spec).await
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
@@ -247,6 +287,7 @@ impl SessionManager {
             container,
             config: self.lifecycle.clone(),
             spawned_at: abandon.started,
+            reattach: self.reattach.clone(),
         }))
     }
 

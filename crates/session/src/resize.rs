@@ -31,12 +31,17 @@ use crate::pty::ForeignTerminal;
 use crate::pump::sleep_until_opt;
 use crate::reaper;
 
+/// Time between the two sizes of a redraw, so the CLI backend's CLI reads
+/// (and forwards) each of them.
+const REDRAW_STEP: Duration = Duration::from_millis(50);
+
 /// Applies sizes to the terminal and, for container sessions, makes sure
 /// the container's own terminal ends up with them: after every change, on
 /// a backoff schedule, it checks the container's terminal, corrects it when
 /// it differs and sends SIGWINCH to the CLI so the engine agrees.
 pub(crate) async fn resize_terminal(
     resizer: Box<dyn Resizer>,
+    redraw: std::sync::Arc<tokio::sync::Notify>,
     marker: String,
     // `Some(init pid)` for container sessions (0 if unknown).
     container_init: Option<i32>,
@@ -61,6 +66,24 @@ pub(crate) async fn resize_terminal(
             return;
         }
         tokio::select! {
+            _ = redraw.notified() => {
+                // A client came back: full-screen programs repaint on
+                // SIGWINCH, which a terminal only sends when its size
+                // changes. One row less, then the size again.
+                let shrunk = TermSize {
+                    rows: target.rows.saturating_sub(1).max(1),
+                    ..target
+                };
+                if shrunk != target {
+                    let _ = resizer.resize(shrunk).await;
+                    tokio::time::sleep(REDRAW_STEP).await;
+                }
+                if let Err(e) = resizer.resize(target).await {
+                    tracing::debug!(error = %e, "resize failed");
+                }
+                changed_at = Instant::now();
+                step = 0;
+            }
             changed = sizes.changed(), if watching => {
                 if changed.is_err() {
                     watching = false;

@@ -65,7 +65,7 @@ pub enum SessionEvent {
 }
 
 #[derive(Debug)]
-enum StdinCommand {
+pub(crate) enum StdinCommand {
     Data(Bytes),
     Eof,
 }
@@ -115,6 +115,10 @@ impl Default for LifecycleConfig {
 /// different tasks.
 pub struct Session {
     pub id: String,
+    /// The client came back to a running (or detached-and-finished)
+    /// session: announce RUNNING, not STARTED; the output that follows
+    /// starts with the replay.
+    pub reattached: bool,
     pub input: SessionInput,
     pub output: SessionOutput,
     /// Live byte and activity counters (also shown by the admin API).
@@ -124,16 +128,41 @@ pub struct Session {
 /// The client-facing input side: stdin, EOF, resize, ending.
 pub struct SessionInput {
     stdin: mpsc::Sender<StdinCommand>,
-    size: watch::Sender<TermSize>,
+    size: Arc<watch::Sender<TermSize>>,
     control: Arc<SessionControl>,
     done: CancellationToken,
     tty: bool,
     eof_sent: bool,
     /// Attached to the container's main process: EOF is never passed on.
     attach: bool,
+    /// With reattach on: where "the client is gone" goes (a detach, not
+    /// an end).
+    relay: Option<mpsc::Sender<crate::replay::RelayCommand>>,
 }
 
 impl SessionInput {
+    /// The input side for a client that reattached.
+    pub(crate) fn reattached(
+        stdin: mpsc::Sender<StdinCommand>,
+        size: Arc<watch::Sender<TermSize>>,
+        control: Arc<SessionControl>,
+        done: CancellationToken,
+        tty: bool,
+        attach: bool,
+        relay: mpsc::Sender<crate::replay::RelayCommand>,
+    ) -> Self {
+        SessionInput {
+            stdin,
+            size,
+            control,
+            done,
+            tty,
+            eof_sent: false,
+            attach,
+            relay: Some(relay),
+        }
+    }
+
     /// Queues bytes for stdin, waiting while the queue is full (backpressure).
     /// Returns false once the session is over.
     pub async fn write(&mut self, data: Bytes) -> bool {
@@ -179,8 +208,15 @@ impl SessionInput {
         size
     }
 
-    /// Asks the session to end; its processes are killed.
+    /// Asks the session to end; its processes are killed. With reattach
+    /// on, a client that went away ([`EndReason::ClientGone`]) detaches
+    /// the session instead, for the grace period.
     pub fn end(&self, reason: EndReason) {
+        if let (EndReason::ClientGone, Some(relay)) = (&reason, &self.relay) {
+            if relay.try_send(crate::replay::RelayCommand::Detach).is_ok() {
+                return;
+            }
+        }
         self.control.end(reason);
     }
 
@@ -193,12 +229,56 @@ impl SessionInput {
 /// The client-facing output side. Dropping it means the client is gone:
 /// the session then ends and its processes are killed.
 pub struct SessionOutput {
-    events: mpsc::Receiver<SessionEvent>,
+    events: SessionEvents,
 }
 
 impl SessionOutput {
-    pub fn into_receiver(self) -> mpsc::Receiver<SessionEvent> {
+    pub(crate) fn new(events: SessionEvents) -> Self {
+        SessionOutput { events }
+    }
+
+    pub fn into_receiver(self) -> SessionEvents {
         self.events
+    }
+}
+
+/// The session's events as a door takes them. Counts the output bytes
+/// taken, which is where a reattaching client's replay starts.
+pub struct SessionEvents {
+    events: mpsc::Receiver<SessionEvent>,
+    taken: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SessionEvents {
+    pub(crate) fn new(
+        events: mpsc::Receiver<SessionEvent>,
+        taken: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        SessionEvents { events, taken }
+    }
+
+    fn count(&self, event: &Option<SessionEvent>) {
+        if let Some(SessionEvent::Output { data, .. }) = event {
+            self.taken
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<SessionEvent> {
+        let event = self.events.recv().await;
+        self.count(&event);
+        event
+    }
+
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<SessionEvent>> {
+        let polled = self.events.poll_recv(cx);
+        if let std::task::Poll::Ready(event) = &polled {
+            self.count(event);
+        }
+        polled
     }
 }
 
@@ -214,6 +294,8 @@ pub(crate) struct Launch {
     pub container: Option<ContainerRef>,
     pub config: Arc<LifecycleConfig>,
     pub spawned_at: std::time::Instant,
+    /// With reattach on: the table the session can be found in again.
+    pub reattach: Option<Arc<crate::reattach::ReattachTable>>,
 }
 
 /// Starts the session's tasks and returns its handle.
@@ -257,9 +339,11 @@ pub(crate) fn launch(l: Launch) -> Session {
         stats.clone(),
         writer_stop,
     ));
+    let redraw = Arc::new(tokio::sync::Notify::new());
     if let Some(resizer) = resizer {
         tokio::spawn(crate::resize::resize_terminal(
             resizer,
+            redraw.clone(),
             l.marker.clone(),
             l.container.as_ref().map(|c| c.init_pid),
             size_rx,
@@ -293,19 +377,38 @@ pub(crate) fn launch(l: Launch) -> Session {
         started: l.spawned_at,
     };
     tokio::spawn(pump.run());
+    let size = Arc::new(size_tx);
+    let attach = entry.kind == crate::command::SessionKind::Attach;
+    let (events, relay) = match l.reattach {
+        None => (SessionEvents::new(events_rx, Arc::default()), None),
+        Some(reattach) => {
+            let parts = crate::reattach::Parts {
+                session_id: l.id.clone(),
+                entry: &entry,
+                stdin: stdin_tx.clone(),
+                size: size.clone(),
+                done: done.clone(),
+                redraw: redraw.clone(),
+            };
+            let (events, relay) = reattach.relay(parts, events_rx);
+            (events, Some(relay))
+        }
+    };
     Session {
         stats: entry.stats.clone(),
         id: l.id,
+        reattached: false,
         input: SessionInput {
             stdin: stdin_tx,
-            size: size_tx,
+            size,
             control,
             done,
             tty,
             eof_sent: false,
-            attach: entry.kind == crate::command::SessionKind::Attach,
+            attach,
+            relay,
         },
-        output: SessionOutput { events: events_rx },
+        output: SessionOutput { events },
     }
 }
 

@@ -10,6 +10,7 @@ impl From<ErrorKind> for tonic::Code {
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,

@@ -76,6 +76,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
             StatusCode::CONFLICT
         }
         ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorKind::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Cancelled => StatusCode::BAD_REQUEST,
         // An engine that cannot be reached is a server error (the pod API's 500).

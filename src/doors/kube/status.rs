@@ -18,6 +18,7 @@ pub fn http_status(kind: ErrorKind) -> (StatusCode, &'static str) {
         // What the API server answers for "container not running".
         ErrorKind::FailedPrecondition => (StatusCode::BAD_REQUEST, "BadRequest"),
         ErrorKind::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+        ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "Forbidden"),
         ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         ErrorKind::Aborted => (StatusCode::CONFLICT, "Conflict"),
         ErrorKind::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),

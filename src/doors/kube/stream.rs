@@ -25,7 +25,6 @@ use execd_session::{
     EndReason, OutputStream, Session, SessionError, SessionEvent, SessionInput, SessionKind,
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{ActiveSession, Metrics};
@@ -288,7 +287,7 @@ async fn read_client(
 
 async fn write_events(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut events: mpsc::Receiver<SessionEvent>,
+    mut events: execd_session::SessionEvents,
     protocol: Protocol,
     streams: Streams,
     metrics: &Metrics,

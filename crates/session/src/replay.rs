@@ -1,0 +1,399 @@
+//! Detach and reattach: a session outlives its client's connection for a
+//! grace period, with its output kept in a bounded ring for the client
+//! that comes back.
+//!
+//! With reattach on, a relay task sits between the pump and the door:
+//!
+//! - **attached**, it takes the pump's next event only once the door has
+//!   the previous ones (so a slow client still holds the process back, as
+//!   without reattach), and keeps what it forwarded in the ring too, for a
+//!   client that reconnects and says how much it really received;
+//! - **detached** (the door's receiver was dropped, or the door reported
+//!   its client gone), it takes everything the pump sends and keeps the
+//!   newest `buffer` bytes: a full ring drops its oldest bytes and never
+//!   holds the process back. If nobody reattaches within the grace, the
+//!   session is ended as a client-gone session always was.
+//!
+//! All rings together stay under one budget (`total`): past it, the ring
+//! that grows drops its own oldest bytes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::EndReason;
+use crate::registry::SessionControl;
+use crate::session::{OutputStream, SessionEvent};
+
+/// Reattach settings (off unless the server sets them).
+#[derive(Debug, Clone)]
+pub struct ReattachConfig {
+    /// How long a detached session waits for its client.
+    pub grace: Duration,
+    /// Output kept per session while detached (and for replay), bytes.
+    pub buffer: usize,
+    /// Output kept by all sessions together, bytes.
+    pub total: usize,
+}
+
+/// The bytes every ring holds, against the configured total.
+#[derive(Debug)]
+pub(crate) struct ReplayBudget {
+    used: AtomicUsize,
+    total: usize,
+}
+
+impl ReplayBudget {
+    pub(crate) fn new(total: usize) -> Arc<Self> {
+        Arc::new(ReplayBudget {
+            used: AtomicUsize::new(0),
+            total,
+        })
+    }
+
+    /// Bytes held by all rings now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Events the door's side may hold: few, so that little of what was
+/// handed over is still in flight when a client vanishes.
+pub(crate) const ATTACHED_DEPTH: usize = 4;
+
+/// A session's output by byte offset (stdout and stderr counted together).
+struct Ring {
+    chunks: VecDeque<(u64, OutputStream, Bytes)>,
+    /// Offset of the first byte still kept.
+    start: u64,
+    /// Offset after the last byte received.
+    end: u64,
+    held: usize,
+    budget: Arc<ReplayBudget>,
+}
+
+impl Ring {
+    fn push(&mut self, stream: OutputStream, data: Bytes) {
+        let len = data.len();
+        self.chunks.push_back((self.end, stream, data));
+        self.end += len as u64;
+        self.held += len;
+        self.budget.used.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Drops the oldest chunk; returns the range it covered.
+    fn pop(&mut self) -> Option<(u64, u64)> {
+        let (offset, _, data) = self.chunks.pop_front()?;
+        let len = data.len();
+        self.held -= len;
+        self.budget.used.fetch_sub(len, Ordering::Relaxed);
+        self.start = offset + len as u64;
+        Some((offset, self.start))
+    }
+
+    /// The chunk holding `offset`, cut to start there.
+    fn at(&self, offset: u64) -> Option<(OutputStream, Bytes)> {
+        let idx = self
+            .chunks
+            .partition_point(|(o, _, d)| o + d.len() as u64 <= offset);
+        let (o, stream, data) = self.chunks.get(idx)?;
+        let skip = offset.checked_sub(*o)? as usize;
+        Some((*stream, data.slice(skip.min(data.len())..)))
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
+/// Where a reattaching client's replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// After what execd handed to the previous client's transport.
+    Undelivered,
+    /// From this byte offset (the client says what it received).
+    Offset(u64),
+}
+
+/// The door's end of an attachment: events, and how many output bytes it
+/// has taken (handed to its transport).
+pub(crate) struct Attachment {
+    pub events: mpsc::Sender<SessionEvent>,
+    pub taken: Arc<AtomicU64>,
+    pub from: ReplayFrom,
+}
+
+/// Commands to the relay.
+pub(crate) enum RelayCommand {
+    Attach(Attachment),
+    /// The door saw its client go without ending the session.
+    Detach,
+}
+
+/// A session's detach state, as the admin API shows it.
+#[derive(Debug, Default)]
+pub struct DetachInfo {
+    /// Wall-clock ms when the client went; 0 while attached.
+    detached_at_ms: std::sync::atomic::AtomicI64,
+    /// Output bytes no client received because the ring was full.
+    dropped: AtomicU64,
+    /// Nobody can come back any more (grace over, or shutdown).
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+impl DetachInfo {
+    /// When the session detached (Unix ms), if it is detached.
+    pub fn detached_at_ms(&self) -> Option<i64> {
+        Some(self.detached_at_ms.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn set_detached(&self, at: Option<i64>) {
+        self.detached_at_ms
+            .store(at.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Relay {
+    pub from_pump: mpsc::Receiver<SessionEvent>,
+    pub commands: mpsc::Receiver<RelayCommand>,
+    pub config: ReattachConfig,
+    pub budget: Arc<ReplayBudget>,
+    pub control: Arc<SessionControl>,
+    pub info: Arc<DetachInfo>,
+    pub shutdown: CancellationToken,
+    pub session_id: String,
+}
+
+struct Current {
+    events: mpsc::Sender<SessionEvent>,
+    taken: Arc<AtomicU64>,
+    /// Offset of the first byte of this attachment.
+    base: u64,
+    /// Next offset to hand to the door.
+    next: u64,
+}
+
+impl Relay {
+    pub(crate) async fn run(mut self, first: Attachment) {
+        let mut ring = Ring {
+            chunks: VecDeque::new(),
+            start: 0,
+            end: 0,
+            held: 0,
+            budget: self.budget.clone(),
+        };
+        let mut current = Some(Current {
+            events: first.events,
+            taken: first.taken,
+            base: 0,
+            next: 0,
+        });
+        let mut last_taken: u64 = 0;
+        let mut final_event: Option<SessionEvent> = None;
+        let mut pump_done = false;
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        // Nobody will come back: shutdown, or the grace ran out.
+        let mut abandoned = false;
+        loop {
+            if pump_done && current.is_none() && (final_event.is_none() || abandoned) {
+                return;
+            }
+            let caught_up = current.as_ref().is_none_or(|c| c.next >= ring.end);
+            let forward = current
+                .as_ref()
+                .filter(|c| c.next < ring.end)
+                .and_then(|c| ring.at(c.next.max(ring.start)));
+            let deliver_final = caught_up && current.is_some() && final_event.is_some();
+            // A handle of its own, so a permit does not borrow `current`.
+            let door = current.as_ref().map(|c| c.events.clone());
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled(), if current.is_none() && !abandoned => {
+                    // The pump ends the session; its last event closes this.
+                    self.control.end(EndReason::Shutdown);
+                    grace_until = None;
+                    abandoned = true;
+                    self.info.abandoned.store(true, Ordering::Relaxed);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(RelayCommand::Attach(a)) => {
+                        if let Some(c) = current.take() {
+                            last_taken = c.base + c.taken.load(Ordering::Relaxed);
+                        }
+                        let wanted = match a.from {
+                            ReplayFrom::Undelivered => last_taken,
+                            ReplayFrom::Offset(n) => n.min(ring.end),
+                        };
+                        if wanted < ring.start {
+                            tracing::info!(session_id = %self.session_id, lost = ring.start - wanted, "replay starts after output the ring no longer holds");
+                        }
+                        let next = wanted.max(ring.start);
+                        self.info.set_detached(None);
+                        grace_until = None;
+                        abandoned = false;
+                        current = Some(Current { events: a.events, taken: a.taken, base: next, next });
+                    }
+                    Some(RelayCommand::Detach) => {
+                        self.detach(&mut current, &mut last_taken, &mut grace_until);
+                    }
+                    None => {}
+                },
+                permit = reserve_opt(door.as_ref()), if forward.is_some() || deliver_final => {
+                    match permit {
+                        Ok(permit) => {
+                            if let (Some((stream, data)), Some(c)) = (forward.clone(), current.as_mut()) {
+                                c.next += data.len() as u64;
+                                permit.send(SessionEvent::Output { stream, data });
+                            } else if let Some(event) = final_event.take() {
+                                permit.send(event);
+                                // Delivered: nothing is left to reattach to.
+                                return;
+                            }
+                        }
+                        Err(()) => self.detach(&mut current, &mut last_taken, &mut grace_until),
+                    }
+                }
+                _ = closed_opt(door.as_ref()) => {
+                    self.detach(&mut current, &mut last_taken, &mut grace_until);
+                }
+                event = self.from_pump.recv(), if !pump_done && (caught_up || current.is_none()) => match event {
+                    Some(SessionEvent::Output { stream, data }) => {
+                        ring.push(stream, data);
+                        self.trim(&mut ring, current.as_ref().map(|c| c.base + c.taken.load(Ordering::Relaxed)).unwrap_or(last_taken));
+                    }
+                    Some(event) => {
+                        final_event = Some(event);
+                        pump_done = true;
+                    }
+                    None => pump_done = true,
+                },
+                _ = sleep_until_opt(grace_until) => {
+                    grace_until = None;
+                    abandoned = true;
+                    self.info.abandoned.store(true, Ordering::Relaxed);
+                    tracing::info!(session_id = %self.session_id, "nobody reattached within the grace; ending the session");
+                    self.control.end(EndReason::ClientGone);
+                }
+            }
+        }
+    }
+
+    fn detach(
+        &mut self,
+        current: &mut Option<Current>,
+        last_taken: &mut u64,
+        grace_until: &mut Option<tokio::time::Instant>,
+    ) {
+        let Some(c) = current.take() else {
+            return;
+        };
+        *last_taken = c.base + c.taken.load(Ordering::Relaxed);
+        self.info.set_detached(Some(crate::registry::now_ms()));
+        *grace_until = Some(tokio::time::Instant::now() + self.config.grace);
+        tracing::info!(session_id = %self.session_id, grace = ?self.config.grace, "client gone; session detached");
+    }
+
+    /// Keeps the ring within its own size and the shared budget; bytes no
+    /// client took before they went are counted as dropped.
+    fn trim(&self, ring: &mut Ring, taken: u64) {
+        while ring.held > self.config.buffer
+            || (self.budget.used() > self.budget.total && ring.held > 0)
+        {
+            let Some((from, to)) = ring.pop() else {
+                break;
+            };
+            if to > taken {
+                let lost = to - from.max(taken);
+                self.info.dropped.fetch_add(lost, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn reserve_opt(
+    tx: Option<&mpsc::Sender<SessionEvent>>,
+) -> Result<mpsc::Permit<'_, SessionEvent>, ()> {
+    match tx {
+        Some(tx) => tx.reserve().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn closed_opt(tx: Option<&mpsc::Sender<SessionEvent>>) {
+    match tx {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Ring {
+        Ring {
+            chunks: VecDeque::new(),
+            start: 0,
+            end: 0,
+            held: 0,
+            budget: ReplayBudget::new(1 << 20),
+        }
+    }
+
+    #[test]
+    fn offsets_find_the_right_chunk_and_cut_it() {
+        let mut r = ring();
+        r.push(OutputStream::Stdout, Bytes::from_static(b"hello "));
+        r.push(OutputStream::Stderr, Bytes::from_static(b"world"));
+        assert_eq!(r.at(0).unwrap().1, Bytes::from_static(b"hello "));
+        assert_eq!(r.at(3).unwrap().1, Bytes::from_static(b"lo "));
+        let (stream, data) = r.at(8).unwrap();
+        assert_eq!(
+            (stream, data),
+            (OutputStream::Stderr, Bytes::from_static(b"rld"))
+        );
+        assert!(r.at(11).is_none());
+        assert_eq!(r.pop(), Some((0, 6)));
+        assert_eq!(r.start, 6);
+        assert_eq!(r.at(6).unwrap().1, Bytes::from_static(b"world"));
+    }
+
+    #[test]
+    fn the_budget_counts_every_ring() {
+        let budget = ReplayBudget::new(100);
+        {
+            let mut a = Ring {
+                budget: budget.clone(),
+                ..ring()
+            };
+            a.push(OutputStream::Stdout, Bytes::from(vec![0u8; 40]));
+            assert_eq!(budget.used(), 40);
+            a.pop();
+            a.push(OutputStream::Stdout, Bytes::from(vec![0u8; 7]));
+            assert_eq!(budget.used(), 7);
+        }
+        assert_eq!(budget.used(), 0, "a ring gives its bytes back when dropped");
+    }
+}
