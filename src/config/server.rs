@@ -163,7 +163,7 @@ impl Cli {
                     idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
                     ..LifecycleConfig::default()
                 },
-                reattach: (!self.reattach_grace.is_zero()).then(|| ReattachConfig {
+                reattach: (!self.reattach_grace.is_zero()).then_some(ReattachConfig {
                     grace: self.reattach_grace,
                     buffer: self.replay_buffer,
                     total: self.replay_buffer_total,

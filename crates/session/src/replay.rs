@@ -352,14 +352,18 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 mod tests {
     use super::*;
 
-    fn ring() -> Ring {
+    fn ring_in(budget: Arc<ReplayBudget>) -> Ring {
         Ring {
             chunks: VecDeque::new(),
             start: 0,
             end: 0,
             held: 0,
-            budget: ReplayBudget::new(1 << 20),
+            budget,
         }
+    }
+
+    fn ring() -> Ring {
+        ring_in(ReplayBudget::new(1 << 20))
     }
 
     #[test]
@@ -384,10 +388,7 @@ mod tests {
     fn the_budget_counts_every_ring() {
         let budget = ReplayBudget::new(100);
         {
-            let mut a = Ring {
-                budget: budget.clone(),
-                ..ring()
-            };
+            let mut a = ring_in(budget.clone());
             a.push(OutputStream::Stdout, Bytes::from(vec![0u8; 40]));
             assert_eq!(budget.used(), 40);
             a.pop();
