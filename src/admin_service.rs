@@ -135,7 +135,16 @@ impl SessionAdmin for SessionAdminImpl {
         let mut bytes = field_cost(execd_session::command::MAX_SESSION_ID_LEN);
         let mut more = page.more;
         for s in page.sessions {
+            let detach = self
+                .manager
+                .reattach_table()
+                .and_then(|t| t.info(&s.session_id));
             let info = SessionInfo {
+                detached_at_unix_ms: detach
+                    .as_ref()
+                    .and_then(|d| d.detached_at_ms())
+                    .unwrap_or(0),
+                replay_dropped_bytes: detach.as_ref().map_or(0, |d| d.dropped_bytes()),
                 session_id: s.session_id,
                 instance_id: s.instance_id,
                 container_id: s.container_id,

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use execd_proto::admin::ListSessionsRequest;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
@@ -215,12 +216,26 @@ async fn a_flood_while_detached_keeps_the_newest_bytes_and_counts_the_rest() {
     let server = start_server(reattach_config(Duration::from_secs(10), ring)).await;
     let id = format!("reattach-flood-{}", marker());
     // 4 MiB of numbered lines, then a last line to look for.
-    let cmd = ["sh", "-c", "sleep 0.5; seq 1 600000; echo the-end; sleep 1"];
+    let cmd = ["sh", "-c", "sleep 0.5; seq 1 600000; echo the-end; sleep 4"];
     let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
     first.started().await;
     cut.cut();
     drop(first);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let listed = server
+        .admin()
+        .await
+        .list_sessions(ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let info = listed
+        .sessions
+        .iter()
+        .find(|s| s.session_id == id)
+        .unwrap_or_else(|| panic!("a detached session is listed: {listed:?}"));
+    assert!(info.detached_at_unix_ms > 0, "{info:?}");
+    assert!(info.replay_dropped_bytes > 3 << 20, "{info:?}");
     let (_tx, rx) = open_with(
         server.channel().await,
         start_named(&id, &cmd, false),
