@@ -2,6 +2,8 @@
 //! keeps running, its output is kept, and the same client comes back to it.
 
 mod common;
+#[path = "common/kube_ws.rs"]
+mod kube_ws;
 
 use std::time::Duration;
 
@@ -432,4 +434,38 @@ async fn without_reattach_a_dropped_client_still_ends_the_session() {
     drop(first);
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_pod_exec_websocket_comes_back_with_session_in_the_query() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    let id = format!("reattach-ws-{}", marker());
+    let path = kube_ws::exec_path(
+        shared_container(),
+        &["sh"],
+        &format!("stdin=1&stdout=1&tty=1&session={id}"),
+    );
+    let base = server.addr.clone();
+    let mut ws = kube_ws::connect(&base, &path, kube_ws::V5, &[])
+        .await
+        .expect("upgrade");
+    kube_ws::type_until(&mut ws, b"echo a-$((40+2))\n", "a-42").await;
+    // The connection drops: no close frame, no stdin EOF.
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ws = kube_ws::connect(&base, &path, kube_ws::V5, &[])
+        .await
+        .expect("upgrade again");
+    kube_ws::type_until(&mut ws, b"echo b-$((50+5))\n", "b-55").await;
+    kube_ws::send(&mut ws, 0, b"exit 3\n").await;
+    let t = kube_ws::read_all(&mut ws, PATIENCE).await;
+    assert_eq!(
+        t.status()["details"]["causes"][0]["message"],
+        "3",
+        "{:?}",
+        t.status()
+    );
 }

@@ -234,6 +234,7 @@ impl CriRuntime {
                 stderr: req.stderr,
                 tty: req.tty,
                 owner,
+                session_id: None,
             },
         )?;
         Ok(ExecResponse { url })
@@ -262,6 +263,7 @@ impl CriRuntime {
                 // What the container has decides how to attach to it.
                 tty: target.tty,
                 owner,
+                session_id: None,
             },
         )?;
         Ok(AttachResponse { url })

@@ -90,6 +90,10 @@ pub struct StreamRequest {
     /// Opaque key of the token that asked (empty without tokens): sessions
     /// count against `--max-sessions-per-token` whatever the door.
     pub owner: String,
+    /// Pod paths only (`session=<id>`): the session's id, chosen by the
+    /// client so that it can come back to the session with it when execd
+    /// runs with `--reattach-grace`. CRI URLs are single-use: never.
+    pub session_id: Option<String>,
 }
 
 /// The door's routes. `plain_exec` serves requests on the pod exec path
@@ -211,6 +215,7 @@ fn pod_request(
         stderr: false,
         tty: false,
         owner: String::new(),
+        session_id: None,
     };
     for (key, value) in query {
         match key.as_str() {
@@ -220,6 +225,7 @@ fn pod_request(
             "stdout" => request.stdout = parse_bool(key, value)?,
             "stderr" => request.stderr = parse_bool(key, value)?,
             "tty" => request.tty = parse_bool(key, value)?,
+            "session" if !value.is_empty() => request.session_id = Some(value.clone()),
             k if TOKEN_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
                 return Err(KubeError::BadRequest(
                     "tokens are not accepted in the query string; send Authorization: Bearer or the base64url.bearer.authorization.k8s.io subprotocol".into(),
@@ -350,10 +356,13 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         Ok(n) => n,
         Err(e) => return refuse(&ctx, request.door, e),
     };
-    let session_id = execd_session::new_session_id();
+    let session_id = request
+        .session_id
+        .clone()
+        .unwrap_or_else(execd_session::new_session_id);
     let span = tracing::info_span!(
         "session",
-        session_id = %session_id,
+        session_id = %LogField::new(&session_id),
         door = request.door.as_str(),
         kind = request.kind.as_str(),
         instance_id = %LogField::new(&request.instance_id),
@@ -374,7 +383,11 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
     let requested_at = Instant::now();
     let session = match ctx
         .manager
-        .start(Some(session_id), spec)
+        .open(
+            Some(session_id),
+            spec,
+            execd_session::ReplayFrom::Undelivered,
+        )
         .instrument(span.clone())
         .await
     {
@@ -386,11 +399,15 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
     };
     let latency = requested_at.elapsed();
     span.in_scope(|| {
-        tracing::info!(
-            ?protocol,
-            start_ms = latency.as_millis() as u64,
-            "session started"
-        )
+        if session.reattached {
+            tracing::info!(?protocol, "client reattached");
+        } else {
+            tracing::info!(
+                ?protocol,
+                start_ms = latency.as_millis() as u64,
+                "session started"
+            )
+        }
     });
     span.in_scope(|| {
         tracing::debug!(command = %execd_session::log_field::LogCommand::new(&request.command, execd_session::log_field::MAX_LOG_FIELD), "session command")

@@ -157,6 +157,7 @@ mod tests {
             stderr: true,
             tty: false,
             owner: String::new(),
+            session_id: None,
         }
     }
 
