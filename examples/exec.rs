@@ -9,6 +9,12 @@
 //! on every exit path), its size is sent at start and on every SIGWINCH.
 //! With `-i`, stdin is forwarded and its end becomes `stdin_eof`. The client
 //! exits with the remote exit code, or 125 with the error on stderr.
+//!
+//! When execd runs with `--reattach-grace` (it says so in the response
+//! metadata), a dropped connection is reconnected transparently: the client
+//! comes back to the same session, telling execd how much output it already
+//! has (`execd-output-offset`), so nothing is lost or repeated.
+//! `--reattach ID` comes back to a session an earlier client left.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -63,8 +69,11 @@ struct Args {
     #[arg(long)]
     instance: Option<String>,
     /// Session id to use (default: the server picks one)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "reattach")]
     session: Option<String>,
+    /// Come back to the detached session ID (execd with --reattach-grace)
+    #[arg(long, value_name = "ID")]
+    reattach: Option<String>,
     /// Bearer token for execd's --auth-token-file
     #[arg(long, env = "EXECD_TOKEN", conflicts_with = "token_file")]
     token: Option<String>,
@@ -158,10 +167,20 @@ fn start_message(args: &Args, local_tty: bool) -> Result<ExecMessage> {
         user: args.user.clone().unwrap_or_default(),
         instance_id: args.instance.clone().unwrap_or_default(),
     };
-    Ok(message::start(
-        args.session.as_deref().unwrap_or_default(),
-        request,
-    ))
+    let id = args.session.as_deref().or(args.reattach.as_deref());
+    Ok(message::start(id.unwrap_or_default(), request))
+}
+
+/// A reattach's start message: execd ignores its command for a detached
+/// session; should the session be gone, the command that would run in its
+/// place is a harmless `true`.
+fn reattach_message(args: &Args, session_id: &str, local_tty: bool) -> Result<ExecMessage> {
+    let mut msg = start_message(args, local_tty)?;
+    msg.session_id = session_id.to_string();
+    if let Some(Payload::StartRequest(r)) = &mut msg.payload {
+        r.command = vec!["true".into()];
+    }
+    Ok(msg)
 }
 
 /// Forwards local stdin as input; its end (or a read error) becomes
@@ -205,35 +224,170 @@ fn forward_resizes(tx: mpsc::Sender<ExecMessage>) {
     });
 }
 
-/// Copies remote output to local stdout/stderr until the terminal status;
-/// returns the exit code.
-async fn print_output(responses: &mut Streaming<ExecMessage>) -> Result<i32> {
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
+/// What the session loop keeps across connections.
+struct Progress {
+    /// The session's id, once execd said it.
+    session_id: Option<String>,
+    /// Output bytes received (stdout and stderr together).
+    received: u64,
+    /// The reattach grace execd announced, if any.
+    grace: Option<Duration>,
+}
+
+/// How one connection's stream ended.
+enum Ending {
+    Exited(i32),
+    /// The connection dropped; the session may still be there.
+    Dropped(anyhow::Error),
+}
+
+/// Opens one ExecStream starting with `first`, with the output offset
+/// when reattaching.
+async fn open_stream(
+    client: &mut Client,
+    first: ExecMessage,
+    offset: Option<u64>,
+) -> Result<(
+    mpsc::Sender<ExecMessage>,
+    Streaming<ExecMessage>,
+    Option<Duration>,
+)> {
+    let (tx, rx) = mpsc::channel::<ExecMessage>(16);
+    tx.send(first)
+        .await
+        .map_err(|_| anyhow!("internal: request channel closed"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(offset) = offset {
+        request
+            .metadata_mut()
+            .insert("execd-output-offset", offset.into());
+    }
+    let response = client
+        .exec_stream(request)
+        .await
+        .map_err(|s| anyhow!("execd refused the session: {}", s.message()))?;
+    let grace = response
+        .metadata()
+        .get("execd-reattach-grace-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    Ok((tx, response.into_inner(), grace))
+}
+
+/// Writes one output message locally; false if local output is closed.
+fn write_output(out: &execd_proto::exec_service::ExecOutputData) -> bool {
+    let result = if out.stream_type == StreamType::Stderr as i32 {
+        let mut stderr = std::io::stderr();
+        stderr.write_all(&out.data).and_then(|_| stderr.flush())
+    } else {
+        let mut stdout = std::io::stdout();
+        stdout.write_all(&out.data).and_then(|_| stdout.flush())
+    };
+    result.is_ok()
+}
+
+/// Relays input to the stream and output to the terminal until the final
+/// status or a dropped connection. `reattaching`: the first status must
+/// be RUNNING (the session is the old one).
+async fn relay(
+    tx: mpsc::Sender<ExecMessage>,
+    responses: &mut Streaming<ExecMessage>,
+    inputs: &mut mpsc::Receiver<ExecMessage>,
+    progress: &mut Progress,
+    reattaching: bool,
+) -> Result<Ending> {
+    let mut pending: Option<ExecMessage> = None;
+    let mut inputs_open = true;
     loop {
-        let msg = match responses.message().await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => bail!("execd ended the stream without a final status"),
-            Err(status) => bail!("{}", status.message()),
-        };
-        match msg.payload {
-            Some(Payload::OutputData(out)) => {
-                let result = if out.stream_type == StreamType::Stderr as i32 {
-                    stderr.write_all(&out.data).and_then(|_| stderr.flush())
-                } else {
-                    stdout.write_all(&out.data).and_then(|_| stdout.flush())
-                };
-                if result.is_err() {
-                    // Local output closed (e.g. piped into `head`): stop.
-                    return Ok(EXIT_ERROR);
+        tokio::select! {
+            msg = inputs.recv(), if pending.is_none() && inputs_open => match msg {
+                Some(msg) => pending = Some(msg),
+                None => inputs_open = false,
+            },
+            permit = tx.reserve(), if pending.is_some() => {
+                // The stream's request side is gone: the response side
+                // says why.
+                if let (Ok(permit), Some(msg)) = (permit, pending.take()) {
+                    permit.send(msg);
                 }
             }
-            Some(Payload::Status(status)) => match WireStatus::try_from(status.status) {
-                Ok(WireStatus::Exited) => return Ok(status.exit_code),
-                Ok(WireStatus::Error) => bail!("{}", status.error_message),
-                _ => {}
-            },
-            _ => {}
+            msg = responses.message() => {
+                let msg = match msg {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => bail!("execd ended the stream without a final status"),
+                    Err(status) if progress.session_id.is_some() && status.code() != tonic::Code::Ok
+                        && !is_session_error(&status) => {
+                        return Ok(Ending::Dropped(anyhow!("{}", status.message())));
+                    }
+                    Err(status) => bail!("{}", status.message()),
+                };
+                match msg.payload {
+                    Some(Payload::OutputData(out)) => {
+                        progress.received += out.data.len() as u64;
+                        if !write_output(&out) {
+                            // Local output closed (e.g. piped into `head`): stop.
+                            return Ok(Ending::Exited(EXIT_ERROR));
+                        }
+                    }
+                    Some(Payload::Status(status)) => match WireStatus::try_from(status.status) {
+                        Ok(WireStatus::Exited) => return Ok(Ending::Exited(status.exit_code)),
+                        Ok(WireStatus::Error) => bail!("{}", status.error_message),
+                        Ok(WireStatus::Started) if reattaching => {
+                            bail!("session {} is gone; nothing to reattach to", msg.session_id)
+                        }
+                        Ok(WireStatus::Started | WireStatus::Running) => {
+                            progress.session_id = Some(msg.session_id);
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// A transport failure (the connection), as opposed to execd ending the
+/// session, which always sends an ERROR status first.
+fn is_session_error(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    )
+}
+
+/// Comes back to the session after a dropped connection: retries until
+/// the grace runs out.
+async fn reconnect(
+    args: &Args,
+    local_tty: bool,
+    progress: &Progress,
+    grace: Duration,
+) -> Result<(mpsc::Sender<ExecMessage>, Streaming<ExecMessage>)> {
+    let id = progress
+        .session_id
+        .clone()
+        .ok_or_else(|| anyhow!("no session to come back to"))?;
+    eprint!("\r\nexec: connection lost; reconnecting to session {id}\r\n");
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let mut client = connect(args).await?;
+            let first = reattach_message(args, &id, local_tty)?;
+            open_stream(&mut client, first, Some(progress.received)).await
+        };
+        match attempt.await {
+            Ok((tx, responses, _)) => return Ok((tx, responses)),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                eprint!("exec: still reconnecting: {}\r\n", describe(&e));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -241,31 +395,49 @@ async fn print_output(responses: &mut Streaming<ExecMessage>) -> Result<i32> {
 async fn session(args: Args) -> Result<i32> {
     let mut client = connect(&args).await?;
     let local_tty = args.tty && std::io::stdin().is_terminal();
-    let (tx, rx) = mpsc::channel::<ExecMessage>(16);
-    tx.send(start_message(&args, local_tty)?)
-        .await
-        .map_err(|_| anyhow!("internal: request channel closed"))?;
+    // Input outlives any one connection: a reconnect carries on with it.
+    let (input_tx, mut inputs) = mpsc::channel::<ExecMessage>(16);
     if !args.interactive {
         // Like `docker exec` without -i: the process gets no stdin.
-        let _ = tx.send(message::eof()).await;
+        let _ = input_tx.send(message::eof()).await;
     }
-    let mut responses = client
-        .exec_stream(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| anyhow!("execd refused the session: {}", s.message()))?
-        .into_inner();
+    let reattaching = args.reattach.is_some();
+    let (mut tx, mut responses, grace) =
+        open_stream(&mut client, start_message(&args, local_tty)?, None).await?;
+    let mut progress = Progress {
+        session_id: None,
+        received: 0,
+        grace,
+    };
 
     let _raw = if local_tty { RawMode::enable() } else { None };
     if args.interactive {
-        forward_stdin(tx.clone());
+        forward_stdin(input_tx.clone());
     }
     if local_tty {
-        forward_resizes(tx.clone());
+        forward_resizes(input_tx.clone());
     }
-    // The forwarders hold the only senders now: when both are done the
-    // request stream half-closes.
-    drop(tx);
-    print_output(&mut responses).await
+    drop(input_tx);
+    let mut first = true;
+    loop {
+        let expect_running = reattaching || !first;
+        let ending = relay(
+            tx,
+            &mut responses,
+            &mut inputs,
+            &mut progress,
+            expect_running,
+        )
+        .await?;
+        first = false;
+        match (ending, progress.grace) {
+            (Ending::Exited(code), _) => return Ok(code),
+            (Ending::Dropped(e), None) => return Err(e),
+            (Ending::Dropped(_), Some(grace)) => {
+                (tx, responses) = reconnect(&args, local_tty, &progress, grace).await?;
+            }
+        }
+    }
 }
 
 /// The error and its causes on one line, each said once: transport errors

@@ -273,9 +273,21 @@ impl ExecService for ExecServiceImpl {
         let owner = request.extensions().get::<Owner>().cloned();
         let from = replay_from(request.metadata())?;
         let inbound = request.into_inner();
-        Ok(Response::new(ExecResponseStream::opening(Box::pin(
+        let grace = opener
+            .manager
+            .reattach_table()
+            .map(|t| u64::try_from(t.grace().as_millis()).unwrap_or(u64::MAX));
+        let mut response = Response::new(ExecResponseStream::opening(Box::pin(
             opener.open(inbound, owner, from),
-        ))))
+        )));
+        if let Some(ms) = grace {
+            // Tells a client that a dropped connection can come back to
+            // its session within this many milliseconds.
+            response
+                .metadata_mut()
+                .insert(REATTACH_GRACE_HEADER, ms.into());
+        }
+        Ok(response)
     }
 }
 
@@ -418,6 +430,9 @@ impl Opener {
 /// Metadata a reattaching client sends: how many output bytes of the
 /// session it received, so that the replay starts right after them.
 pub const OUTPUT_OFFSET_HEADER: &str = "execd-output-offset";
+
+/// Response metadata with `--reattach-grace` on: the grace in milliseconds.
+pub const REATTACH_GRACE_HEADER: &str = "execd-reattach-grace-ms";
 
 fn replay_from(metadata: &tonic::metadata::MetadataMap) -> Result<ReplayFrom, Status> {
     let Some(value) = metadata.get(OUTPUT_OFFSET_HEADER) else {

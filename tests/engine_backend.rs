@@ -7,47 +7,18 @@
 //! execd: open connections drop and new ones are refused.
 
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use execd_session::BackendKind;
-use tokio::net::{UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
+use proxy::UnixProxy;
 use tonic::Code;
 
 const GONE_WITHIN: Duration = Duration::from_secs(6);
-
-/// Forwards connections on `path` to the real engine until `cut` fires;
-/// then every forwarded connection drops and the socket is removed.
-fn engine_proxy(path: &Path, cut: CancellationToken) {
-    let listener = UnixListener::bind(path).expect("bind the proxy socket");
-    let path = path.to_path_buf();
-    tokio::spawn(async move {
-        loop {
-            let (mut client, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(c) => c,
-                    Err(_) => continue,
-                },
-                _ = cut.cancelled() => break,
-            };
-            let cut = cut.clone();
-            tokio::spawn(async move {
-                let Ok(mut engine) = UnixStream::connect("/var/run/docker.sock").await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
-                    _ = cut.cancelled() => {}
-                }
-            });
-        }
-        drop(listener);
-        let _ = std::fs::remove_file(&path);
-    });
-}
 
 fn engine_config(socket: PathBuf) -> execd::ServerConfig {
     let mut cfg = config();
@@ -62,8 +33,7 @@ async fn engine_gone_mid_session_ends_it_unavailable_without_a_hang() {
     }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("engine.sock");
-    let cut = CancellationToken::new();
-    engine_proxy(&socket, cut.clone());
+    let engine = UnixProxy::start(&socket, "/var/run/docker.sock".into());
     let server = start_server(engine_config(socket)).await;
     let n = marker();
     let mut exec = server
@@ -74,7 +44,7 @@ async fn engine_gone_mid_session_ends_it_unavailable_without_a_hang() {
         .await;
     exec.started().await;
     exec.read_until("up").await;
-    cut.cancel();
+    engine.stop();
     let t = tokio::time::timeout(Duration::from_secs(20), exec.finish())
         .await
         .expect("the session ends once the engine is gone");

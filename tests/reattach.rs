@@ -4,6 +4,8 @@
 mod common;
 #[path = "common/kube_ws.rs"]
 mod kube_ws;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::time::Duration;
 
@@ -468,4 +470,102 @@ async fn a_pod_exec_websocket_comes_back_with_session_in_the_query() {
         "{:?}",
         t.status()
     );
+}
+
+/// The example client, a separate process like any user's.
+fn example_client(socket: &std::path::Path) -> tokio::process::Command {
+    let example = std::path::Path::new(env!("CARGO_BIN_EXE_execd"))
+        .parent()
+        .unwrap()
+        .join("examples/exec");
+    let mut command = tokio::process::Command::new(example);
+    command
+        .arg("--addr")
+        .arg(format!("unix:{}", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// What `seq 1 n` prints.
+fn seq(n: u32) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+#[tokio::test]
+async fn the_example_client_reconnects_through_a_dropped_connection_without_loss() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let execd = ExecdProcess::start(&["--reattach-grace", "20s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let front = dir.path().join("flaky.sock");
+    let flaky = proxy::UnixProxy::start(&front, execd.socket.clone());
+    let script = "for i in $(seq 1 40); do echo $i; sleep 0.05; done; exit 7";
+    let client = example_client(&front)
+        .args([shared_container(), "sh", "-c", script])
+        .spawn()
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flaky.cut();
+    }
+    let out = tokio::time::timeout(PATIENCE, client.wait_with_output())
+        .await
+        .expect("the client finishes")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        seq(40),
+        "every line once, in order"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reconnecting"),
+        "the connection did drop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_example_client_reattaches_by_id_after_being_killed() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let execd = ExecdProcess::start(&["--reattach-grace", "20s"]).await;
+    let id = format!("example-{}", marker());
+    let script = "sleep 1; echo after; exit 5";
+    let mut first = example_client(&execd.socket)
+        .args(["--session", &id, shared_container(), "sh", "-c", script])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let out = example_client(&execd.socket)
+        .args(["--reattach", &id, shared_container()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after\n");
+    let gone = example_client(&execd.socket)
+        .args(["--reattach", "no-such-session", shared_container()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("nothing to reattach"));
 }

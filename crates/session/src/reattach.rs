@@ -97,6 +97,11 @@ impl ReattachTable {
         })
     }
 
+    /// How long a detached session waits for its client.
+    pub fn grace(&self) -> std::time::Duration {
+        self.config.grace
+    }
+
     /// Output bytes held for replay by all sessions together.
     pub fn replay_bytes(&self) -> usize {
         self.budget.used()
