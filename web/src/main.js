@@ -32,7 +32,7 @@ const fit = new FitAddon();
 term.loadAddon(fit);
 
 let socket = null;
-let current = null; // { container, argv } of the last session opened
+let current = null; // { container, argv, sessionId } of the last session opened
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
@@ -161,20 +161,32 @@ function exitCode(status) {
   return null;
 }
 
-function openSession(container, argv) {
+/// A fresh session id: the page names its sessions, so that after a dropped
+/// connection it can come back to the same one (execd with --reattach-grace
+/// keeps it running meanwhile and replays what the page missed).
+function newSessionId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function openSession(container, argv, sessionId) {
   if (socket) {
     socket.onclose = null;
     socket.close();
   }
-  current = { container, argv };
+  const reconnecting = sessionId !== undefined;
+  current = { container, argv, sessionId: sessionId || newSessionId() };
   $("banner").hidden = true;
   $("picker").hidden = true;
-  term.reset();
+  // Coming back to the same session: what the terminal shows stays, and
+  // the replay continues it.
+  if (!reconnecting) term.reset();
   const query = new URLSearchParams();
   for (const arg of argv) query.append("command", arg);
   query.set("stdin", "true");
   query.set("stdout", "true");
   query.set("tty", "true");
+  query.set("session", current.sessionId);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const pod = encodeURIComponent(container);
   const url = `${scheme}//${location.host}/api/v1/namespaces/default/pods/${pod}/exec?${query}`;
@@ -224,10 +236,10 @@ function openSession(container, argv) {
       setState("exited", text);
       banner(text, "Run again");
     } else {
-      // Reattaching to the same process does not exist yet: a reconnect
-      // runs the command again in a new session.
+      // The button comes back to the same session: with --reattach-grace
+      // it still runs; without, the same command starts again.
       setState("closed", "connection lost");
-      banner("Connection lost.", "Reconnect (new session)");
+      banner("Connection lost.", "Reconnect");
     }
   };
 }
@@ -266,7 +278,11 @@ async function main() {
     openFromForm();
   };
   $("reconnect").onclick = () => {
-    if (current) openSession(current.container, current.argv);
+    if (!current) return;
+    // After an exit, "Run again" is a new session; after a lost
+    // connection, the same one.
+    const sameSession = $("reconnect").textContent === "Reconnect";
+    openSession(current.container, current.argv, sameSession ? current.sessionId : undefined);
   };
 
   let refused = false;

@@ -104,6 +104,7 @@ async fn main() -> Result<()> {
     }
     let bench = Bench {
         backends,
+        binary,
         quick: args.quick,
     };
     scenarios::warm_up(&bench).await?;

@@ -406,3 +406,43 @@ pub async fn churn(
         failures: failures.load(Ordering::Relaxed),
     })
 }
+
+/// RSS growth (KiB) per detached session: `n` sessions whose clients go
+/// away right after the start, each printing `mib` MiB afterwards into
+/// its replay ring. Also how many bytes one of them replays on return.
+pub async fn detached_replay(
+    execd: &Execd,
+    channel: &Channel,
+    n: usize,
+    mib: usize,
+) -> Result<(f64, usize)> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(execd.pid());
+    let script = format!("sleep 1; {}; sleep 15", dd(mib * 16));
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = open(channel, &["sh", "-c", &script], false).await?;
+        let msg = s.rx.message().await?.ok_or_else(|| anyhow!("no STARTED"))?;
+        ids.push(msg.session_id);
+        // The client vanishes: cancelled, without a half-close first.
+        let Session { tx, rx } = s;
+        drop(rx);
+        drop(tx);
+    }
+    // Every process has printed into its ring by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let grown = rss_kib(execd.pid()).saturating_sub(base) as f64 / n as f64;
+    // One client comes back and takes what its ring kept.
+    let id = ids.first().ok_or_else(|| anyhow!("no sessions"))?;
+    let mut s = crate::session::reopen(channel, id).await?;
+    let mut replayed = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), next_event(&mut s.rx)).await {
+            Ok(Ok(Event::Output(data))) => replayed += data.len(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok((grown, replayed))
+}

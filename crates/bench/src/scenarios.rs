@@ -35,6 +35,8 @@ impl Backend {
 /// `docker exec` in the same run.
 pub struct Bench {
     pub backends: Vec<Backend>,
+    /// The execd binary, for scenarios that need one of their own.
+    pub binary: std::path::PathBuf,
     /// Smaller sample counts and sizes: a smoke run.
     pub quick: bool,
 }
@@ -108,6 +110,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: |b| Box::pin(churn(b)),
     },
     Scenario {
+        name: "replay",
+        measures: "memory of detached sessions (--reattach-grace)",
+        run: |b| Box::pin(replay(b)),
+    },
+    Scenario {
         name: "slow",
         measures: "memory under a slow reader",
         run: |b| Box::pin(slow(b)),
@@ -118,6 +125,7 @@ pub const SCENARIOS: &[Scenario] = &[
 pub const NOTES: &[&str] = &[
     "RSS per idle session is the growth of execd's VmRSS from before opening the sessions to after, divided by their number; the `docker exec` children (CLI backend) are reported separately. The engine-api backend has none.",
     "`· cli` rows run execd with `--backend cli` (a `docker exec` child per session), `· engine-api` rows with `--backend engine-api` (the Engine API directly); the docker exec column is the same baseline for both.",
+    "Detached sessions: execd's RSS growth divided by their number, after each printed more than its ring holds; it includes the ring (`--replay-buffer`, 1 MiB) and the session's engine read buffer (256 KiB, touched by the flood).",
     "Terminal baselines drive `docker exec -t` under a PTY opened by the bench with the same code execd uses.",
 ];
 
@@ -329,6 +337,42 @@ async fn churn(b: &Bench) -> Result<Outcome> {
         ]);
     }
     Ok(rows.into())
+}
+
+async fn replay(b: &Bench) -> Result<Outcome> {
+    let n = b.size(20, 100);
+    let mib = 2;
+    let binary = b.binary.as_path();
+    // Its own execd: reattach changes nothing else the table measures.
+    let execd = Execd::start_with(binary, "engine-api", &["--reattach-grace", "60s"]).await?;
+    let channel = execd.channel().await?;
+    let (per_session, replayed) = measure::detached_replay(&execd, &channel, n, mib).await?;
+    let scenario =
+        format!("{n} detached sessions, {mib} MiB printed each while detached · engine-api");
+    let ring_kib = 1024.0;
+    Ok(vec![
+        Row::execd_only(
+            &scenario,
+            "execd RSS per detached session",
+            per_session,
+            "KiB",
+        )
+        .target(
+            "≤ ring (1 MiB) + one read buffer (256 KiB) + 25%",
+            per_session <= (ring_kib + 256.0) * 1.25,
+        ),
+        Row::execd_only(
+            &scenario,
+            "bytes replayed to a returning client",
+            replayed as f64 / 1024.0,
+            "KiB",
+        )
+        .target(
+            "the newest ≤ 1 MiB (whole chunks)",
+            replayed <= 1 << 20 && replayed >= 1 << 19,
+        ),
+    ]
+    .into())
 }
 
 async fn slow(b: &Bench) -> Result<Outcome> {

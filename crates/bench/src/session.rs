@@ -53,6 +53,19 @@ pub async fn open_in(
     Ok(Session { tx, rx })
 }
 
+/// Comes back to the detached session `id` (execd with --reattach-grace).
+pub async fn reopen(channel: &Channel, id: &str) -> Result<Session> {
+    let mut client = ExecServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(message::start(id, message::request(CONTAINER, &["true"])))
+        .await?;
+    let rx = client
+        .exec_stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(Session { tx, rx })
+}
+
 /// What the bench cares about in the server's messages.
 pub enum Event {
     Started,
@@ -67,7 +80,7 @@ pub async fn next_event(rx: &mut Streaming<ExecMessage>) -> Result<Event> {
         match msg.payload {
             Some(Payload::OutputData(o)) => return Ok(Event::Output(o.data)),
             Some(Payload::Status(s)) => match WireStatus::try_from(s.status) {
-                Ok(WireStatus::Started) => return Ok(Event::Started),
+                Ok(WireStatus::Started | WireStatus::Running) => return Ok(Event::Started),
                 Ok(WireStatus::Exited) => return Ok(Event::Exited(s.exit_code)),
                 Ok(WireStatus::Error) => bail!("session error: {}", s.error_message),
                 _ => {}

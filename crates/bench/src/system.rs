@@ -124,6 +124,11 @@ pub struct Execd {
 impl Execd {
     /// Starts `binary` with `--backend backend`.
     pub async fn start(binary: &Path, backend: &str) -> Result<Execd> {
+        Self::start_with(binary, backend, &[]).await
+    }
+
+    /// [`Execd::start`] with extra flags.
+    pub async fn start_with(binary: &Path, backend: &str, extra: &[&str]) -> Result<Execd> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("execd.sock");
         // `--listen` always: the default listener is a system-wide socket.
@@ -140,6 +145,7 @@ impl Execd {
                 "--max-sessions-per-instance",
                 "1100",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()

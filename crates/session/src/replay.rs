@@ -273,7 +273,10 @@ impl Relay {
                 }
                 event = self.from_pump.recv(), if !pump_done && (caught_up || current.is_none()) => match event {
                     Some(SessionEvent::Output { stream, data }) => {
-                        ring.push(stream, data);
+                        // A copy of its own: the chunk may be a small slice
+                        // of a large read buffer, which it would otherwise
+                        // keep alive for as long as the ring holds it.
+                        ring.push(stream, Bytes::copy_from_slice(&data));
                         self.trim(&mut ring, current.as_ref().map(|c| c.base + c.taken.load(Ordering::Relaxed)).unwrap_or(last_taken));
                     }
                     Some(event) => {
