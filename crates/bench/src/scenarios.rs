@@ -369,7 +369,7 @@ async fn replay(b: &Bench) -> Result<Outcome> {
         )
         .target(
             "the newest ≤ 1 MiB (whole chunks)",
-            replayed <= 1 << 20 && replayed >= 1 << 19,
+            (1 << 19..=1 << 20).contains(&replayed),
         ),
     ]
     .into())
