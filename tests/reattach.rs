@@ -569,3 +569,47 @@ async fn the_example_client_reattaches_by_id_after_being_killed() {
     assert_eq!(gone.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("nothing to reattach"));
 }
+
+#[tokio::test]
+async fn a_tty_client_coming_back_gets_a_sigwinch_to_redraw() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    let id = format!("reattach-winch-{}", marker());
+    let script = "trap 'echo got-winch' WINCH; echo ready; while true; do sleep 0.1; done";
+    let (mut first, cut) =
+        first_stream(&server, start_named(&id, &["sh", "-c", script], true)).await;
+    first.started().await;
+    first.read_until("ready").await;
+    cut.cut();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = server
+        .open(start_named(&id, &["sh", "-c", script], true))
+        .await;
+    match again.next().await.unwrap().unwrap().payload {
+        Some(Payload::Status(s)) => assert_eq!(s.status, WireStatus::Running as i32),
+        other => panic!("expected RUNNING, got {other:?}"),
+    }
+    again.read_until("got-winch").await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_detached_sessions_too() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let server = start_server(reattach_config(Duration::from_secs(60), 1 << 20)).await;
+    let n = marker();
+    let id = format!("reattach-shutdown-{n}");
+    let cmd = ["sleep", &n.to_string()];
+    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
+    first.started().await;
+    cut.cut();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop().await;
+    let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
+    assert!(left.is_empty(), "{left:?}");
+}
