@@ -400,7 +400,12 @@ impl Opener {
                     // Command lines can carry secrets: debug only.
                     tracing::debug!(command = %LogCommand::new(&command, MAX_LOG_FIELD), "session command");
                 });
-                let active = self.metrics.session_started(Door::Grpc, tty, latency);
+                let active = if session.reattached {
+                    self.metrics.session_reattached(Door::Grpc, tty)
+                } else {
+                    self.metrics.session_started(Door::Grpc, tty, latency)
+                }
+                .detachable(self.manager.reattach_table().is_some());
                 tokio::spawn(
                     relay_input(inbound, session.input, self.metrics.clone())
                         .instrument(span.clone()),

@@ -260,11 +260,25 @@ impl Metrics {
         self.sessions_started.get_or_create(&labels).inc();
         self.sessions_active.get_or_create(&labels).inc();
         self.start_latency.observe(latency.as_secs_f64());
+        self.attachment(door, tty)
+    }
+
+    /// A client came back to a detached session: active again, not a new
+    /// start.
+    pub fn session_reattached(self: &Arc<Self>, door: Door, tty: bool) -> ActiveSession {
+        self.sessions_active
+            .get_or_create(&session_labels(door, tty))
+            .inc();
+        self.attachment(door, tty)
+    }
+
+    fn attachment(self: &Arc<Self>, door: Door, tty: bool) -> ActiveSession {
         ActiveSession {
             metrics: self.clone(),
             door,
             tty,
             ended: AtomicBool::new(false),
+            detachable: false,
         }
     }
 }
@@ -284,9 +298,18 @@ pub struct ActiveSession {
     door: Door,
     tty: bool,
     ended: AtomicBool,
+    /// With reattach on, a client that goes away detaches the session
+    /// rather than ending it: its outcome is then `detached`.
+    detachable: bool,
 }
 
 impl ActiveSession {
+    /// Marks the session as one a vanished client detaches (reattach on).
+    pub fn detachable(mut self, detachable: bool) -> Self {
+        self.detachable = detachable;
+        self
+    }
+
     pub fn exited(&self, code: i32) {
         if !self.ended.swap(true, Ordering::Relaxed) {
             let m = &self.metrics;
@@ -318,7 +341,19 @@ impl ActiveSession {
 impl Drop for ActiveSession {
     fn drop(&mut self) {
         // No terminal status was delivered: the client went away.
-        self.failed(&SessionError::Ended(EndReason::ClientGone));
+        if self.detachable {
+            if !self.ended.swap(true, Ordering::Relaxed) {
+                self.metrics
+                    .sessions_ended
+                    .get_or_create(&OutcomeLabels {
+                        door: self.door.as_str().into(),
+                        outcome: "detached".into(),
+                    })
+                    .inc();
+            }
+        } else {
+            self.failed(&SessionError::Ended(EndReason::ClientGone));
+        }
         self.metrics
             .sessions_active
             .get_or_create(&session_labels(self.door, self.tty))

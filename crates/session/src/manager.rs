@@ -203,7 +203,7 @@ impl SessionManager {
                 return Ok(session);
             }
         }
-        self.start(requested_id, spec).await
+        self.start_session(requested_id, spec, true).await
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
@@ -232,10 +232,23 @@ impl SessionManager {
     /// process inside the container has the requested size (bounded by
     /// [`LifecycleConfig::start_size_wait`]); the caller may announce
     /// STARTED. On error nothing is left running.
+    ///
+    /// The session ends with its client even with reattach on: doors whose
+    /// clients cannot name a session again use this; [`SessionManager::open`]
+    /// starts sessions a client can come back to.
     pub async fn start(
         &self,
         requested_id: Option<String>,
         spec: ExecSpec,
+    ) -> Result<Session, SessionError> {
+        self.start_session(requested_id, spec, false).await
+    }
+
+    async fn start_session(
+        &self,
+        requested_id: Option<String>,
+        spec: ExecSpec,
+        reattachable: bool,
     ) -> Result<Session, SessionError> {
         if self.shutdown.is_cancelled() {
             return Err(SessionError::Ended(crate::EndReason::Shutdown));
@@ -287,7 +300,7 @@ impl SessionManager {
             container,
             config: self.lifecycle.clone(),
             spawned_at: abandon.started,
-            reattach: self.reattach.clone(),
+            reattach: self.reattach.clone().filter(|_| reattachable),
         }))
     }
 

@@ -381,16 +381,24 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         ..ExecSpec::default()
     };
     let requested_at = Instant::now();
-    let session = match ctx
-        .manager
-        .open(
-            Some(session_id),
-            spec,
-            execd_session::ReplayFrom::Undelivered,
-        )
-        .instrument(span.clone())
-        .await
-    {
+    // Only a session the client named can be come back to.
+    let reattachable = request.session_id.is_some() && ctx.manager.reattach_table().is_some();
+    let opened = if request.session_id.is_some() {
+        ctx.manager
+            .open(
+                Some(session_id),
+                spec,
+                execd_session::ReplayFrom::Undelivered,
+            )
+            .instrument(span.clone())
+            .await
+    } else {
+        ctx.manager
+            .start(Some(session_id), spec)
+            .instrument(span.clone())
+            .await
+    };
+    let session = match opened {
         Ok(s) => s,
         Err(e) => {
             let _entered = span.enter();
@@ -421,9 +429,13 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
             tty: request.tty,
             kind: request.kind,
         },
-        active: ctx
-            .metrics
-            .session_started(request.door, request.tty, latency),
+        active: if session.reattached {
+            ctx.metrics.session_reattached(request.door, request.tty)
+        } else {
+            ctx.metrics
+                .session_started(request.door, request.tty, latency)
+        }
+        .detachable(reattachable),
         session,
         metrics: ctx.metrics.clone(),
         span: span.clone(),
