@@ -45,6 +45,16 @@ async fn first_stream(server: &TestServer, first: ExecMessage) -> (Exec2, Cutter
     )
 }
 
+/// Starts a session whose client vanishes right after STARTED.
+async fn start_and_vanish(server: &TestServer, first: ExecMessage) {
+    let (mut stream, cut) = first_stream(server, first).await;
+    stream.started().await;
+    cut.cut();
+    drop(stream);
+    // The server notices the connection is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 struct Exec2 {
     _tx: tokio::sync::mpsc::Sender<ExecMessage>,
     rx: tonic::Streaming<ExecMessage>,
@@ -158,10 +168,7 @@ async fn a_cancelled_client_comes_back_to_late_output_and_the_exit_code() {
     let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
     let id = format!("reattach-{}", marker());
     let cmd = ["sh", "-c", "sleep 1; echo late; exit 4"];
-    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
-    first.started().await;
-    cut.cut();
-    drop(first);
+    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_tx, rx) = open_with(
         server.channel().await,
@@ -221,10 +228,7 @@ async fn a_flood_while_detached_keeps_the_newest_bytes_and_counts_the_rest() {
     let id = format!("reattach-flood-{}", marker());
     // 4 MiB of numbered lines, then a last line to look for.
     let cmd = ["sh", "-c", "sleep 0.5; seq 1 600000; echo the-end; sleep 4"];
-    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
-    first.started().await;
-    cut.cut();
-    drop(first);
+    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let listed = server
         .admin()
@@ -275,11 +279,7 @@ async fn nobody_back_within_the_grace_ends_the_session_and_its_processes() {
     let n = marker();
     let id = format!("reattach-expire-{n}");
     let cmd = ["sleep", &n.to_string()];
-    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
-    first.started().await;
-    cut.cut();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
     assert_eq!(
         container_processes(shared_container(), &format!("sleep {n}")).len(),
         1,
@@ -430,10 +430,7 @@ async fn without_reattach_a_dropped_client_still_ends_the_session() {
     let n = marker();
     let id = format!("no-reattach-{n}");
     let cmd = ["sleep", &n.to_string()];
-    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
-    first.started().await;
-    cut.cut();
-    drop(first);
+    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
 }
@@ -604,11 +601,7 @@ async fn shutdown_ends_detached_sessions_too() {
     let n = marker();
     let id = format!("reattach-shutdown-{n}");
     let cmd = ["sleep", &n.to_string()];
-    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
-    first.started().await;
-    cut.cut();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
     server.stop().await;
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
