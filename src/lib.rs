@@ -8,6 +8,7 @@
 //!   `:authority` fix for gRPC clients on unix sockets.
 //! - [`doors`]: the HTTP front doors, beside gRPC on every listener.
 //! - [`stream_limit`]: caps concurrent streaming calls of a gRPC service.
+//! - [`error_text`]: session errors as clients read them (flag hints).
 //! - [`protocol`]: mapping between `exec_service` messages and sessions.
 //! - [`exec_service`] serves `ExecService/ExecStream`, one session per stream.
 //! - [`health`]: `grpc.health.v1` status that follows the engine.
@@ -20,6 +21,7 @@ pub mod admin_service;
 pub mod auth;
 pub mod config;
 pub mod doors;
+pub mod error_text;
 pub mod exec_service;
 pub mod health;
 pub mod listener;

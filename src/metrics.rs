@@ -9,9 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use execd_session::preflight::PreflightError;
-use execd_session::spawn::SpawnError;
-use execd_session::{Door, EndReason, ErrorKind, OutputStream, SessionError};
+use execd_session::{Door, EndReason, OutputStream, SessionError};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -83,28 +81,6 @@ fn session_labels(door: Door, tty: bool) -> SessionLabels {
     }
 }
 
-/// The outcome label of a session that ended with an error.
-pub fn outcome_of(err: &SessionError) -> &'static str {
-    match err {
-        SessionError::Ended(EndReason::ClientGone) => "cancelled",
-        SessionError::Ended(EndReason::Closed(_)) => "closed",
-        SessionError::Ended(EndReason::IdleTimeout) => "idle",
-        SessionError::Ended(EndReason::Shutdown) => "shutdown",
-        other => match other.kind() {
-            ErrorKind::InvalidArgument => "invalid_argument",
-            ErrorKind::AlreadyExists => "already_exists",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::FailedPrecondition => "failed_precondition",
-            ErrorKind::ResourceExhausted => "resource_exhausted",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Aborted => "closed",
-            ErrorKind::DeadlineExceeded => "idle",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::Internal => "internal",
-        },
-    }
-}
-
 /// Exit codes by class: success, failure, not executable, not found, signal.
 pub fn exit_class(code: i32) -> &'static str {
     match code {
@@ -113,23 +89,6 @@ pub fn exit_class(code: i32) -> &'static str {
         127 => "127",
         c if c > 128 => "signal",
         _ => "1-125",
-    }
-}
-
-/// The runtime failure behind an error, if it was one.
-fn runtime_failure(err: &SessionError) -> Option<&'static str> {
-    match err {
-        SessionError::Preflight(PreflightError::NotFound { .. }) => Some("container_not_found"),
-        SessionError::Preflight(PreflightError::NotRunning { .. }) => Some("container_not_running"),
-        SessionError::Preflight(PreflightError::EngineUnavailable { .. }) => {
-            Some("engine_unavailable")
-        }
-        SessionError::Preflight(PreflightError::CliNotFound { .. })
-        | SessionError::Spawn(SpawnError::ProgramNotFound { .. })
-        | SessionError::Spawn(SpawnError::NotExecutable { .. }) => Some("cli_missing"),
-        SessionError::Preflight(PreflightError::Failed { .. }) => Some("inspect_failed"),
-        SessionError::Spawn(_) => Some("spawn_failed"),
-        _ => None,
     }
 }
 
@@ -236,13 +195,13 @@ impl Metrics {
         self.sessions_ended
             .get_or_create(&OutcomeLabels {
                 door: door.as_str().to_string(),
-                outcome: outcome_of(err).to_string(),
+                outcome: err.outcome().to_string(),
             })
             .inc();
-        if let Some(kind) = runtime_failure(err) {
+        if let Some(failure) = err.runtime_failure() {
             self.runtime_failures
                 .get_or_create(&FailureLabels {
-                    kind: kind.to_string(),
+                    kind: failure.as_str().to_string(),
                 })
                 .inc();
         }

@@ -431,7 +431,7 @@ async fn second_start_ends_the_session_and_kills_its_process() {
         .await;
     let t = exec.finish().await;
     let msg = t.assert_error(Code::InvalidArgument);
-    assert!(msg.contains("second start_request"), "{msg}");
+    assert!(msg.contains("a second start was sent"), "{msg}");
     let left = wait_until_gone(shared_container(), &sleep, Duration::from_secs(5)).await;
     assert!(left.is_empty(), "left in container: {left:?}");
 }

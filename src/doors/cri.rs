@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::kube::{StreamRequest, TokenError};
 use super::DoorContext;
+use crate::error_text::ClientText;
 
 /// Most bytes of each of stdout and stderr that ExecSync returns.
 pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
@@ -35,7 +36,7 @@ pub enum CriError {
     Invalid(String),
     #[error(transparent)]
     Tokens(#[from] TokenError),
-    #[error(transparent)]
+    #[error("{}", ClientText(.0))]
     Session(#[from] SessionError),
     #[error("command timed out after {0}s")]
     Timeout(i64),
@@ -49,7 +50,7 @@ impl From<CriError> for Status {
             CriError::Tokens(e @ TokenError::NoBaseUrl) => {
                 Status::failed_precondition(e.to_string())
             }
-            CriError::Session(e) => Status::from(&e),
+            CriError::Session(e) => crate::error_text::grpc_status(&e),
             e @ CriError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         }
     }
@@ -204,7 +205,7 @@ impl CriRuntime {
             }
             Err(e) => {
                 active.failed(&e);
-                tracing::info!(error = %e, "exec_sync ended");
+                tracing::info!(error = %ClientText(&e), "exec_sync ended");
                 Err(e.into())
             }
         }

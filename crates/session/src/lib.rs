@@ -51,11 +51,11 @@ pub mod status;
 
 pub use attach_target::AttachTarget;
 pub use command::{Door, ExecMode, ExecSpec, SessionKind, TermSize, ValidationError};
-pub use error::{EndReason, ErrorKind, SessionError};
+pub use error::{EndReason, ErrorKind, RuntimeFailure, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};
 pub use registry::{
     CloseTarget, InstanceEvent, InstanceEventKind, Limits, ListPage, PageRequest, Registration,
-    Registry, SessionSnapshot, SessionStats,
+    Registry, RegistryError, SessionSnapshot, SessionStats,
 };
 pub use session::{
     LifecycleConfig, OutputStream, Session, SessionEvent, SessionInput, SessionOutput,

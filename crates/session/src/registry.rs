@@ -52,12 +52,14 @@ impl Default for Limits {
 pub enum RegistryError {
     #[error("session_id {0:?} is already in use")]
     SessionIdInUse(String),
-    #[error("too many sessions: the server limit --max-sessions={limit} is reached")]
+    #[error("too many sessions: the limit of {limit} sessions is reached")]
     TooManySessions { limit: usize },
-    #[error("too many sessions for instance {instance_id:?}: the limit --max-sessions-per-instance={limit} is reached")]
+    #[error("too many sessions for instance {instance_id:?}: the limit of {limit} sessions per instance is reached")]
     TooManyForInstance { instance_id: String, limit: usize },
     // The owner key is not shown: it is derived from a credential.
-    #[error("too many sessions for this client's token: the limit --max-sessions-per-token={limit} is reached")]
+    #[error(
+        "too many sessions for this client: the limit of {limit} sessions per client is reached"
+    )]
     TooManyForOwner { limit: usize },
 }
 

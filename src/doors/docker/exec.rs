@@ -298,7 +298,9 @@ async fn launch(
     {
         Ok(session) => session,
         Err(err) => {
-            span.in_scope(|| tracing::info!(error = %err, "session refused"));
+            span.in_scope(
+                || tracing::info!(error = %crate::error_text::ClientText(&err), "session refused"),
+            );
             state.ctx.metrics.record_refused(Door::Docker, &err);
             state.table.finish(&id, None);
             return Err(err.into());

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::table::Size;
 use super::DockerState;
+use crate::error_text::ClientText;
 use crate::metrics::{ActiveSession, Metrics};
 
 /// Quiet time after which the client is probed.
@@ -200,6 +201,7 @@ where
             Some(SessionEvent::Failed(err)) => {
                 active.failed(&err);
                 state.table.finish(&id, Some(KILLED_EXIT_CODE));
+                let err = ClientText(&err);
                 log_end(&format!("session ended: {err}"), None);
                 let note = if tty {
                     Bytes::from(format!("\r\nexecd: {err}\r\n"))

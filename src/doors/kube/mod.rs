@@ -54,7 +54,7 @@ pub enum KubeError {
     UnknownToken,
     #[error("Upgrade request required")]
     UpgradeRequired,
-    #[error(transparent)]
+    #[error("{}", crate::error_text::ClientText(.0))]
     Session(#[from] SessionError),
 }
 

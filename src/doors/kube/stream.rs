@@ -28,6 +28,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::error_text::ClientText;
 use crate::metrics::{ActiveSession, Metrics};
 
 const STDIN: u8 = 0;
@@ -160,7 +161,7 @@ pub async fn serve(socket: WebSocket, relay: Relay) {
         }
         End::Failed(err) => {
             active.failed(&err);
-            tracing::info!(error = %err, duration_ms, stdin_bytes, output_bytes, "session ended");
+            tracing::info!(error = %ClientText(&err), duration_ms, stdin_bytes, output_bytes, "session ended");
         }
         End::ClientGone => {
             let err = SessionError::Ended(EndReason::ClientGone);
@@ -346,7 +347,7 @@ async fn write_events(
                 let status = if protocol.status_json() {
                     super::status::ended(&err).to_string()
                 } else {
-                    err.to_string()
+                    ClientText(&err).to_string()
                 };
                 (End::Failed(err), Some(status))
             }
@@ -357,7 +358,7 @@ async fn write_events(
                 let status = if protocol.status_json() {
                     super::status::ended(&err).to_string()
                 } else {
-                    err.to_string()
+                    ClientText(&err).to_string()
                 };
                 (End::Failed(err), Some(status))
             }

@@ -32,7 +32,7 @@ pub const MAX_TERM_DIM: u16 = 4096;
 /// Why a request was refused. Every variant names the offending field.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ValidationError {
-    #[error("container_id is empty (set one, or run execd with --host-exec)")]
+    #[error("container_id is empty")]
     MissingContainer,
     #[error("container_id is set but execd runs in host-exec mode, which has no containers")]
     ContainerInHostMode,

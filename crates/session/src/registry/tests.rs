@@ -162,7 +162,7 @@ fn owners_are_limited_independently_and_released_by_the_guard() {
     let err = reg.register(owned("a3", "j", "alice")).err().unwrap();
     assert_eq!(err, RegistryError::TooManyForOwner { limit: 2 });
     assert!(
-        err.to_string().contains("--max-sessions-per-token=2"),
+        err.to_string().contains("limit of 2 sessions per client"),
         "{err}"
     );
     assert!(
