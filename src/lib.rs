@@ -145,7 +145,8 @@ pub async fn run_on(
     }
     // The streams may be gone before the processes are: returning now
     // would drop the runtime under the reapers.
-    if !wait_for_sessions(&manager, deadline).await {
+    let drained = tokio::time::timeout_at(deadline.into(), manager.registry().drained()).await;
+    if drained.is_err() {
         tracing::warn!(
             left = manager.registry().total(),
             "shutdown grace elapsed with sessions left"
@@ -220,14 +221,4 @@ async fn grpc_routes(
         Some(guard) => routes.add_service(InterceptedService::new(admin, guard)),
     };
     Ok(routes)
-}
-
-async fn wait_for_sessions(manager: &SessionManager, deadline: Instant) -> bool {
-    while manager.registry().total() > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    true
 }
