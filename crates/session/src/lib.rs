@@ -30,6 +30,7 @@
 //!   `tonic::Status`, kept behind a feature so the manager stays gRPC-free.
 
 pub mod attach_target;
+pub mod client;
 pub mod command;
 pub mod engine_api;
 pub mod error;
@@ -50,6 +51,7 @@ pub mod spawn;
 pub mod status;
 
 pub use attach_target::AttachTarget;
+pub use client::{await_start, deliver, ClientEvent, Flow, StartWaitError};
 pub use command::{Door, ExecMode, ExecSpec, SessionKind, TermSize, ValidationError};
 pub use error::{EndReason, ErrorKind, RuntimeFailure, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};
