@@ -8,6 +8,8 @@
 //!   `:authority` fix for gRPC clients on unix sockets.
 //! - [`doors`]: the HTTP front doors, beside gRPC on every listener.
 //! - [`stream_limit`]: caps concurrent streaming calls of a gRPC service.
+//! - [`door_session`]: starting a session and recording its end, for
+//!   every door alike.
 //! - [`error_text`]: session errors as clients read them (flag hints).
 //! - [`protocol`]: mapping between `exec_service` messages and sessions.
 //! - [`exec_service`] serves `ExecService/ExecStream`, one session per stream.
@@ -20,6 +22,7 @@
 pub mod admin_service;
 pub mod auth;
 pub mod config;
+pub mod door_session;
 pub mod doors;
 pub mod error_text;
 pub mod exec_service;

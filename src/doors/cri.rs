@@ -10,7 +10,7 @@
 //!   return a single-use streaming URL ([`crate::doors::kube`]) where the
 //!   client opens the WebSocket; the session starts when it does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use execd_proto::cri::runtime_service_server::RuntimeService;
 use execd_proto::cri::{
@@ -18,10 +18,10 @@ use execd_proto::cri::{
 };
 use execd_session::{Door, EndReason, ExecSpec, SessionError, SessionEvent, SessionKind};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::kube::{StreamRequest, TokenError};
 use super::DoorContext;
+use crate::door_session::{self, Ending, Opened};
 use crate::error_text::ClientText;
 
 /// Most bytes of each of stdout and stderr that ExecSync returns.
@@ -122,25 +122,17 @@ impl CriRuntime {
             session_id = tracing::field::Empty,
             container_id = %execd_session::log_field::LogField::new(&spec.container_id),
         );
-        let started_at = Instant::now();
-        let session = match self
-            .ctx
-            .manager
-            .start(None, spec)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                self.ctx.metrics.record_refused(Door::Cri, &e);
-                return Err(e.into());
-            }
-        };
+        // A refusal is counted and logged by the start itself.
+        let Opened {
+            session,
+            active,
+            requested_at,
+            ..
+        } = door_session::open(&self.ctx.manager, &self.ctx.metrics, None, spec, &span).await?;
         span.record("session_id", session.id.as_str());
-        let active = self
-            .ctx
-            .metrics
-            .session_started(Door::Cri, false, started_at.elapsed());
+        let stats = session.stats.clone();
+        let record =
+            |ending| door_session::record_end(&active, &span, requested_at, &stats, ending);
         let mut input = session.input;
         input.close_stdin().await;
         let mut events = session.output.into_receiver();
@@ -179,24 +171,16 @@ impl CriRuntime {
                     let reason = EndReason::Closed(format!("timeout after {}s", req.timeout));
                     input.end(reason.clone());
                     let _ = tokio::time::timeout(KILL_WAIT, input.finished()).await;
-                    let err = CriError::Timeout(req.timeout);
-                    active.failed(&SessionError::Ended(reason));
-                    span.in_scope(|| tracing::info!(error = %err, "exec_sync timed out"));
-                    return Err(err);
+                    record(Ending::Failed(&SessionError::Ended(reason)));
+                    return Err(CriError::Timeout(req.timeout));
                 }
             }
         } else {
             collect.await
         };
-        let _entered = span.enter();
         match outcome {
             Ok(exit_code) => {
-                active.exited(exit_code);
-                tracing::info!(
-                    exit_code,
-                    duration_ms = started_at.elapsed().as_millis() as u64,
-                    "exec_sync exited"
-                );
+                record(Ending::Exited(exit_code));
                 Ok(ExecSyncResponse {
                     stdout: stdout.into(),
                     stderr: stderr.into(),
@@ -204,8 +188,7 @@ impl CriRuntime {
                 })
             }
             Err(e) => {
-                active.failed(&e);
-                tracing::info!(error = %ClientText(&e), "exec_sync ended");
+                record(Ending::Failed(&e));
                 Err(e.into())
             }
         }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -281,7 +281,6 @@ async fn launch(
         container_id = %execd_session::log_field::LogField::new(&spec.container_id),
         tty = spec.tty,
     );
-    let requested_at = Instant::now();
     // Until the stream takes over, a start abandoned by its client (the
     // request dropped while the session starts) must still leave the
     // table: otherwise the entry stays "running" forever.
@@ -289,51 +288,34 @@ async fn launch(
         state: state.clone(),
         id: Some(id.clone()),
     };
-    let session = match state
-        .ctx
-        .manager
-        .start(Some(id.clone()), spec)
-        .instrument(span.clone())
-        .await
-    {
-        Ok(session) => session,
+    // A refusal is counted and logged by the start itself.
+    let opened = crate::door_session::open(
+        &state.ctx.manager,
+        &state.ctx.metrics,
+        Some(id.clone()),
+        spec,
+        &span,
+    )
+    .await;
+    let opened = match opened {
+        Ok(opened) => opened,
         Err(err) => {
-            span.in_scope(
-                || tracing::info!(error = %crate::error_text::ClientText(&err), "session refused"),
-            );
-            state.ctx.metrics.record_refused(Door::Docker, &err);
             state.table.finish(&id, None);
             return Err(err.into());
         }
     };
-    let latency = requested_at.elapsed();
-    span.in_scope(|| {
-        tracing::info!(
-            tty = config.tty,
-            start_ms = latency.as_millis() as u64,
-            upgraded = upgrade.is_some(),
-            "session started"
-        )
-    });
-    span.in_scope(|| {
-        tracing::debug!(command = %execd_session::log_field::LogCommand::new(&config.cmd, execd_session::log_field::MAX_LOG_FIELD), "session command")
-    });
+    span.in_scope(|| tracing::debug!(upgraded = upgrade.is_some(), "stream transport"));
     unfinished.id = None;
     let started = Started {
         id,
-        session,
+        opened,
         tty: config.tty,
         attach_stdin: config.attach_stdin,
         attach_stdout: config.attach_stdout,
         attach_stderr: config.attach_stderr,
         resizes,
-        active: state
-            .ctx
-            .metrics
-            .session_started(Door::Docker, config.tty, latency),
         span: span.clone(),
         state: state.clone(),
-        started_at: requested_at,
     };
     let content_type = HeaderValue::from_static(if config.tty {
         "application/vnd.docker.raw-stream"

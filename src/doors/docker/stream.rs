@@ -14,15 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use execd_session::{EndReason, OutputStream, Session, SessionEvent, SessionInput};
+use execd_session::{
+    deliver, ClientEvent, EndReason, Flow, OutputStream, SessionEvent, SessionInput,
+};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::table::Size;
 use super::DockerState;
+use crate::door_session::{record_end, Ending, Opened};
 use crate::error_text::ClientText;
-use crate::metrics::{ActiveSession, Metrics};
+use crate::metrics::Metrics;
 
 /// Quiet time after which the client is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -37,16 +40,14 @@ pub const BODY_DEPTH: usize = 4;
 /// A running exec, ready to be connected to its client.
 pub struct Started {
     pub id: String,
-    pub session: Session,
+    pub opened: Opened,
     pub tty: bool,
     pub attach_stdin: bool,
     pub attach_stdout: bool,
     pub attach_stderr: bool,
     pub resizes: watch::Receiver<Option<Size>>,
-    pub active: ActiveSession,
     pub span: tracing::Span,
     pub state: Arc<DockerState>,
-    pub started_at: Instant,
 }
 
 /// Where output goes.
@@ -126,16 +127,20 @@ where
 {
     let Started {
         id,
-        session,
+        opened:
+            Opened {
+                session,
+                active,
+                requested_at,
+                ..
+            },
         tty,
         attach_stdin,
         attach_stdout,
         attach_stderr,
         resizes,
-        active,
         span,
         state,
-        started_at,
     } = started;
     let metrics = state.ctx.metrics.clone();
     let stats = session.stats.clone();
@@ -153,18 +158,7 @@ where
     let mut last_write = Instant::now();
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let log_end = |what: &str, code: Option<i32>| {
-        let duration_ms = started_at.elapsed().as_millis() as u64;
-        span.in_scope(|| {
-            tracing::info!(
-                exit_code = code,
-                duration_ms,
-                stdin_bytes = stats.stdin_bytes(),
-                output_bytes = stats.output_bytes(),
-                "{what}"
-            )
-        });
-    };
+    let record = |ending| record_end(&active, &span, requested_at, &stats, ending);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -191,18 +185,16 @@ where
                 }
             }
             Some(SessionEvent::Exited { code }) => {
-                active.exited(code);
+                record(Ending::Exited(code));
                 // Before the close: clients inspect right after EOF.
                 state.table.finish(&id, Some(code));
-                log_end("session exited", Some(code));
                 sink.close().await;
                 return;
             }
             Some(SessionEvent::Failed(err)) => {
-                active.failed(&err);
+                record(Ending::Failed(&err));
                 state.table.finish(&id, Some(KILLED_EXIT_CODE));
                 let err = ClientText(&err);
-                log_end(&format!("session ended: {err}"), None);
                 let note = if tty {
                     Bytes::from(format!("\r\nexecd: {err}\r\n"))
                 } else {
@@ -214,7 +206,7 @@ where
             }
             None => {
                 state.table.finish(&id, None);
-                log_end("session ended without a final event", None);
+                record(Ending::ClientGone);
                 sink.close().await;
                 return;
             }
@@ -223,9 +215,8 @@ where
     // The client is gone: dropping the events ends the session, which
     // kills its processes in the container; the metrics guard records it.
     state.table.finish(&id, None);
-    log_end("client went away", None);
+    record(Ending::ClientGone);
     drop(events);
-    drop(active);
 }
 
 /// Client bytes to stdin (a half-close is stdin EOF) and resizes to the
@@ -252,20 +243,20 @@ async fn feed_input<R: AsyncRead + Unpin>(
                     continue;
                 }
                 let size = *resizes.borrow_and_update();
-                if let Some((h, w)) = size {
-                    let applied = input.resize(h, w);
-                    tracing::debug!(h, w, ?applied, "resize");
+                if let Some((rows, cols)) = size {
+                    let _ = deliver(&mut input, ClientEvent::Resize { rows, cols }).await;
                 }
             }
             read = read_some(&mut reader, &mut buf) => match read {
                 Ok(0) => {
                     tracing::debug!("client half-closed; stdin EOF");
-                    input.close_stdin().await;
                     reader = None;
+                    let _ = deliver(&mut input, ClientEvent::StdinEof).await;
                 }
                 Ok(n) if attach_stdin => {
                     metrics.record_stdin(n);
-                    if !input.write(Bytes::copy_from_slice(&buf[..n])).await {
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    if deliver(&mut input, ClientEvent::Stdin(data)).await == Flow::Stop {
                         return;
                     }
                 }
@@ -273,7 +264,7 @@ async fn feed_input<R: AsyncRead + Unpin>(
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "client connection failed");
-                    input.end(EndReason::ClientGone);
+                    let _ = deliver(&mut input, ClientEvent::End(EndReason::ClientGone)).await;
                     return;
                 }
             },

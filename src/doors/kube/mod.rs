@@ -20,8 +20,6 @@ pub mod status;
 pub mod stream;
 pub mod tokens;
 
-use std::time::Instant;
-
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -371,30 +369,15 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         owner: request.owner.clone(),
         ..ExecSpec::default()
     };
-    let requested_at = Instant::now();
-    let session = match ctx
-        .manager
-        .start(Some(session_id), spec)
-        .instrument(span.clone())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let _entered = span.enter();
-            return refuse(&ctx, request.door, e.into());
-        }
-    };
-    let latency = requested_at.elapsed();
-    span.in_scope(|| {
-        tracing::info!(
-            ?protocol,
-            start_ms = latency.as_millis() as u64,
-            "session started"
-        )
-    });
-    span.in_scope(|| {
-        tracing::debug!(command = %execd_session::log_field::LogCommand::new(&request.command, execd_session::log_field::MAX_LOG_FIELD), "session command")
-    });
+    // A refusal is counted and logged by the start itself.
+    let opened =
+        match crate::door_session::open(&ctx.manager, &ctx.metrics, Some(session_id), spec, &span)
+            .await
+        {
+            Ok(opened) => opened,
+            Err(e) => return KubeError::Session(e).into_response(),
+        };
+    span.in_scope(|| tracing::debug!(?protocol, "stream protocol"));
     let relay = stream::Relay {
         protocol,
         streams: stream::Streams {
@@ -404,13 +387,9 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
             tty: request.tty,
             kind: request.kind,
         },
-        active: ctx
-            .metrics
-            .session_started(request.door, request.tty, latency),
-        session,
+        opened,
         metrics: ctx.metrics.clone(),
         span: span.clone(),
-        started_at: requested_at,
     };
     // If the upgrade never completes the callback is dropped with the
     // session in it, which ends the session like a client leaving.
