@@ -81,6 +81,9 @@ struct Opener {
 
 type Item = Result<ExecMessage, Status>;
 
+/// A stream refused before its session started, ready to be returned.
+type Refused = Box<ExecResponseStream>;
+
 /// How long a stream may take to send its start when
 /// `--max-pending-starts` streams are already waiting.
 const CROWDED_START_GRACE: Duration = Duration::from_secs(1);
@@ -277,11 +280,11 @@ impl Opener {
     ) -> ExecResponseStream {
         let msg = match self.first_message(&mut inbound).await {
             Ok(msg) => msg,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         };
         let (session_id, request) = match self.start_request(msg) {
             Ok(start) => start,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         };
         self.start(inbound, owner, session_id, request).await
     }
@@ -290,7 +293,7 @@ impl Opener {
     async fn first_message(
         &self,
         inbound: &mut Streaming<ExecMessage>,
-    ) -> Result<ExecMessage, ExecResponseStream> {
+    ) -> Result<ExecMessage, Refused> {
         // Past the cap of streams allowed to wait the full start timeout,
         // a stream must bring its start at once (real clients send it with
         // the call); idle streams are refused quickly instead.
@@ -308,7 +311,7 @@ impl Opener {
             }
             Ok(Err(status)) => match read_failure(&status) {
                 Some(reason) => reason,
-                None => return Err(ExecResponseStream::aborted(status)),
+                None => return Err(Box::new(ExecResponseStream::aborted(status))),
             },
             Err(StartWaitError::TimedOut) if pending.is_some() => EndReason::Protocol(format!(
                 "no start_request within {}s of opening the stream",
@@ -320,7 +323,7 @@ impl Opener {
             )),
             Err(StartWaitError::Shutdown) => EndReason::Shutdown,
         };
-        Err(self.refuse("", SessionError::Ended(reason)))
+        Err(Box::new(self.refuse("", SessionError::Ended(reason))))
     }
 
     /// The session id (the client's, or a fresh one) and the start request
@@ -328,7 +331,7 @@ impl Opener {
     fn start_request(
         &self,
         msg: ExecMessage,
-    ) -> Result<(Option<String>, ExecStartRequest), ExecResponseStream> {
+    ) -> Result<(Option<String>, ExecStartRequest), Refused> {
         match msg.payload {
             Some(Payload::StartRequest(req)) => {
                 Ok(((!msg.session_id.is_empty()).then_some(msg.session_id), req))
@@ -338,12 +341,12 @@ impl Opener {
                     "the first message must carry start_request, got {}",
                     protocol::payload_name(&other)
                 ));
-                let echo = if execd_session::command::validate_session_id(&msg.session_id).is_ok() {
+                let echo = if execd_session::validate_session_id(&msg.session_id).is_ok() {
                     msg.session_id.as_str()
                 } else {
                     ""
                 };
-                Err(self.refuse(echo, SessionError::Ended(reason)))
+                Err(Box::new(self.refuse(echo, SessionError::Ended(reason))))
             }
         }
     }

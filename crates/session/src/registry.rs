@@ -148,7 +148,7 @@ impl SessionStats {
 /// How a session is asked to end from outside its own task. The first reason
 /// given wins; cancelling the token wakes every part of the session.
 #[derive(Debug)]
-pub struct SessionControl {
+pub(crate) struct SessionControl {
     cancel: CancellationToken,
     reason: OnceLock<EndReason>,
 }
@@ -216,18 +216,6 @@ impl SessionEntry {
             stats: Arc::new(SessionStats::new()),
             control: Arc::new(SessionControl::new(shutdown)),
         }
-    }
-
-    pub fn session_id(&self) -> &str {
-        &self.session_id
-    }
-
-    pub fn stats(&self) -> &Arc<SessionStats> {
-        &self.stats
-    }
-
-    pub fn control(&self) -> &Arc<SessionControl> {
-        &self.control
     }
 }
 
@@ -303,7 +291,7 @@ pub struct ListPage {
 /// plus one, as in [`MAX_ARGV_BYTES`](crate::command::MAX_ARGV_BYTES), so
 /// thousands of empty arguments are bounded too), cut at a char boundary and
 /// followed by a marker element saying how much was left out.
-pub fn shorten_command(argv: &[String], max: usize) -> (Vec<String>, bool) {
+pub(crate) fn shorten_command(argv: &[String], max: usize) -> (Vec<String>, bool) {
     let counted: usize = argv.iter().map(|a| a.len() + 1).sum();
     if counted <= max {
         return (argv.to_vec(), false);

@@ -14,8 +14,7 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use execd_session::engine_api;
-use execd_session::preflight::{self, PreflightError};
+use execd_session::PreflightError;
 use execd_session::{new_session_id, Door, ExecSpec, SessionError, SessionKind};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
@@ -77,10 +76,13 @@ async fn create(
 ) -> Result<Response, DockerError> {
     let mode = state.ctx.manager.mode();
     config.validate(mode)?;
-    let cli = runtime_cli(mode)?;
-    let socket = state.ctx.manager.engine_api_socket();
-    if let Err(e) = preflight::check_container(cli, socket, &config.container_id).await {
-        let err = SessionError::from(e);
+    runtime_cli(mode)?;
+    if let Err(err) = state
+        .ctx
+        .manager
+        .check_container(&config.container_id)
+        .await
+    {
         state.ctx.metrics.record_refused(Door::Docker, &err);
         return Err(err.into());
     }
@@ -427,7 +429,7 @@ pub async fn engine_inspect(ctx: &DoorContext, id: &str) -> Result<String, Docke
     if let Some(socket) = ctx.manager.engine_api_socket() {
         let asked = tokio::time::timeout(
             ENGINE_TIMEOUT,
-            engine_api::get(socket, &format!("/containers/{id}/json")),
+            execd_session::engine_api_get(socket, &format!("/containers/{id}/json")),
         )
         .await;
         if let Ok(Ok((code, body))) = asked {
