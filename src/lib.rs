@@ -34,7 +34,7 @@ pub mod stream_limit;
 pub mod transport;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use execd_proto::admin::session_admin_server::SessionAdminServer;
 use execd_proto::cri::runtime_service_server::RuntimeServiceServer;
@@ -80,26 +80,69 @@ pub async fn run_on(
 ) -> Result<(), ServerError> {
     let manager = SessionManager::new(config.manager.clone(), shutdown.clone());
     let metrics = Arc::new(metrics::Metrics::new());
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::MetricsBind { addr, source })?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        tokio::spawn(metrics::serve(
-            listener,
-            metrics.clone(),
-            config.handshake_timeout,
-            shutdown.clone(),
-        ));
+    serve_metrics(&config, &metrics, &shutdown).await?;
+    let door_ctx = door_context(&config, &listeners, &manager, &metrics);
+    tokio::spawn(door_ctx.streams.clone().sweep_until(shutdown.clone()));
+    let doors = doors::router(door_ctx.clone());
+    let app = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
+        .await?
+        .into_axum_router()
+        .merge(doors)
+        .fallback(doors::fallback);
+    let transport_config = transport_config(&config)?;
+    let socket_files: Vec<listener::SocketFile> = listeners
+        .iter()
+        .filter_map(|l| l.socket_file().cloned())
+        .collect();
+    let addresses: Vec<String> = listeners.iter().map(Listener::local_addr).collect();
+    tracing::info!(listen = ?addresses, mode = ?manager.mode(), "execd serving");
+    let connections = transport::serve(listeners, app, transport_config, shutdown.clone());
+    shutdown.cancelled().await;
+    drain(&connections, &manager, config.shutdown_grace).await;
+    for file in &socket_files {
+        file.remove();
     }
+    tracing::info!("execd stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` on `--metrics-listen`, if given.
+async fn serve_metrics(
+    config: &ServerConfig,
+    metrics: &Arc<metrics::Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<(), ServerError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::MetricsBind { addr, source })?;
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    tokio::spawn(metrics::serve(
+        listener,
+        metrics.clone(),
+        config.handshake_timeout,
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// What every HTTP door shares, CRI streaming URLs included.
+fn door_context(
+    config: &ServerConfig,
+    listeners: &[Listener],
+    manager: &SessionManager,
+    metrics: &Arc<metrics::Metrics>,
+) -> doors::DoorContext {
     let stream_base_url = config
         .stream_base_url
         .clone()
-        .or_else(|| doors::kube::tokens::default_base_url(&listeners, config.tls.is_some()));
+        .or_else(|| doors::kube::tokens::default_base_url(listeners, config.tls.is_some()));
     if stream_base_url.is_none() {
         tracing::warn!("no TCP listener and no --stream-base-url: CRI Exec/Attach will refuse to issue streaming URLs");
     }
-    let door_ctx = doors::DoorContext {
+    doors::DoorContext {
         manager: manager.clone(),
         metrics: metrics.clone(),
         auth: config.auth.clone(),
@@ -109,15 +152,12 @@ pub async fn run_on(
             metrics.stream_tokens_pending().clone(),
         ),
         web: config.web.clone(),
-    };
-    tokio::spawn(door_ctx.streams.clone().sweep_until(shutdown.clone()));
-    let doors = doors::router(door_ctx.clone());
-    let app = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
-        .await?
-        .into_axum_router()
-        .merge(doors)
-        .fallback(doors::fallback);
-    let transport_config = transport::TransportConfig {
+    }
+}
+
+/// The connection layer's settings (TLS acceptor built here).
+fn transport_config(config: &ServerConfig) -> Result<transport::TransportConfig, ServerError> {
+    Ok(transport::TransportConfig {
         tls: config
             .tls
             .as_ref()
@@ -128,26 +168,26 @@ pub async fn run_on(
         handshake_timeout: config.handshake_timeout,
         keepalive_interval: config.keepalive_interval,
         keepalive_timeout: config.keepalive_timeout,
-    };
-    let socket_files: Vec<listener::SocketFile> = listeners
-        .iter()
-        .filter_map(|l| l.socket_file().cloned())
-        .collect();
-    let addresses: Vec<String> = listeners.iter().map(Listener::local_addr).collect();
-    tracing::info!(listen = ?addresses, mode = ?manager.mode(), "execd serving");
-    let connections = transport::serve(listeners, app, transport_config, shutdown.clone());
-    shutdown.cancelled().await;
-    // Sessions got their ERROR and are killing their processes; the
-    // connections drain their streams (GOAWAY), but not forever.
-    let deadline = Instant::now() + config.shutdown_grace;
+    })
+}
+
+/// After the shutdown token fired: sessions got their ERROR and are killing
+/// their processes; the connections drain their streams (GOAWAY), but not
+/// forever. Then the sessions themselves: the streams may be gone before
+/// the processes are, and returning would drop the runtime under the
+/// reapers. Both within `grace` in all.
+async fn drain(
+    connections: &tokio_util::task::TaskTracker,
+    manager: &SessionManager,
+    grace: Duration,
+) {
+    let deadline = Instant::now() + grace;
     if tokio::time::timeout_at(deadline.into(), connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("shutdown grace elapsed; dropping remaining connections");
     }
-    // The streams may be gone before the processes are: returning now
-    // would drop the runtime under the reapers.
     let drained = tokio::time::timeout_at(deadline.into(), manager.registry().drained()).await;
     if drained.is_err() {
         tracing::warn!(
@@ -155,11 +195,6 @@ pub async fn run_on(
             "shutdown grace elapsed with sessions left"
         );
     }
-    for file in &socket_files {
-        file.remove();
-    }
-    tracing::info!("execd stopped");
-    Ok(())
 }
 
 /// Every gRPC service, with tokens required where configured: ExecService
