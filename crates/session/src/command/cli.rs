@@ -26,6 +26,20 @@ pub struct RuntimeCommand {
     pub user: Option<String>,
 }
 
+impl RuntimeCommand {
+    /// The runtime CLI with `args`: everything for the container travels
+    /// on its command line, so the CLI process itself gets nothing else.
+    fn cli(runtime_cli: &str, args: Vec<OsString>) -> Self {
+        RuntimeCommand {
+            program: runtime_cli.into(),
+            args,
+            env: Vec::new(),
+            current_dir: None,
+            user: None,
+        }
+    }
+}
+
 impl ExecSpec {
     /// The environment the process gets on top of the container's own:
     /// the client's variables, `TERM=xterm` for terminals that did not name
@@ -72,13 +86,7 @@ impl ExecSpec {
                 }
                 args.push(self.container_id.clone().into());
                 args.extend(command.into_iter().map(OsString::from));
-                RuntimeCommand {
-                    program: runtime_cli.into(),
-                    args,
-                    env: Vec::new(),
-                    current_dir: None,
-                    user: None,
-                }
+                RuntimeCommand::cli(runtime_cli, args)
             }
             ExecMode::Host => {
                 let mut argv = command.into_iter().map(OsString::from);
@@ -118,33 +126,15 @@ impl ExecSpec {
             args.push("--no-stdin".into());
         }
         args.push(self.container_id.clone().into());
-        RuntimeCommand {
-            program: runtime_cli.into(),
-            args,
-            env: Vec::new(),
-            current_dir: None,
-            user: None,
-        }
+        RuntimeCommand::cli(runtime_cli, args)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::test_support::{docker, spec};
     use crate::command::ValidationError;
-
-    fn docker() -> ExecMode {
-        ExecMode::Container {
-            runtime_cli: "docker".into(),
-        }
-    }
-
-    fn spec(container: &str) -> ExecSpec {
-        ExecSpec {
-            container_id: container.into(),
-            ..Default::default()
-        }
-    }
 
     fn args(cmd: &RuntimeCommand) -> Vec<String> {
         cmd.args

@@ -38,3 +38,22 @@ pub enum ExecMode {
     /// Run the command directly on this host (sidecar mode).
     Host,
 }
+
+/// Requests the tests of both parts build on.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{ExecMode, ExecSpec};
+
+    pub fn docker() -> ExecMode {
+        ExecMode::Container {
+            runtime_cli: "docker".into(),
+        }
+    }
+
+    pub fn spec(container: &str) -> ExecSpec {
+        ExecSpec {
+            container_id: container.into(),
+            ..Default::default()
+        }
+    }
+}

@@ -327,19 +327,7 @@ impl ExecSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn docker() -> ExecMode {
-        ExecMode::Container {
-            runtime_cli: "docker".into(),
-        }
-    }
-
-    fn spec(container: &str) -> ExecSpec {
-        ExecSpec {
-            container_id: container.into(),
-            ..Default::default()
-        }
-    }
+    use crate::command::test_support::{docker, spec};
 
     #[test]
     fn rejects_container_ids_that_could_be_flags_or_paths() {
