@@ -299,12 +299,8 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     let mut backoff = crate::transport::AcceptBackoff::default();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.cancelled() => return,
+        let Some(permit) = crate::transport::acquire_slot(&slots, &shutdown).await else {
+            return;
         };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -321,46 +317,59 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            hyper::Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(Bytes::from(metrics.encode())))
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
-                        };
-                        response
-                    }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "metrics connection failed");
-            }
+            serve_connection(stream, metrics, header_timeout, shutdown).await;
             drop(permit);
         });
+    }
+}
+
+/// The exposition for `/metrics`, a 404 for any other path.
+fn respond(
+    metrics: &Metrics,
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> http::Result<hyper::Response<Full<Bytes>>> {
+    if req.uri().path() == "/metrics" {
+        hyper::Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(metrics.encode())))
+    } else {
+        hyper::Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+    }
+}
+
+/// One scraper's HTTP/1.1 connection, closed gracefully on `shutdown`.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    metrics: Arc<Metrics>,
+    header_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let response = respond(&metrics, &req);
+        async move { response }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "metrics connection failed");
     }
 }
 
