@@ -16,7 +16,9 @@ use execd_proto::cri::runtime_service_server::RuntimeService;
 use execd_proto::cri::{
     AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
 };
-use execd_session::{Door, EndReason, ExecSpec, SessionError, SessionEvent, SessionKind};
+use execd_session::{
+    Door, EndReason, ExecSpec, OutputStream, SessionError, SessionEvent, SessionKind,
+};
 use tonic::{Request, Response, Status};
 
 use super::kube::{StreamRequest, TokenError};
@@ -98,6 +100,35 @@ fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
+/// Gathers the session's output (each stream capped) until its end: the
+/// exit code, or why it ended without one.
+async fn collect_output(
+    events: &mut tokio::sync::mpsc::Receiver<SessionEvent>,
+    metrics: &crate::metrics::Metrics,
+    stdout: &mut Vec<u8>,
+    stderr: &mut Vec<u8>,
+) -> Result<i32, SessionError> {
+    loop {
+        match events.recv().await {
+            Some(SessionEvent::Output { stream, data }) => {
+                metrics.record_output(stream, data.len());
+                let buf = match stream {
+                    OutputStream::Stdout => &mut *stdout,
+                    OutputStream::Stderr => &mut *stderr,
+                };
+                append_capped(buf, &data);
+            }
+            Some(SessionEvent::Exited { code }) => return Ok(code),
+            Some(SessionEvent::Failed(e)) => return Err(e),
+            None => {
+                return Err(SessionError::Wait(std::io::Error::other(
+                    "session ended without a final status",
+                )))
+            }
+        }
+    }
+}
+
 impl CriRuntime {
     async fn exec_sync(
         &self,
@@ -137,30 +168,7 @@ impl CriRuntime {
         input.close_stdin().await;
         let mut events = session.output.into_receiver();
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let collect = async {
-            loop {
-                match events.recv().await {
-                    Some(SessionEvent::Output { stream, data }) => {
-                        self.ctx.metrics.record_output(stream, data.len());
-                        match stream {
-                            execd_session::OutputStream::Stdout => {
-                                append_capped(&mut stdout, &data)
-                            }
-                            execd_session::OutputStream::Stderr => {
-                                append_capped(&mut stderr, &data)
-                            }
-                        }
-                    }
-                    Some(SessionEvent::Exited { code }) => return Ok(code),
-                    Some(SessionEvent::Failed(e)) => return Err(e),
-                    None => {
-                        return Err(SessionError::Wait(std::io::Error::other(
-                            "session ended without a final status",
-                        )))
-                    }
-                }
-            }
-        };
+        let collect = collect_output(&mut events, &self.ctx.metrics, &mut stdout, &mut stderr);
         let outcome = if req.timeout > 0 {
             let limit = Duration::from_secs(req.timeout.unsigned_abs());
             match tokio::time::timeout(limit, collect).await {

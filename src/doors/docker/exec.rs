@@ -316,23 +316,31 @@ async fn launch(
         attach_stdout: config.attach_stdout,
         attach_stderr: config.attach_stderr,
         resizes,
-        span: span.clone(),
+        span,
         state: state.clone(),
     };
-    let content_type = HeaderValue::from_static(if config.tty {
+    Ok(stream_response(started, upgrade))
+}
+
+/// The answer that carries a started exec: `101` and the hijacked
+/// connection when the client asked to upgrade, else `200` with the output
+/// as the body.
+fn stream_response(started: Started, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response {
+    let content_type = HeaderValue::from_static(if started.tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     });
     match upgrade {
         Some(upgrade) => {
+            let span = started.span.clone();
             tokio::spawn(stream::over_connection(started, upgrade).instrument(span));
             let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
             let h = response.headers_mut();
             h.insert(header::CONTENT_TYPE, content_type);
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-            Ok(response)
+            response
         }
         None => {
             let chunks = stream::over_body(started);
@@ -345,7 +353,7 @@ async fn launch(
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, content_type);
-            Ok(response)
+            response
         }
     }
 }

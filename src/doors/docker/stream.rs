@@ -120,6 +120,37 @@ pub fn over_body(started: Started) -> mpsc::Receiver<Bytes> {
     rx
 }
 
+/// Which output the client asked for, and how it is sent.
+#[derive(Clone, Copy)]
+struct Wanted {
+    /// Raw: a terminal has one stream and no frames.
+    tty: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+impl Wanted {
+    /// What to send for one output chunk, if the client wants it.
+    fn chunk(self, stream: OutputStream, data: Bytes) -> Option<Bytes> {
+        match (self.tty, stream) {
+            (true, _) => Some(data),
+            (false, OutputStream::Stdout) => self.stdout.then(|| frame(1, &data)),
+            (false, OutputStream::Stderr) => self.stderr.then(|| frame(2, &data)),
+        }
+    }
+}
+
+/// The last words of a session that ended without an exit, where a
+/// Docker client shows them: in the terminal, or on stderr.
+fn failure_note(tty: bool, err: &execd_session::SessionError) -> Bytes {
+    let err = ClientText(err);
+    if tty {
+        Bytes::from(format!("\r\nexecd: {err}\r\n"))
+    } else {
+        frame(2, format!("execd: {err}\n").as_bytes())
+    }
+}
+
 async fn run<R, W>(started: Started, reader: Option<R>, mut sink: Sink<W>)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -142,6 +173,11 @@ where
         span,
         state,
     } = started;
+    let wanted = Wanted {
+        tty,
+        stdout: attach_stdout,
+        stderr: attach_stderr,
+    };
     let metrics = state.ctx.metrics.clone();
     let stats = session.stats.clone();
     {
@@ -172,12 +208,7 @@ where
         match event {
             Some(SessionEvent::Output { stream, data }) => {
                 metrics.record_output(stream, data.len());
-                let chunk = match (tty, stream) {
-                    (true, _) => Some(data),
-                    (false, OutputStream::Stdout) => attach_stdout.then(|| frame(1, &data)),
-                    (false, OutputStream::Stderr) => attach_stderr.then(|| frame(2, &data)),
-                };
-                if let Some(chunk) = chunk {
+                if let Some(chunk) = wanted.chunk(stream, data) {
                     if !sink.send(chunk).await {
                         break;
                     }
@@ -194,13 +225,7 @@ where
             Some(SessionEvent::Failed(err)) => {
                 record(Ending::Failed(&err));
                 state.table.finish(&id, Some(KILLED_EXIT_CODE));
-                let err = ClientText(&err);
-                let note = if tty {
-                    Bytes::from(format!("\r\nexecd: {err}\r\n"))
-                } else {
-                    frame(2, format!("execd: {err}\n").as_bytes())
-                };
-                let _ = sink.send(note).await;
+                let _ = sink.send(failure_note(tty, &err)).await;
                 sink.close().await;
                 return;
             }

@@ -274,6 +274,26 @@ async fn read_client(
     }
 }
 
+/// The error channel's message for an exit: a `Status` (v4/v5), else
+/// nothing on success and the message text on failure.
+fn exit_status(protocol: Protocol, code: i32) -> Option<String> {
+    if protocol.status_json() {
+        Some(super::status::exited(code).to_string())
+    } else {
+        (code != 0)
+            .then(|| format!("command terminated with non-zero exit code: exit status {code}"))
+    }
+}
+
+/// The error channel's message for a session that ended without an exit.
+fn failure_status(protocol: Protocol, err: &SessionError) -> String {
+    if protocol.status_json() {
+        super::status::ended(err).to_string()
+    } else {
+        ClientText(err).to_string()
+    }
+}
+
 async fn write_events(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut events: mpsc::Receiver<SessionEvent>,
@@ -320,33 +340,16 @@ async fn write_events(
                 }
                 continue;
             }
-            Some(SessionEvent::Exited { code }) => {
-                let status = if protocol.status_json() {
-                    Some(super::status::exited(code).to_string())
-                } else {
-                    (code != 0).then(|| {
-                        format!("command terminated with non-zero exit code: exit status {code}")
-                    })
-                };
-                (End::Exited(code), status)
-            }
+            Some(SessionEvent::Exited { code }) => (End::Exited(code), exit_status(protocol, code)),
             Some(SessionEvent::Failed(err)) => {
-                let status = if protocol.status_json() {
-                    super::status::ended(&err).to_string()
-                } else {
-                    ClientText(&err).to_string()
-                };
+                let status = failure_status(protocol, &err);
                 (End::Failed(err), Some(status))
             }
             None => {
                 let err = SessionError::Wait(std::io::Error::other(
                     "session ended without a final status",
                 ));
-                let status = if protocol.status_json() {
-                    super::status::ended(&err).to_string()
-                } else {
-                    ClientText(&err).to_string()
-                };
+                let status = failure_status(protocol, &err);
                 (End::Failed(err), Some(status))
             }
         };
