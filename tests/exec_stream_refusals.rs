@@ -41,32 +41,12 @@ async fn missing_container_is_not_found_without_started() {
 #[tokio::test]
 async fn stopped_container_is_failed_precondition() {
     need_docker!();
-    let name = format!("execd-test-stopped-{}", std::process::id());
-    let _ = std::process::Command::new("docker")
-        .args(["rm", "-f", &name])
-        .output();
-    let created = std::process::Command::new("docker")
-        .args([
-            "create",
-            "--network",
-            "none",
-            "--label",
-            "execd-test=1",
-            "--name",
-            &name,
-            IMAGE,
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
+    let stopped = CreatedContainer::new("stopped");
+    let name = stopped.0.clone();
     let server = start_server(config()).await;
     let t = server.exec(req(&name, &["echo", "x"])).await.finish().await;
     let msg = t.assert_error(Code::FailedPrecondition);
     assert!(msg.contains("not running"), "{msg}");
-    let _ = std::process::Command::new("docker")
-        .args(["rm", "-f", &name])
-        .output();
 }
 
 #[tokio::test]
