@@ -281,26 +281,20 @@ impl SessionAdmin for SessionAdminImpl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use execd_session::registry::{SessionControl, SessionEntry, SessionStats};
-    use execd_session::{ManagerConfig, SessionManager};
+    use execd_session::registry::SessionEntry;
+    use execd_session::{ExecSpec, ManagerConfig, SessionManager};
     use futures_util::StreamExt;
-    use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
 
-    fn entry(id: usize, instance: &str) -> SessionEntry {
-        SessionEntry {
-            session_id: format!("s{id}"),
-            door: Default::default(),
-            kind: Default::default(),
+    /// A registry entry of session `id` (no process behind it).
+    fn entry(id: &str, instance: &str, container: &str, command: Vec<String>) -> SessionEntry {
+        let spec = ExecSpec {
             instance_id: instance.to_string(),
-            owner: String::new(),
-            container_id: "c".into(),
-            command: vec!["sh".into()],
-            tty: false,
-            started_at_unix_ms: 0,
-            stats: Arc::new(SessionStats::new()),
-            control: Arc::new(SessionControl::new(&CancellationToken::new())),
-        }
+            container_id: container.to_string(),
+            command,
+            ..ExecSpec::default()
+        };
+        SessionEntry::new(id.to_string(), &spec, &CancellationToken::new())
     }
 
     /// Whatever was registered, a page of the largest page size stays
@@ -311,11 +305,9 @@ mod tests {
         let admin = SessionAdminImpl::new(manager.clone());
         let mut guards = Vec::new();
         for i in 0..1000 {
-            let mut e = entry(i, &format!("{i:0>128}"));
-            e.session_id = format!("{i:0>128}");
-            e.container_id = "c".repeat(255);
+            let id = format!("{i:0>128}");
             // Many short arguments cost the most per listed byte.
-            e.command = vec!["ab".to_string(); 4000];
+            let e = entry(&id, &id, &"c".repeat(255), vec!["ab".to_string(); 4000]);
             guards.push(manager.registry().register(e).unwrap());
         }
         let mut token = String::new();
@@ -363,7 +355,12 @@ mod tests {
             drop(
                 manager
                     .registry()
-                    .register(entry(i, "busy-instance"))
+                    .register(entry(
+                        &format!("s{i}"),
+                        "busy-instance",
+                        "c",
+                        vec!["sh".into()],
+                    ))
                     .unwrap(),
             );
         }

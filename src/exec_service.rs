@@ -2,8 +2,12 @@
 //!
 //! The handler returns a response stream at once (so headers go out
 //! immediately); that stream first waits for the first message and starts
-//! the session, then begins with STARTED and relays the session's events. Client messages after the start are read by a separate task, so
-//! a client pushing input never delays output (and vice versa).
+//! the session, then begins with STARTED and relays the session's events.
+//! Client messages after the start are read by a separate task, so a client
+//! pushing input never delays output (and vice versa). Waiting for the
+//! start, applying input and recording the end are shared with the other
+//! doors ([`execd_session::client`], [`crate::door_session`]); this module
+//! translates `ExecMessage`s.
 //!
 //! Every response stream ends with exactly one terminal status message: for
 //! EXITED the RPC then ends OK; for ERROR it ends with a gRPC status of the
@@ -23,17 +27,19 @@ use std::time::{Duration, Instant};
 
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_server::ExecService;
-use execd_proto::exec_service::ExecMessage;
-use execd_session::log_field::{LogCommand, LogField, MAX_LOG_FIELD};
+use execd_proto::exec_service::{ExecMessage, ExecStartRequest};
+use execd_session::log_field::LogField;
 use execd_session::{
-    new_session_id, Door, EndReason, ReplayFrom, SessionError, SessionEvent, SessionEvents,
-    SessionInput, SessionManager, SessionStats, ValidationError,
+    await_start, deliver, ClientEvent, Door, EndReason, Flow, ReplayFrom, SessionError,
+    SessionEvent, SessionEvents, SessionInput, SessionManager, SessionStats, StartWaitError,
+    ValidationError,
 };
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::auth::Owner;
+use crate::door_session::{self, Ending, Opened};
 use crate::metrics::{ActiveSession, Metrics};
 use crate::protocol;
 
@@ -75,15 +81,31 @@ struct Opener {
 
 type Item = Result<ExecMessage, Status>;
 
+/// A stream refused before its session started, ready to be returned.
+type Refused = Box<ExecResponseStream>;
+
 /// How long a stream may take to send its start when
 /// `--max-pending-starts` streams are already waiting.
 const CROWDED_START_GRACE: Duration = Duration::from_secs(1);
 
-/// Error messages may quote client input; logged escaped, up to this long.
-const MAX_LOGGED_ERROR: usize = 1024;
+/// The running session behind a stream: what its end is recorded with.
+struct Running {
+    active: ActiveSession,
+    stats: Arc<SessionStats>,
+    span: tracing::Span,
+    requested_at: Instant,
+}
 
-fn log_error(message: &str) -> LogField<'_> {
-    LogField::with_limit(message, MAX_LOGGED_ERROR)
+impl Running {
+    fn record_end(&self, ending: Ending<'_>) {
+        door_session::record_end(
+            &self.active,
+            &self.span,
+            self.requested_at,
+            &self.stats,
+            ending,
+        );
+    }
 }
 
 /// What the client reads: queued messages first (STARTED, or an early ERROR
@@ -95,10 +117,8 @@ pub struct ExecResponseStream {
     session_id: String,
     queued: VecDeque<Item>,
     events: Option<SessionEvents>,
-    span: tracing::Span,
-    started_at: Instant,
-    /// Present once STARTED: metrics and counters of the running session.
-    active: Option<(ActiveSession, Arc<SessionStats>)>,
+    /// Present once STARTED.
+    running: Option<Running>,
 }
 
 impl ExecResponseStream {
@@ -109,15 +129,13 @@ impl ExecResponseStream {
             session_id: session_id.to_string(),
             queued,
             events: None,
-            span: tracing::Span::none(),
-            started_at: Instant::now(),
-            active: None,
+            running: None,
         }
     }
 
+    /// The terminal ERROR and its status, for a session that never started.
     fn failed(session_id: &str, err: &SessionError) -> Self {
         let (msg, status) = protocol::error_pair(session_id, err);
-        tracing::info!(session_id = %LogField::new(session_id), code = ?status.code(), error = %log_error(status.message()), "session refused");
         Self::ending(session_id, VecDeque::from([Ok(msg), Err(status)]))
     }
 
@@ -138,14 +156,11 @@ impl ExecResponseStream {
         session_id: &str,
         reattached: bool,
         events: SessionEvents,
-        span: tracing::Span,
-        active: ActiveSession,
-        stats: Arc<SessionStats>,
+        running: Running,
     ) -> Self {
         ExecResponseStream {
             events: Some(events),
-            span,
-            active: Some((active, stats)),
+            running: Some(running),
             ..Self::ending(
                 session_id,
                 VecDeque::from([Ok(if reattached {
@@ -157,15 +172,42 @@ impl ExecResponseStream {
         }
     }
 
-    fn duration_ms(&self) -> u64 {
-        self.started_at.elapsed().as_millis() as u64
+    fn record_end(&self, ending: Ending<'_>) {
+        if let Some(running) = &self.running {
+            running.record_end(ending);
+        }
     }
 
-    fn bytes(&self) -> (u64, u64) {
-        self.active
-            .as_ref()
-            .map(|(_, s)| (s.stdin_bytes(), s.output_bytes()))
-            .unwrap_or_default()
+    /// The message for one session event; a terminal one queues the RPC's
+    /// status after it where there is one.
+    fn relay(&mut self, event: Option<SessionEvent>) -> Item {
+        let id = self.session_id.as_str();
+        match event {
+            Some(SessionEvent::Output { stream, data }) => {
+                if let Some(running) = &self.running {
+                    running.active.metrics().record_output(stream, data.len());
+                }
+                Ok(protocol::output(id, stream, data))
+            }
+            Some(SessionEvent::Exited { code }) => {
+                let msg = protocol::exited(id, code);
+                self.record_end(Ending::Exited(code));
+                Ok(msg)
+            }
+            Some(SessionEvent::Failed(err)) => {
+                let (msg, status) = protocol::error_pair(id, &err);
+                self.record_end(Ending::Failed(&err));
+                self.queued.push_back(Err(status));
+                Ok(msg)
+            }
+            None => {
+                // The session gave up delivering its final event (the client
+                // did not read for a long time); still end with a status.
+                let err = Status::internal("session ended without a final status");
+                self.queued.push_back(Err(err.clone()));
+                Ok(protocol::error(id, err.message()))
+            }
+        }
     }
 }
 
@@ -184,77 +226,31 @@ impl Stream for ExecResponseStream {
             return Poll::Ready(None);
         };
         let event = ready!(events.poll_recv(cx));
-        let this = &mut *self;
-        let id = this.session_id.as_str();
-        let item = match event {
-            Some(SessionEvent::Output { stream, data }) => {
-                if let Some((active, _)) = &this.active {
-                    active.metrics().record_output(stream, data.len());
-                }
-                return Poll::Ready(Some(Ok(protocol::output(id, stream, data))));
-            }
-            Some(SessionEvent::Exited { code }) => {
-                let (stdin_bytes, output_bytes) = this.bytes();
-                let duration_ms = this.duration_ms();
-                this.span.in_scope(|| {
-                    tracing::info!(
-                        exit_code = code,
-                        duration_ms,
-                        stdin_bytes,
-                        output_bytes,
-                        "session exited"
-                    )
-                });
-                if let Some((active, _)) = &this.active {
-                    active.exited(code);
-                }
-                Ok(protocol::exited(id, code))
-            }
-            Some(SessionEvent::Failed(err)) => {
-                let (msg, status) = protocol::error_pair(id, &err);
-                let (stdin_bytes, output_bytes) = this.bytes();
-                let duration_ms = this.duration_ms();
-                this.span.in_scope(|| {
-                    tracing::info!(code = ?status.code(), error = %log_error(status.message()), duration_ms, stdin_bytes, output_bytes, "session ended")
-                });
-                if let Some((active, _)) = &this.active {
-                    active.failed(&err);
-                }
-                this.queued.push_back(Err(status));
-                Ok(msg)
-            }
-            None => {
-                // The session gave up delivering its final event (the client
-                // did not read for a long time); still end with a status.
-                let err = Status::internal("session ended without a final status");
-                this.queued.push_back(Err(err.clone()));
-                Ok(protocol::error(id, err.message()))
-            }
-        };
-        this.events = None;
+        let terminal = !matches!(event, Some(SessionEvent::Output { .. }));
+        let item = self.relay(event);
+        if terminal {
+            self.events = None;
+        }
         Poll::Ready(Some(item))
     }
 }
 
-/// A message that is not a valid `ExecMessage` (tonic reports decode
-/// failures as INTERNAL; resets and disconnects have other codes).
-fn is_undecodable(status: &Status) -> bool {
-    status.code() == tonic::Code::Internal
-}
-
-fn undecodable(status: &Status) -> EndReason {
-    EndReason::Protocol(format!(
-        "could not decode the client's message: {}",
-        status.message()
-    ))
-}
-
-/// A gRPC error the client caused by sending too large a message.
-fn is_too_large(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-    )
+/// What a failed read of the client's stream means for the session, if
+/// the client caused it: too large a message (tonic reports OUT_OF_RANGE or
+/// RESOURCE_EXHAUSTED), or one that is not a valid `ExecMessage` (tonic
+/// reports decode failures as INTERNAL; resets and disconnects have other
+/// codes). `None`: the client went away.
+fn read_failure(status: &Status) -> Option<EndReason> {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Some(EndReason::TooLarge(status.message().to_string()))
+        }
+        tonic::Code::Internal => Some(EndReason::Protocol(format!(
+            "could not decode the client's message: {}",
+            status.message()
+        ))),
+        _ => None,
+    }
 }
 
 #[tonic::async_trait]
@@ -292,8 +288,10 @@ impl ExecService for ExecServiceImpl {
 }
 
 impl Opener {
+    /// Refuses a stream before its session started (counted and logged).
     fn refuse(&self, session_id: &str, err: SessionError) -> ExecResponseStream {
         self.metrics.record_refused(Door::Grpc, &err);
+        tracing::info!(session_id = %LogField::new(session_id), kind = err.kind().as_str(), error = %door_session::log_error(&err), "session refused");
         ExecResponseStream::failed(session_id, &err)
     }
 
@@ -303,75 +301,92 @@ impl Opener {
         owner: Option<Owner>,
         from: ReplayFrom,
     ) -> ExecResponseStream {
-        let shutdown = self.manager.shutdown_token().clone();
+        let msg = match self.first_message(&mut inbound).await {
+            Ok(msg) => msg,
+            Err(refused) => return *refused,
+        };
+        let (session_id, request) = match self.start_request(msg) {
+            Ok(start) => start,
+            Err(refused) => return *refused,
+        };
+        self.start(inbound, owner, session_id, request, from).await
+    }
+
+    /// The stream's first message, within the start timeout.
+    async fn first_message(
+        &self,
+        inbound: &mut Streaming<ExecMessage>,
+    ) -> Result<ExecMessage, Refused> {
         // Past the cap of streams allowed to wait the full start timeout,
         // a stream must bring its start at once (real clients send it with
         // the call); idle streams are refused quickly instead.
         let pending = self.pending_starts.clone().try_acquire_owned().ok();
-        let start_timeout = if pending.is_some() {
+        let wait = if pending.is_some() {
             self.start_timeout
         } else {
             self.start_timeout.min(CROWDED_START_GRACE)
         };
-        let first = tokio::select! {
-            first = inbound.message() => first,
-            _ = tokio::time::sleep(start_timeout) => {
-                let reason = if pending.is_some() {
-                    EndReason::Protocol(format!(
-                        "no start_request within {}s of opening the stream",
-                        self.start_timeout.as_secs()
-                    ))
-                } else {
-                    EndReason::TooLarge(format!(
-                        "more than {} streams are waiting to send their start_request",
-                        self.max_pending_starts
-                    ))
-                };
-                return self.refuse("", SessionError::Ended(reason));
+        let first = await_start(inbound.message(), wait, self.manager.shutdown_token()).await;
+        let reason = match first {
+            Ok(Ok(Some(msg))) => return Ok(msg),
+            Ok(Ok(None)) => {
+                EndReason::Protocol("the stream was closed before a start_request".into())
             }
-            _ = shutdown.cancelled() => {
-                return self.refuse("", SessionError::Ended(EndReason::Shutdown));
-            }
+            Ok(Err(status)) => match read_failure(&status) {
+                Some(reason) => reason,
+                None => return Err(Box::new(ExecResponseStream::aborted(status))),
+            },
+            Err(StartWaitError::TimedOut) if pending.is_some() => EndReason::Protocol(format!(
+                "no start_request within {}s of opening the stream",
+                self.start_timeout.as_secs()
+            )),
+            Err(StartWaitError::TimedOut) => EndReason::TooLarge(format!(
+                "more than {} streams are waiting to send their start_request",
+                self.max_pending_starts
+            )),
+            Err(StartWaitError::Shutdown) => EndReason::Shutdown,
         };
-        drop(pending);
-        let msg = match first {
-            Ok(Some(msg)) => msg,
-            Ok(None) => {
-                let reason =
-                    EndReason::Protocol("the stream was closed before a start_request".into());
-                return self.refuse("", SessionError::Ended(reason));
+        Err(Box::new(self.refuse("", SessionError::Ended(reason))))
+    }
+
+    /// The session id (the client's, or a fresh one) and the start request
+    /// the first message must carry.
+    fn start_request(
+        &self,
+        msg: ExecMessage,
+    ) -> Result<(Option<String>, ExecStartRequest), Refused> {
+        match msg.payload {
+            Some(Payload::StartRequest(req)) => {
+                Ok(((!msg.session_id.is_empty()).then_some(msg.session_id), req))
             }
-            Err(status) if is_too_large(&status) => {
-                let reason = EndReason::TooLarge(status.message().to_string());
-                return self.refuse("", SessionError::Ended(reason));
-            }
-            Err(status) if is_undecodable(&status) => {
-                return self.refuse("", SessionError::Ended(undecodable(&status)));
-            }
-            Err(status) => return ExecResponseStream::aborted(status),
-        };
-        let requested_id = msg.session_id;
-        let request = match msg.payload {
-            Some(Payload::StartRequest(req)) => req,
             other => {
                 let reason = EndReason::Protocol(format!(
                     "the first message must carry start_request, got {}",
                     protocol::payload_name(&other)
                 ));
-                let echo = if execd_session::command::validate_session_id(&requested_id).is_ok() {
-                    requested_id.as_str()
+                let echo = if execd_session::validate_session_id(&msg.session_id).is_ok() {
+                    msg.session_id.as_str()
                 } else {
                     ""
                 };
-                return self.refuse(echo, SessionError::Ended(reason));
+                Err(Box::new(self.refuse(echo, SessionError::Ended(reason))))
             }
-        };
-        let session_id = if requested_id.is_empty() {
-            new_session_id()
-        } else {
-            requested_id
-        };
+        }
+    }
+
+    /// Starts the session and, once STARTED, the task relaying input.
+    async fn start(
+        self,
+        inbound: Streaming<ExecMessage>,
+        owner: Option<Owner>,
+        requested_id: Option<String>,
+        request: ExecStartRequest,
+        from: ReplayFrom,
+    ) -> ExecResponseStream {
+        // The span needs the id before the start: a fresh one is made here.
+        let session_id = requested_id.unwrap_or_else(execd_session::new_session_id);
         let mut spec = protocol::spec_from_start(request);
+        spec.door = Door::Grpc;
         spec.owner = owner.map(Owner::into_key).unwrap_or_default();
         // Not validated yet: the span shows the values escaped and bounded.
         let span = tracing::info_span!(
@@ -381,54 +396,46 @@ impl Opener {
             container_id = %LogField::new(&spec.container_id),
             tty = spec.tty,
         );
-        let (tty, command) = (spec.tty, spec.effective_command());
-        let requested_at = Instant::now();
-        match self
-            .manager
-            .open(Some(session_id.clone()), spec, from)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(session) => {
-                let latency = requested_at.elapsed();
-                span.in_scope(|| {
-                    if session.reattached {
-                        tracing::info!(tty, "client reattached");
-                    } else {
-                        tracing::info!(tty, start_ms = latency.as_millis() as u64, "session started");
-                    }
-                    // Command lines can carry secrets: debug only.
-                    tracing::debug!(command = %LogCommand::new(&command, MAX_LOG_FIELD), "session command");
-                });
-                let active = if session.reattached {
-                    self.metrics.session_reattached(Door::Grpc, tty)
-                } else {
-                    self.metrics.session_started(Door::Grpc, tty, latency)
-                }
-                .detachable(self.manager.reattach_table().is_some());
-                tokio::spawn(
-                    relay_input(inbound, session.input, self.metrics.clone())
-                        .instrument(span.clone()),
-                );
-                ExecResponseStream::started(
-                    &session.id,
-                    session.reattached,
-                    session.output.into_receiver(),
-                    span,
-                    active,
-                    session.stats,
-                )
-            }
+        let opened = door_session::open(
+            &self.manager,
+            &self.metrics,
+            Some(session_id.clone()),
+            spec,
+            Some(from),
+            &span,
+        )
+        .await;
+        let Opened {
+            session,
+            active,
+            requested_at,
+            ..
+        } = match opened {
+            Ok(opened) => opened,
             Err(err) => {
                 // An invalid id is not echoed back.
                 let echo = match err {
                     SessionError::Invalid(ValidationError::BadSessionId(_)) => "",
                     _ => session_id.as_str(),
                 };
-                let _entered = span.enter();
-                self.refuse(echo, err)
+                return ExecResponseStream::failed(echo, &err);
             }
-        }
+        };
+        tokio::spawn(
+            relay_input(inbound, session.input, self.metrics.clone()).instrument(span.clone()),
+        );
+        let running = Running {
+            active,
+            stats: session.stats,
+            span,
+            requested_at,
+        };
+        ExecResponseStream::started(
+            &session.id,
+            session.reattached,
+            session.output.into_receiver(),
+            running,
+        )
     }
 }
 
@@ -455,6 +462,26 @@ fn replay_from(metadata: &tonic::metadata::MetadataMap) -> Result<ReplayFrom, St
         })
 }
 
+/// The session event a client message stands for.
+fn client_event(payload: Option<Payload>) -> Option<ClientEvent> {
+    Some(match payload {
+        Some(Payload::InputData(data)) => ClientEvent::Stdin(data.data),
+        Some(Payload::StdinEof(_)) => ClientEvent::StdinEof,
+        Some(Payload::Resize(size)) => ClientEvent::Resize {
+            rows: size.rows,
+            cols: size.cols,
+        },
+        Some(Payload::StartRequest(_)) => ClientEvent::End(EndReason::SecondStart),
+        other @ (Some(Payload::OutputData(_)) | Some(Payload::Status(_))) => {
+            ClientEvent::End(EndReason::Protocol(format!(
+                "clients must not send {}",
+                protocol::payload_name(&other)
+            )))
+        }
+        None => return None,
+    })
+}
+
 /// Feeds client messages into the session until it ends or the client stops
 /// sending. Half-closing the request stream counts as stdin EOF.
 async fn relay_input(
@@ -468,51 +495,32 @@ async fn relay_input(
             _ = input.finished() => return,
             next = inbound.message() => next,
         };
-        let msg = match next {
-            Ok(Some(msg)) => msg,
+        let event = match next {
+            Ok(Some(msg)) => match client_event(msg.payload) {
+                Some(event) => event,
+                None => {
+                    tracing::debug!("message without payload ignored");
+                    continue;
+                }
+            },
             Ok(None) => {
                 tracing::debug!("client half-closed; stdin EOF");
-                input.close_stdin().await;
-                return;
-            }
-            Err(status) if is_too_large(&status) => {
-                input.end(EndReason::TooLarge(status.message().to_string()));
-                return;
-            }
-            Err(status) if is_undecodable(&status) => {
-                input.end(undecodable(&status));
+                let _ = deliver(&mut input, ClientEvent::StdinEof).await;
                 return;
             }
             Err(status) => {
-                tracing::debug!(code = ?status.code(), message = %log_error(status.message()), "client stream failed");
-                input.end(EndReason::ClientGone);
-                return;
+                let reason = read_failure(&status).unwrap_or_else(|| {
+                    tracing::debug!(code = ?status.code(), message = %LogField::with_limit(status.message(), door_session::MAX_LOGGED_ERROR), "client stream failed");
+                    EndReason::ClientGone
+                });
+                ClientEvent::End(reason)
             }
         };
-        match msg.payload {
-            Some(Payload::InputData(data)) => {
-                metrics.record_stdin(data.data.len());
-                if !input.write(data.data).await {
-                    return;
-                }
-            }
-            Some(Payload::StdinEof(_)) => input.close_stdin().await,
-            Some(Payload::Resize(size)) => {
-                let applied = input.resize(size.rows, size.cols);
-                tracing::debug!(rows = size.rows, cols = size.cols, ?applied, "resize");
-            }
-            Some(Payload::StartRequest(_)) => {
-                input.end(EndReason::SecondStart);
-                return;
-            }
-            other @ (Some(Payload::OutputData(_)) | Some(Payload::Status(_))) => {
-                input.end(EndReason::Protocol(format!(
-                    "clients must not send {}",
-                    protocol::payload_name(&other)
-                )));
-                return;
-            }
-            None => tracing::debug!("message without payload ignored"),
+        if let ClientEvent::Stdin(data) = &event {
+            metrics.record_stdin(data.len());
+        }
+        if deliver(&mut input, event).await == Flow::Stop {
+            return;
         }
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use execd_session::engine_api;
 use execd_session::{ExecMode, SessionManager};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +34,7 @@ pub async fn engine_answers(
         // An answer settles it; no answer is double-checked with the CLI,
         // whose configuration may point elsewhere.
         if let Ok(Ok((code, body))) =
-            tokio::time::timeout(timeout, engine_api::get(socket, "/_ping")).await
+            tokio::time::timeout(timeout, execd_session::engine_api_get(socket, "/_ping")).await
         {
             return if code == 200 {
                 Ok(())

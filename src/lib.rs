@@ -8,6 +8,9 @@
 //!   `:authority` fix for gRPC clients on unix sockets.
 //! - [`doors`]: the HTTP front doors, beside gRPC on every listener.
 //! - [`stream_limit`]: caps concurrent streaming calls of a gRPC service.
+//! - [`door_session`]: starting a session and recording its end, for
+//!   every door alike.
+//! - [`error_text`]: session errors as clients read them (flag hints).
 //! - [`protocol`]: mapping between `exec_service` messages and sessions.
 //! - [`exec_service`] serves `ExecService/ExecStream`, one session per stream.
 //! - [`health`]: `grpc.health.v1` status that follows the engine.
@@ -19,7 +22,9 @@
 pub mod admin_service;
 pub mod auth;
 pub mod config;
+pub mod door_session;
 pub mod doors;
+pub mod error_text;
 pub mod exec_service;
 pub mod health;
 pub mod listener;
@@ -29,7 +34,7 @@ pub mod stream_limit;
 pub mod transport;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use execd_proto::admin::session_admin_server::SessionAdminServer;
 use execd_proto::cri::runtime_service_server::RuntimeServiceServer;
@@ -75,26 +80,69 @@ pub async fn run_on(
 ) -> Result<(), ServerError> {
     let manager = SessionManager::new(config.manager.clone(), shutdown.clone());
     let metrics = Arc::new(metrics::Metrics::new());
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::MetricsBind { addr, source })?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        tokio::spawn(metrics::serve(
-            listener,
-            metrics.clone(),
-            config.handshake_timeout,
-            shutdown.clone(),
-        ));
+    serve_metrics(&config, &metrics, &shutdown).await?;
+    let door_ctx = door_context(&config, &listeners, &manager, &metrics);
+    tokio::spawn(door_ctx.streams.clone().sweep_until(shutdown.clone()));
+    let doors = doors::router(door_ctx.clone());
+    let app = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
+        .await?
+        .into_axum_router()
+        .merge(doors)
+        .fallback(doors::fallback);
+    let transport_config = transport_config(&config)?;
+    let socket_files: Vec<listener::SocketFile> = listeners
+        .iter()
+        .filter_map(|l| l.socket_file().cloned())
+        .collect();
+    let addresses: Vec<String> = listeners.iter().map(Listener::local_addr).collect();
+    tracing::info!(listen = ?addresses, mode = ?manager.mode(), "execd serving");
+    let connections = transport::serve(listeners, app, transport_config, shutdown.clone());
+    shutdown.cancelled().await;
+    drain(&connections, &manager, config.shutdown_grace).await;
+    for file in &socket_files {
+        file.remove();
     }
+    tracing::info!("execd stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` on `--metrics-listen`, if given.
+async fn serve_metrics(
+    config: &ServerConfig,
+    metrics: &Arc<metrics::Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<(), ServerError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::MetricsBind { addr, source })?;
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    tokio::spawn(metrics::serve(
+        listener,
+        metrics.clone(),
+        config.handshake_timeout,
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// What every HTTP door shares, CRI streaming URLs included.
+fn door_context(
+    config: &ServerConfig,
+    listeners: &[Listener],
+    manager: &SessionManager,
+    metrics: &Arc<metrics::Metrics>,
+) -> doors::DoorContext {
     let stream_base_url = config
         .stream_base_url
         .clone()
-        .or_else(|| doors::kube::tokens::default_base_url(&listeners, config.tls.is_some()));
+        .or_else(|| doors::kube::tokens::default_base_url(listeners, config.tls.is_some()));
     if stream_base_url.is_none() {
         tracing::warn!("no TCP listener and no --stream-base-url: CRI Exec/Attach will refuse to issue streaming URLs");
     }
-    let door_ctx = doors::DoorContext {
+    doors::DoorContext {
         manager: manager.clone(),
         metrics: metrics.clone(),
         auth: config.auth.clone(),
@@ -104,15 +152,12 @@ pub async fn run_on(
             metrics.stream_tokens_pending().clone(),
         ),
         web: config.web.clone(),
-    };
-    tokio::spawn(door_ctx.streams.clone().sweep_until(shutdown.clone()));
-    let doors = doors::router(door_ctx.clone());
-    let app = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
-        .await?
-        .into_axum_router()
-        .merge(doors)
-        .fallback(doors::fallback);
-    let transport_config = transport::TransportConfig {
+    }
+}
+
+/// The connection layer's settings (TLS acceptor built here).
+fn transport_config(config: &ServerConfig) -> Result<transport::TransportConfig, ServerError> {
+    Ok(transport::TransportConfig {
         tls: config
             .tls
             .as_ref()
@@ -123,37 +168,33 @@ pub async fn run_on(
         handshake_timeout: config.handshake_timeout,
         keepalive_interval: config.keepalive_interval,
         keepalive_timeout: config.keepalive_timeout,
-    };
-    let socket_files: Vec<listener::SocketFile> = listeners
-        .iter()
-        .filter_map(|l| l.socket_file().cloned())
-        .collect();
-    let addresses: Vec<String> = listeners.iter().map(Listener::local_addr).collect();
-    tracing::info!(listen = ?addresses, mode = ?manager.mode(), "execd serving");
-    let connections = transport::serve(listeners, app, transport_config, shutdown.clone());
-    shutdown.cancelled().await;
-    // Sessions got their ERROR and are killing their processes; the
-    // connections drain their streams (GOAWAY), but not forever.
-    let deadline = Instant::now() + config.shutdown_grace;
+    })
+}
+
+/// After the shutdown token fired: sessions got their ERROR and are killing
+/// their processes; the connections drain their streams (GOAWAY), but not
+/// forever. Then the sessions themselves: the streams may be gone before
+/// the processes are, and returning would drop the runtime under the
+/// reapers. Both within `grace` in all.
+async fn drain(
+    connections: &tokio_util::task::TaskTracker,
+    manager: &SessionManager,
+    grace: Duration,
+) {
+    let deadline = Instant::now() + grace;
     if tokio::time::timeout_at(deadline.into(), connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("shutdown grace elapsed; dropping remaining connections");
     }
-    // The streams may be gone before the processes are: returning now
-    // would drop the runtime under the reapers.
-    if !wait_for_sessions(&manager, deadline).await {
+    let drained = tokio::time::timeout_at(deadline.into(), manager.registry().drained()).await;
+    if drained.is_err() {
         tracing::warn!(
             left = manager.registry().total(),
             "shutdown grace elapsed with sessions left"
         );
     }
-    for file in &socket_files {
-        file.remove();
-    }
-    tracing::info!("execd stopped");
-    Ok(())
 }
 
 /// Every gRPC service, with tokens required where configured: ExecService
@@ -218,14 +259,4 @@ async fn grpc_routes(
         Some(guard) => routes.add_service(InterceptedService::new(admin, guard)),
     };
     Ok(routes)
-}
-
-async fn wait_for_sessions(manager: &SessionManager, deadline: Instant) -> bool {
-    while manager.registry().total() > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    true
 }

@@ -9,9 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use execd_session::preflight::PreflightError;
-use execd_session::spawn::SpawnError;
-use execd_session::{Door, EndReason, ErrorKind, OutputStream, SessionError};
+use execd_session::{Door, EndReason, OutputStream, SessionError};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -83,29 +81,6 @@ fn session_labels(door: Door, tty: bool) -> SessionLabels {
     }
 }
 
-/// The outcome label of a session that ended with an error.
-pub fn outcome_of(err: &SessionError) -> &'static str {
-    match err {
-        SessionError::Ended(EndReason::ClientGone) => "cancelled",
-        SessionError::Ended(EndReason::Closed(_)) => "closed",
-        SessionError::Ended(EndReason::IdleTimeout) => "idle",
-        SessionError::Ended(EndReason::Shutdown) => "shutdown",
-        other => match other.kind() {
-            ErrorKind::InvalidArgument => "invalid_argument",
-            ErrorKind::AlreadyExists => "already_exists",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::FailedPrecondition => "failed_precondition",
-            ErrorKind::ResourceExhausted => "resource_exhausted",
-            ErrorKind::PermissionDenied => "permission_denied",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Aborted => "closed",
-            ErrorKind::DeadlineExceeded => "idle",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::Internal => "internal",
-        },
-    }
-}
-
 /// Exit codes by class: success, failure, not executable, not found, signal.
 pub fn exit_class(code: i32) -> &'static str {
     match code {
@@ -114,23 +89,6 @@ pub fn exit_class(code: i32) -> &'static str {
         127 => "127",
         c if c > 128 => "signal",
         _ => "1-125",
-    }
-}
-
-/// The runtime failure behind an error, if it was one.
-fn runtime_failure(err: &SessionError) -> Option<&'static str> {
-    match err {
-        SessionError::Preflight(PreflightError::NotFound { .. }) => Some("container_not_found"),
-        SessionError::Preflight(PreflightError::NotRunning { .. }) => Some("container_not_running"),
-        SessionError::Preflight(PreflightError::EngineUnavailable { .. }) => {
-            Some("engine_unavailable")
-        }
-        SessionError::Preflight(PreflightError::CliNotFound { .. })
-        | SessionError::Spawn(SpawnError::ProgramNotFound { .. })
-        | SessionError::Spawn(SpawnError::NotExecutable { .. }) => Some("cli_missing"),
-        SessionError::Preflight(PreflightError::Failed { .. }) => Some("inspect_failed"),
-        SessionError::Spawn(_) => Some("spawn_failed"),
-        _ => None,
     }
 }
 
@@ -237,13 +195,13 @@ impl Metrics {
         self.sessions_ended
             .get_or_create(&OutcomeLabels {
                 door: door.as_str().to_string(),
-                outcome: outcome_of(err).to_string(),
+                outcome: err.outcome().to_string(),
             })
             .inc();
-        if let Some(kind) = runtime_failure(err) {
+        if let Some(failure) = err.runtime_failure() {
             self.runtime_failures
                 .get_or_create(&FailureLabels {
-                    kind: kind.to_string(),
+                    kind: failure.as_str().to_string(),
                 })
                 .inc();
         }
@@ -333,6 +291,25 @@ impl ActiveSession {
         }
     }
 
+    /// The client went away before the end: the session was detached
+    /// (reattach on; returns true) or ended with it.
+    pub fn client_gone(&self) -> bool {
+        if !self.detachable {
+            self.failed(&SessionError::Ended(EndReason::ClientGone));
+            return false;
+        }
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            self.metrics
+                .sessions_ended
+                .get_or_create(&OutcomeLabels {
+                    door: self.door.as_str().into(),
+                    outcome: "detached".into(),
+                })
+                .inc();
+        }
+        true
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -341,19 +318,7 @@ impl ActiveSession {
 impl Drop for ActiveSession {
     fn drop(&mut self) {
         // No terminal status was delivered: the client went away.
-        if self.detachable {
-            if !self.ended.swap(true, Ordering::Relaxed) {
-                self.metrics
-                    .sessions_ended
-                    .get_or_create(&OutcomeLabels {
-                        door: self.door.as_str().into(),
-                        outcome: "detached".into(),
-                    })
-                    .inc();
-            }
-        } else {
-            self.failed(&SessionError::Ended(EndReason::ClientGone));
-        }
+        self.client_gone();
         self.metrics
             .sessions_active
             .get_or_create(&session_labels(self.door, self.tty))
@@ -376,12 +341,8 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     let mut backoff = crate::transport::AcceptBackoff::default();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.cancelled() => return,
+        let Some(permit) = crate::transport::acquire_slot(&slots, &shutdown).await else {
+            return;
         };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -398,46 +359,59 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            hyper::Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
-                                .body(Full::new(Bytes::from(metrics.encode())))
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
-                        };
-                        response
-                    }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "metrics connection failed");
-            }
+            serve_connection(stream, metrics, header_timeout, shutdown).await;
             drop(permit);
         });
+    }
+}
+
+/// The exposition for `/metrics`, a 404 for any other path.
+fn respond(
+    metrics: &Metrics,
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> http::Result<hyper::Response<Full<Bytes>>> {
+    if req.uri().path() == "/metrics" {
+        hyper::Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(metrics.encode())))
+    } else {
+        hyper::Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+    }
+}
+
+/// One scraper's HTTP/1.1 connection, closed gracefully on `shutdown`.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    metrics: Arc<Metrics>,
+    header_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let response = respond(&metrics, &req);
+        async move { response }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "metrics connection failed");
     }
 }
 

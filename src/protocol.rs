@@ -69,7 +69,7 @@ pub fn error(session_id: &str, message: &str) -> ExecMessage {
 /// The terminal ERROR message and the matching gRPC status that ends the
 /// RPC: the same words, a code that classifies them.
 pub fn error_pair(session_id: &str, err: &SessionError) -> (ExecMessage, tonic::Status) {
-    let status = tonic::Status::from(err);
+    let status = crate::error_text::grpc_status(err);
     (error(session_id, status.message()), status)
 }
 

@@ -341,7 +341,7 @@ fn catalogue(container: &str) -> Vec<Case> {
                 msg("", Payload::StartRequest(start(&c, &["true"]))),
             ],
             code: InvalidArgument,
-            needle: "second start_request",
+            needle: "a second start was sent",
         },
         Case {
             name: "output_data mid-session",

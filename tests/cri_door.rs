@@ -6,7 +6,6 @@ mod common;
 #[path = "common/kube_ws.rs"]
 mod kube_ws;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -214,23 +213,8 @@ async fn requests_are_validated_before_a_url_is_issued() {
         assert_eq!(err.code(), code, "{req:?}: {err:?}");
     }
     // Created, never started: not running.
-    let name = format!("execd-test-cri-created-{}", std::process::id());
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-    let created = Command::new("docker")
-        .args([
-            "create",
-            "--network",
-            "none",
-            "--label",
-            "execd-test=1",
-            "--name",
-            &name,
-            IMAGE,
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
+    let created = CreatedContainer::new("cri-created");
+    let name = created.0.clone();
     let err = client
         .exec(exec_req(&name, &["true"]))
         .await
@@ -245,7 +229,7 @@ async fn requests_are_validated_before_a_url_is_issued() {
         .await
         .expect_err("not running");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    drop(created);
     // Attach asking for stdin on a container without an open stdin.
     let err = client
         .attach(AttachRequest {

@@ -10,18 +10,21 @@
 //!   return a single-use streaming URL ([`crate::doors::kube`]) where the
 //!   client opens the WebSocket; the session starts when it does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use execd_proto::cri::runtime_service_server::RuntimeService;
 use execd_proto::cri::{
     AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
 };
-use execd_session::{Door, EndReason, ExecSpec, SessionError, SessionEvent, SessionKind};
+use execd_session::{
+    Door, EndReason, ExecSpec, OutputStream, SessionError, SessionEvent, SessionKind,
+};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::kube::{StreamRequest, TokenError};
 use super::DoorContext;
+use crate::door_session::{self, Ending, Opened};
+use crate::error_text::ClientText;
 
 /// Most bytes of each of stdout and stderr that ExecSync returns.
 pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
@@ -35,7 +38,7 @@ pub enum CriError {
     Invalid(String),
     #[error(transparent)]
     Tokens(#[from] TokenError),
-    #[error(transparent)]
+    #[error("{}", ClientText(.0))]
     Session(#[from] SessionError),
     #[error("command timed out after {0}s")]
     Timeout(i64),
@@ -49,7 +52,7 @@ impl From<CriError> for Status {
             CriError::Tokens(e @ TokenError::NoBaseUrl) => {
                 Status::failed_precondition(e.to_string())
             }
-            CriError::Session(e) => Status::from(&e),
+            CriError::Session(e) => crate::error_text::grpc_status(&e),
             e @ CriError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         }
     }
@@ -97,6 +100,35 @@ fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
+/// Gathers the session's output (each stream capped) until its end: the
+/// exit code, or why it ended without one.
+async fn collect_output(
+    events: &mut execd_session::SessionEvents,
+    metrics: &crate::metrics::Metrics,
+    stdout: &mut Vec<u8>,
+    stderr: &mut Vec<u8>,
+) -> Result<i32, SessionError> {
+    loop {
+        match events.recv().await {
+            Some(SessionEvent::Output { stream, data }) => {
+                metrics.record_output(stream, data.len());
+                let buf = match stream {
+                    OutputStream::Stdout => &mut *stdout,
+                    OutputStream::Stderr => &mut *stderr,
+                };
+                append_capped(buf, &data);
+            }
+            Some(SessionEvent::Exited { code }) => return Ok(code),
+            Some(SessionEvent::Failed(e)) => return Err(e),
+            None => {
+                return Err(SessionError::Wait(std::io::Error::other(
+                    "session ended without a final status",
+                )))
+            }
+        }
+    }
+}
+
 impl CriRuntime {
     async fn exec_sync(
         &self,
@@ -121,53 +153,30 @@ impl CriRuntime {
             session_id = tracing::field::Empty,
             container_id = %execd_session::log_field::LogField::new(&spec.container_id),
         );
-        let started_at = Instant::now();
-        let session = match self
-            .ctx
-            .manager
-            .start(None, spec)
-            .instrument(span.clone())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                self.ctx.metrics.record_refused(Door::Cri, &e);
-                return Err(e.into());
-            }
-        };
+        // A refusal is counted and logged by the start itself.
+        let Opened {
+            session,
+            active,
+            requested_at,
+            ..
+        } = door_session::open(
+            &self.ctx.manager,
+            &self.ctx.metrics,
+            None,
+            spec,
+            None,
+            &span,
+        )
+        .await?;
         span.record("session_id", session.id.as_str());
-        let active = self
-            .ctx
-            .metrics
-            .session_started(Door::Cri, false, started_at.elapsed());
+        let stats = session.stats.clone();
+        let record =
+            |ending| door_session::record_end(&active, &span, requested_at, &stats, ending);
         let mut input = session.input;
         input.close_stdin().await;
         let mut events = session.output.into_receiver();
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let collect = async {
-            loop {
-                match events.recv().await {
-                    Some(SessionEvent::Output { stream, data }) => {
-                        self.ctx.metrics.record_output(stream, data.len());
-                        match stream {
-                            execd_session::OutputStream::Stdout => {
-                                append_capped(&mut stdout, &data)
-                            }
-                            execd_session::OutputStream::Stderr => {
-                                append_capped(&mut stderr, &data)
-                            }
-                        }
-                    }
-                    Some(SessionEvent::Exited { code }) => return Ok(code),
-                    Some(SessionEvent::Failed(e)) => return Err(e),
-                    None => {
-                        return Err(SessionError::Wait(std::io::Error::other(
-                            "session ended without a final status",
-                        )))
-                    }
-                }
-            }
-        };
+        let collect = collect_output(&mut events, &self.ctx.metrics, &mut stdout, &mut stderr);
         let outcome = if req.timeout > 0 {
             let limit = Duration::from_secs(req.timeout.unsigned_abs());
             match tokio::time::timeout(limit, collect).await {
@@ -178,24 +187,16 @@ impl CriRuntime {
                     let reason = EndReason::Closed(format!("timeout after {}s", req.timeout));
                     input.end(reason.clone());
                     let _ = tokio::time::timeout(KILL_WAIT, input.finished()).await;
-                    let err = CriError::Timeout(req.timeout);
-                    active.failed(&SessionError::Ended(reason));
-                    span.in_scope(|| tracing::info!(error = %err, "exec_sync timed out"));
-                    return Err(err);
+                    record(Ending::Failed(&SessionError::Ended(reason)));
+                    return Err(CriError::Timeout(req.timeout));
                 }
             }
         } else {
             collect.await
         };
-        let _entered = span.enter();
         match outcome {
             Ok(exit_code) => {
-                active.exited(exit_code);
-                tracing::info!(
-                    exit_code,
-                    duration_ms = started_at.elapsed().as_millis() as u64,
-                    "exec_sync exited"
-                );
+                record(Ending::Exited(exit_code));
                 Ok(ExecSyncResponse {
                     stdout: stdout.into(),
                     stderr: stderr.into(),
@@ -203,8 +204,7 @@ impl CriRuntime {
                 })
             }
             Err(e) => {
-                active.failed(&e);
-                tracing::info!(error = %e, "exec_sync ended");
+                record(Ending::Failed(&e));
                 Err(e.into())
             }
         }

@@ -142,6 +142,19 @@ impl AcceptBackoff {
     }
 }
 
+/// A connection slot from `slots`, waiting while all are taken; `None` once
+/// `shutdown` fired (or the slots were closed). Every accept loop takes one
+/// before it accepts, so excess connections wait in the backlog.
+pub async fn acquire_slot(
+    slots: &std::sync::Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok(),
+        _ = shutdown.cancelled() => None,
+    }
+}
+
 /// Connection-level settings shared by every listener.
 #[derive(Clone)]
 pub struct TransportConfig {
@@ -224,12 +237,8 @@ async fn accept_loop(
     let mut backoff = AcceptBackoff::default();
     let what = listener.local_addr();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.cancelled() => return,
+        let Some(permit) = acquire_slot(&slots, &shutdown).await else {
+            return;
         };
         let accepted = tokio::select! {
             accepted = accept_one(&listener) => accepted,

@@ -68,6 +68,36 @@ fn docker(args: &[&str]) -> std::process::Output {
         .expect("running the docker CLI")
 }
 
+/// A test container that was created and never started (so it is not
+/// running); removed when dropped.
+pub struct CreatedContainer(pub String);
+
+impl CreatedContainer {
+    pub fn new(tag: &str) -> CreatedContainer {
+        let name = format!("execd-test-{tag}-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        let out = docker(&[
+            "create",
+            "--network",
+            "none",
+            "--label",
+            "execd-test=1",
+            "--name",
+            &name,
+            IMAGE,
+            "true",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        CreatedContainer(name)
+    }
+}
+
+impl Drop for CreatedContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
 /// `docker run` of an idle test container named `name`, with
 /// `--network none`; `--init` gives it a reaper for orphans, so killed
 /// processes do not linger as zombies in `ps` output.

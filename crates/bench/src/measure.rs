@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use execd_client::message;
-use execd_session::command::{RuntimeCommand, TermSize};
-use execd_session::spawn::{self, SpawnedChild};
+use execd_session::command::RuntimeCommand;
+use execd_session::{spawn_in_terminal, SpawnedChild, TermSize, TerminalMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
@@ -136,11 +136,7 @@ fn docker_exec_tty(command: &[&str]) -> Result<SpawnedChild> {
         rows: ROWS,
         cols: COLS,
     };
-    Ok(spawn::spawn_in_terminal(
-        &rc,
-        size,
-        spawn::TerminalMode::Raw,
-    )?)
+    Ok(spawn_in_terminal(&rc, size, TerminalMode::Raw)?)
 }
 
 /// MiB/s of `dd` output through `docker exec -t`.

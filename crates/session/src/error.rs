@@ -3,6 +3,13 @@
 //! Each module has its own error enum naming its failure sites; this module
 //! gathers them into [`SessionError`] and classifies every failure with an
 //! [`ErrorKind`], which the server maps onto a gRPC status code in one place.
+//! [`SessionError::outcome`] and [`SessionError::runtime_failure`] are the
+//! finer classification that metrics and logs use, so nothing outside this
+//! crate needs to match on the variants of the modules' own enums.
+//!
+//! Messages say what happened in the session's own terms; naming the
+//! server setting that would change the outcome (a flag) is the server's
+//! part.
 
 use crate::command::ValidationError;
 use crate::preflight::PreflightError;
@@ -41,7 +48,7 @@ pub enum ErrorKind {
 pub enum EndReason {
     /// The RPC was cancelled or the connection dropped.
     ClientGone,
-    /// A second start_request arrived on the same stream.
+    /// A second start arrived for a session that already runs.
     SecondStart,
     /// The client broke the protocol (the message says how).
     Protocol(String),
@@ -60,7 +67,7 @@ impl std::fmt::Display for EndReason {
         match self {
             EndReason::ClientGone => f.write_str("client went away"),
             EndReason::SecondStart => {
-                f.write_str("a second start_request was sent on this stream; the session was ended")
+                f.write_str("a second start was sent for this session; the session was ended")
             }
             EndReason::Protocol(msg) | EndReason::TooLarge(msg) => f.write_str(msg),
             EndReason::Closed(reason) => write!(f, "closed: {reason}"),
@@ -141,5 +148,114 @@ impl SessionError {
                 ErrorKind::Unavailable
             }
         }
+    }
+}
+
+/// What failed in the runtime or the engine, when that is why a session
+/// could not start or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeFailure {
+    ContainerNotFound,
+    ContainerNotRunning,
+    EngineUnavailable,
+    /// The runtime CLI (or the host command) is missing or not executable.
+    CliMissing,
+    InspectFailed,
+    SpawnFailed,
+}
+
+impl RuntimeFailure {
+    /// A stable label (for metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeFailure::ContainerNotFound => "container_not_found",
+            RuntimeFailure::ContainerNotRunning => "container_not_running",
+            RuntimeFailure::EngineUnavailable => "engine_unavailable",
+            RuntimeFailure::CliMissing => "cli_missing",
+            RuntimeFailure::InspectFailed => "inspect_failed",
+            RuntimeFailure::SpawnFailed => "spawn_failed",
+        }
+    }
+}
+
+impl ErrorKind {
+    /// A stable label (for metrics and logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Aborted => "aborted",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl SessionError {
+    /// How a session that ended with this error ended, as a stable label:
+    /// the end reasons operators tell apart (`cancelled`, `closed`, `idle`,
+    /// `shutdown`), else the error's kind.
+    pub fn outcome(&self) -> &'static str {
+        match self.kind() {
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Aborted => "closed",
+            ErrorKind::DeadlineExceeded => "idle",
+            _ if matches!(self, SessionError::Ended(EndReason::Shutdown)) => "shutdown",
+            kind => kind.as_str(),
+        }
+    }
+
+    /// The runtime or engine failure behind this error, if it was one.
+    pub fn runtime_failure(&self) -> Option<RuntimeFailure> {
+        Some(match self {
+            SessionError::Preflight(PreflightError::NotFound { .. }) => {
+                RuntimeFailure::ContainerNotFound
+            }
+            SessionError::Preflight(PreflightError::NotRunning { .. }) => {
+                RuntimeFailure::ContainerNotRunning
+            }
+            SessionError::Preflight(PreflightError::EngineUnavailable { .. }) => {
+                RuntimeFailure::EngineUnavailable
+            }
+            SessionError::Preflight(PreflightError::CliNotFound { .. })
+            | SessionError::Spawn(SpawnError::ProgramNotFound { .. })
+            | SessionError::Spawn(SpawnError::NotExecutable { .. }) => RuntimeFailure::CliMissing,
+            SessionError::Preflight(PreflightError::Failed { .. }) => RuntimeFailure::InspectFailed,
+            SessionError::Spawn(_) => RuntimeFailure::SpawnFailed,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_name_end_reasons_then_kinds() {
+        let ended = |r| SessionError::Ended(r).outcome();
+        assert_eq!(ended(EndReason::ClientGone), "cancelled");
+        assert_eq!(ended(EndReason::Closed("x".into())), "closed");
+        assert_eq!(ended(EndReason::IdleTimeout), "idle");
+        assert_eq!(ended(EndReason::Shutdown), "shutdown");
+        assert_eq!(ended(EndReason::SecondStart), "invalid_argument");
+        assert_eq!(ended(EndReason::TooLarge("x".into())), "resource_exhausted");
+        let refused = SessionError::Registry(RegistryError::TooManySessions { limit: 1 });
+        assert_eq!(refused.outcome(), "resource_exhausted");
+        assert_eq!(refused.runtime_failure(), None);
+        let missing = SessionError::Preflight(PreflightError::NotFound {
+            message: "no such container".into(),
+        });
+        assert_eq!(missing.outcome(), "not_found");
+        assert_eq!(
+            missing.runtime_failure(),
+            Some(RuntimeFailure::ContainerNotFound)
+        );
     }
 }

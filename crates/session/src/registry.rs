@@ -5,27 +5,34 @@
 //! and released by dropping its [`Registration`], an RAII guard, which every
 //! exit path (normal exit, error, client gone, panic, cancelled future) does.
 //!
-//! Counts and the event stream change together under one short lock that is
-//! never held across an `.await`, so watchers see every transition of an
-//! instance in order: BUSY on 0→1, COUNT while above zero, IDLE on →0.
-//! Sessions without an `instance_id` are listed but never counted.
+//! The sessions, their counts and the event stream change together under
+//! one short lock that is never held across an `.await`, so watchers see
+//! every transition of an instance in order: BUSY on 0→1, COUNT while above
+//! zero, IDLE on →0. Sessions without an `instance_id` are listed but never
+//! counted per instance. Every registration also holds a receiver of one
+//! watch channel, so shutdown learns that the last session is gone from
+//! that channel closing ([`Registry::drained`]), without polling.
 //!
 //! The same guard keeps a per-owner count: the owner is an opaque key the
 //! server derives from the client's credential (for execd, a keyed hash of
 //! the bearer token), so one client cannot take every slot. Sessions without
 //! an owner are not counted per owner.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::command::{Door, ExecSpec, SessionKind};
 use crate::error::EndReason;
+
+mod live;
+
+pub(crate) use live::SessionControl;
+pub use live::SessionStats;
 
 /// Buffered events per watcher before it is considered too slow.
 pub const WATCH_BUFFER: usize = 4096;
@@ -52,133 +59,73 @@ impl Default for Limits {
 pub enum RegistryError {
     #[error("session_id {0:?} is already in use")]
     SessionIdInUse(String),
-    #[error("too many sessions: the server limit --max-sessions={limit} is reached")]
+    #[error("too many sessions: the limit of {limit} sessions is reached")]
     TooManySessions { limit: usize },
-    #[error("too many sessions for instance {instance_id:?}: the limit --max-sessions-per-instance={limit} is reached")]
+    #[error("too many sessions for instance {instance_id:?}: the limit of {limit} sessions per instance is reached")]
     TooManyForInstance { instance_id: String, limit: usize },
     // The owner key is not shown: it is derived from a credential.
-    #[error("too many sessions for this client's token: the limit --max-sessions-per-token={limit} is reached")]
+    #[error(
+        "too many sessions for this client: the limit of {limit} sessions per client is reached"
+    )]
     TooManyForOwner { limit: usize },
 }
 
-pub fn unix_ms(t: SystemTime) -> i64 {
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     unix_ms(SystemTime::now())
 }
 
-/// Live counters of one session, updated by its I/O paths.
-#[derive(Debug)]
-pub struct SessionStats {
-    last_activity_ms: AtomicI64,
-    stdin_bytes: AtomicU64,
-    output_bytes: AtomicU64,
-}
-
-impl Default for SessionStats {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SessionStats {
-    pub fn new() -> Self {
-        SessionStats {
-            last_activity_ms: AtomicI64::new(now_ms()),
-            stdin_bytes: AtomicU64::new(0),
-            output_bytes: AtomicU64::new(0),
-        }
-    }
-
-    pub fn record_input(&self, n: usize) {
-        self.stdin_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        self.touch();
-    }
-
-    pub fn record_output(&self, n: usize) {
-        self.output_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        self.touch();
-    }
-
-    pub fn touch(&self) {
-        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    pub fn last_activity_ms(&self) -> i64 {
-        self.last_activity_ms.load(Ordering::Relaxed)
-    }
-
-    pub fn stdin_bytes(&self) -> u64 {
-        self.stdin_bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn output_bytes(&self) -> u64 {
-        self.output_bytes.load(Ordering::Relaxed)
-    }
-}
-
-/// How a session is asked to end from outside its own task. The first reason
-/// given wins; cancelling the token wakes every part of the session.
-#[derive(Debug)]
-pub struct SessionControl {
-    cancel: CancellationToken,
-    reason: OnceLock<EndReason>,
-}
-
-impl SessionControl {
-    pub fn new(parent: &CancellationToken) -> Self {
-        SessionControl {
-            cancel: parent.child_token(),
-            reason: OnceLock::new(),
-        }
-    }
-
-    /// Asks the session to end. Returns false if it was already ending.
-    pub fn end(&self, reason: EndReason) -> bool {
-        let first = self.reason.set(reason).is_ok() && !self.cancel.is_cancelled();
-        self.cancel.cancel();
-        first
-    }
-
-    pub fn token(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
-    /// Why the session is ending. A cancel without a reason can only come
-    /// from the parent token: the server is shutting down.
-    pub fn reason(&self) -> EndReason {
-        self.reason.get().cloned().unwrap_or(EndReason::Shutdown)
-    }
-}
-
-/// What the registry knows about a session.
+/// What the registry knows about a session. Built by the manager; outside
+/// the crate only through [`SessionEntry::new`] (tools and tests that fill
+/// the registry without starting processes).
 #[derive(Debug)]
 pub struct SessionEntry {
-    pub session_id: String,
-    pub door: crate::command::Door,
-    pub kind: crate::command::SessionKind,
-    pub instance_id: String,
+    pub(crate) session_id: String,
+    pub(crate) door: Door,
+    pub(crate) kind: SessionKind,
+    pub(crate) instance_id: String,
     /// Opaque key of whoever started the session; empty: not counted per
     /// owner. Never listed.
-    pub owner: String,
-    pub container_id: String,
-    pub command: Vec<String>,
-    pub tty: bool,
-    pub started_at_unix_ms: i64,
-    pub stats: Arc<SessionStats>,
-    pub control: Arc<SessionControl>,
+    pub(crate) owner: String,
+    pub(crate) container_id: String,
+    pub(crate) command: Vec<String>,
+    pub(crate) tty: bool,
+    pub(crate) started_at_unix_ms: i64,
+    pub(crate) stats: Arc<SessionStats>,
+    pub(crate) control: Arc<SessionControl>,
+}
+
+impl SessionEntry {
+    /// The entry of a session `session_id` running `spec`, started now and
+    /// ended when `shutdown` is cancelled.
+    pub fn new(session_id: String, spec: &ExecSpec, shutdown: &CancellationToken) -> Self {
+        SessionEntry {
+            session_id,
+            door: spec.door,
+            kind: spec.kind,
+            instance_id: spec.instance_id.clone(),
+            owner: spec.owner.clone(),
+            container_id: spec.container_id.clone(),
+            command: spec.effective_command(),
+            tty: spec.tty,
+            started_at_unix_ms: now_ms(),
+            stats: Arc::new(SessionStats::new()),
+            control: Arc::new(SessionControl::new(shutdown)),
+        }
+    }
 }
 
 /// A point-in-time copy of a [`SessionEntry`] for listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub session_id: String,
-    pub door: crate::command::Door,
-    pub kind: crate::command::SessionKind,
+    pub door: Door,
+    pub kind: SessionKind,
     pub instance_id: String,
     pub container_id: String,
     /// The command, shortened for listings; see [`PageRequest`].
@@ -245,7 +192,7 @@ pub struct ListPage {
 /// plus one, as in [`MAX_ARGV_BYTES`](crate::command::MAX_ARGV_BYTES), so
 /// thousands of empty arguments are bounded too), cut at a char boundary and
 /// followed by a marker element saying how much was left out.
-pub fn shorten_command(argv: &[String], max: usize) -> (Vec<String>, bool) {
+pub(crate) fn shorten_command(argv: &[String], max: usize) -> (Vec<String>, bool) {
     let counted: usize = argv.iter().map(|a| a.len() + 1).sum();
     if counted <= max {
         return (argv.to_vec(), false);
@@ -277,55 +224,54 @@ pub fn shorten_command(argv: &[String], max: usize) -> (Vec<String>, bool) {
     (out, true)
 }
 
+/// Everything that changes when a session comes or goes, under one lock.
 #[derive(Default)]
-struct Counts {
-    total: usize,
+struct State {
+    /// Live sessions in session id order (listings page through it).
+    sessions: BTreeMap<String, Arc<SessionEntry>>,
     per_instance: HashMap<String, u32>,
     per_owner: HashMap<String, u32>,
 }
 
-/// The concurrent map of live sessions plus per-instance counts.
+/// Live sessions, their counts and the instance events.
 pub struct Registry {
-    sessions: DashMap<String, Arc<SessionEntry>>,
-    counts: Mutex<Counts>,
+    state: Mutex<State>,
     events: broadcast::Sender<InstanceEvent>,
     limits: Limits,
+    /// Each [`Registration`] holds a receiver: the channel closes when the
+    /// last session is gone.
+    live: watch::Sender<()>,
 }
 
 impl Registry {
     pub fn new(limits: Limits) -> Arc<Self> {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let (live, _) = watch::channel(());
         Arc::new(Registry {
-            sessions: DashMap::new(),
-            counts: Mutex::new(Counts::default()),
+            state: Mutex::new(State::default()),
             events,
             limits,
+            live,
         })
     }
 
-    fn counts(&self) -> MutexGuard<'_, Counts> {
-        // A panic while holding this lock cannot leave the counts half
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half
         // updated (each update is a single insert/remove), so recover.
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a session, enforcing the id's uniqueness and the limits.
-    /// The session counts until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, entry: SessionEntry) -> Result<Registration, RegistryError> {
-        let entry = Arc::new(entry);
-        let mut counts = self.counts();
-        if counts.total >= self.limits.max_sessions {
+    /// The limit `entry` would break, if any.
+    fn check_limits(&self, state: &State, entry: &SessionEntry) -> Result<(), RegistryError> {
+        if state.sessions.len() >= self.limits.max_sessions {
             return Err(RegistryError::TooManySessions {
                 limit: self.limits.max_sessions,
             });
         }
-        let instance_active = counts
-            .per_instance
-            .get(&entry.instance_id)
-            .copied()
-            .unwrap_or(0);
+        let count = |map: &HashMap<String, u32>, key: &str| map.get(key).copied().unwrap_or(0);
         if !entry.instance_id.is_empty()
-            && instance_active as usize >= self.limits.max_sessions_per_instance
+            && count(&state.per_instance, &entry.instance_id) as usize
+                >= self.limits.max_sessions_per_instance
         {
             return Err(RegistryError::TooManyForInstance {
                 instance_id: entry.instance_id.clone(),
@@ -335,24 +281,30 @@ impl Registry {
         let owner_limit = self.limits.max_sessions_per_owner;
         if !entry.owner.is_empty()
             && owner_limit > 0
-            && counts.per_owner.get(&entry.owner).copied().unwrap_or(0) as usize >= owner_limit
+            && count(&state.per_owner, &entry.owner) as usize >= owner_limit
         {
             return Err(RegistryError::TooManyForOwner { limit: owner_limit });
         }
-        match self.sessions.entry(entry.session_id.clone()) {
-            Entry::Occupied(_) => {
-                return Err(RegistryError::SessionIdInUse(entry.session_id.clone()))
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(entry.clone());
-            }
+        if state.sessions.contains_key(&entry.session_id) {
+            return Err(RegistryError::SessionIdInUse(entry.session_id.clone()));
         }
-        counts.total += 1;
+        Ok(())
+    }
+
+    /// Registers a session, enforcing the id's uniqueness and the limits.
+    /// The session counts until the returned guard is dropped.
+    pub fn register(self: &Arc<Self>, entry: SessionEntry) -> Result<Registration, RegistryError> {
+        let entry = Arc::new(entry);
+        let mut state = self.state();
+        self.check_limits(&state, &entry)?;
+        state
+            .sessions
+            .insert(entry.session_id.clone(), entry.clone());
         if !entry.owner.is_empty() {
-            *counts.per_owner.entry(entry.owner.clone()).or_insert(0) += 1;
+            *state.per_owner.entry(entry.owner.clone()).or_insert(0) += 1;
         }
         if !entry.instance_id.is_empty() {
-            let active = counts
+            let active = state
                 .per_instance
                 .entry(entry.instance_id.clone())
                 .or_insert(0);
@@ -364,28 +316,33 @@ impl Registry {
             };
             self.publish(kind, &entry.instance_id, *active);
         }
-        drop(counts);
+        drop(state);
         Ok(Registration {
             registry: self.clone(),
             entry,
+            _live: self.live.subscribe(),
         })
     }
 
     fn release(&self, entry: &SessionEntry) {
-        let mut counts = self.counts();
-        self.sessions
-            .remove_if(&entry.session_id, |_, e| std::ptr::eq(e.as_ref(), entry));
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(active) = counts.per_owner.get_mut(&entry.owner) {
+        let mut state = self.state();
+        let ours = state
+            .sessions
+            .get(&entry.session_id)
+            .is_some_and(|e| std::ptr::eq(e.as_ref(), entry));
+        if ours {
+            state.sessions.remove(&entry.session_id);
+        }
+        if let Some(active) = state.per_owner.get_mut(&entry.owner) {
             *active = active.saturating_sub(1);
             if *active == 0 {
-                counts.per_owner.remove(&entry.owner);
+                state.per_owner.remove(&entry.owner);
             }
         }
         if entry.instance_id.is_empty() {
             return;
         }
-        let remaining = match counts.per_instance.get_mut(&entry.instance_id) {
+        let remaining = match state.per_instance.get_mut(&entry.instance_id) {
             Some(active) => {
                 *active = active.saturating_sub(1);
                 *active
@@ -393,14 +350,14 @@ impl Registry {
             None => return,
         };
         if remaining == 0 {
-            counts.per_instance.remove(&entry.instance_id);
+            state.per_instance.remove(&entry.instance_id);
             self.publish(InstanceEventKind::Idle, &entry.instance_id, 0);
         } else {
             self.publish(InstanceEventKind::Count, &entry.instance_id, remaining);
         }
     }
 
-    /// Called with the counts lock held, so events leave in count order.
+    /// Called with the state lock held, so events leave in count order.
     fn publish(&self, kind: InstanceEventKind, instance_id: &str, active: u32) {
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(InstanceEvent {
@@ -413,12 +370,19 @@ impl Registry {
 
     /// Number of live sessions.
     pub fn total(&self) -> usize {
-        self.counts().total
+        self.state().sessions.len()
+    }
+
+    /// Resolves once no session is registered (at once if none is): every
+    /// registration, cleanups of abandoned starts included, has been
+    /// dropped. Shutdown waits on this before the runtime goes away.
+    pub async fn drained(&self) {
+        self.live.closed().await
     }
 
     /// Active sessions of one instance.
     pub fn active(&self, instance_id: &str) -> u32 {
-        self.counts()
+        self.state()
             .per_instance
             .get(instance_id)
             .copied()
@@ -427,26 +391,33 @@ impl Registry {
 
     /// Active sessions of one owner.
     pub fn owner_active(&self, owner: &str) -> u32 {
-        self.counts().per_owner.get(owner).copied().unwrap_or(0)
+        self.state().per_owner.get(owner).copied().unwrap_or(0)
     }
 
     /// Instances with at least one session.
     pub fn active_per_instance(&self) -> HashMap<String, u32> {
-        self.counts().per_instance.clone()
+        self.state().per_instance.clone()
     }
 
     /// One page of live sessions in session id order. Only the page's own
     /// sessions are copied, with their commands already shortened, so a
     /// listing costs little however large the registered commands are.
     pub fn page(&self, request: &PageRequest<'_>) -> ListPage {
-        let mut matching: Vec<Arc<SessionEntry>> = self
-            .sessions
-            .iter()
-            .filter(|e| request.instance_id.is_none_or(|i| e.instance_id == i))
-            .filter(|e| request.after.is_none_or(|a| e.session_id.as_str() > a))
-            .map(|e| e.value().clone())
-            .collect();
-        matching.sort_unstable_by(|a, b| a.session_id.cmp(&b.session_id));
+        let mut matching: Vec<Arc<SessionEntry>> = {
+            let state = self.state();
+            let from = match request.after {
+                Some(after) => Bound::Excluded(after),
+                None => Bound::Unbounded,
+            };
+            state
+                .sessions
+                .range::<str, _>((from, Bound::Unbounded))
+                .map(|(_, e)| e)
+                .filter(|e| request.instance_id.is_none_or(|i| e.instance_id == i))
+                .take(request.limit.saturating_add(1))
+                .cloned()
+                .collect()
+        };
         let more = matching.len() > request.limit;
         matching.truncate(request.limit);
         let sessions = matching
@@ -476,19 +447,22 @@ impl Registry {
     /// Ends matching sessions with `EndReason::Closed`; returns how many were
     /// asked to end (sessions already ending are not counted again).
     pub fn close(&self, target: &CloseTarget, reason: &str) -> usize {
-        // Collect first: never hold a map guard while poking sessions.
-        let controls: Vec<Arc<SessionControl>> = match target {
-            CloseTarget::Session(id) => self
-                .sessions
-                .get(id)
-                .map(|e| vec![e.control.clone()])
-                .unwrap_or_default(),
-            CloseTarget::Instance(instance) => self
-                .sessions
-                .iter()
-                .filter(|e| !instance.is_empty() && &e.instance_id == instance)
-                .map(|e| e.control.clone())
-                .collect(),
+        // Collect first: never hold the lock while poking sessions.
+        let controls: Vec<Arc<SessionControl>> = {
+            let state = self.state();
+            match target {
+                CloseTarget::Session(id) => state
+                    .sessions
+                    .get(id)
+                    .map(|e| vec![e.control.clone()])
+                    .unwrap_or_default(),
+                CloseTarget::Instance(instance) => state
+                    .sessions
+                    .values()
+                    .filter(|e| !instance.is_empty() && &e.instance_id == instance)
+                    .map(|e| e.control.clone())
+                    .collect(),
+            }
         };
         controls
             .iter()
@@ -498,12 +472,12 @@ impl Registry {
 
     /// Starts a watch: the current active instances (matching `filter`, if
     /// any) as SNAPSHOT events, and a receiver of every later change. Taken
-    /// under the counts lock, so no change falls between the two.
+    /// under the state lock, so no change falls between the two.
     pub fn watch(
         &self,
         filter: Option<&str>,
     ) -> (Vec<InstanceEvent>, broadcast::Receiver<InstanceEvent>) {
-        let counts = self.counts();
+        let counts = self.state();
         let rx = self.events.subscribe();
         let at = now_ms();
         let mut snapshot: Vec<InstanceEvent> = counts
@@ -527,6 +501,8 @@ impl Registry {
 pub struct Registration {
     registry: Arc<Registry>,
     entry: Arc<SessionEntry>,
+    /// Keeps [`Registry::drained`] waiting.
+    _live: watch::Receiver<()>,
 }
 
 impl Registration {

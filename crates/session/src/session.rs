@@ -496,17 +496,17 @@ async fn watch_idle(
     control: Arc<SessionControl>,
     exited: CancellationToken,
 ) {
+    // The monotonic clock decides: a wall-clock step must not end a
+    // session early or keep an idle one alive.
     loop {
-        let last = stats.last_activity_ms();
-        let idle_ms = idle.as_millis() as i64;
-        let wait_ms = (last + idle_ms - crate::registry::now_ms()).max(0);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
-            _ = exited.cancelled() => return,
-        }
-        if crate::registry::now_ms() - stats.last_activity_ms() >= idle_ms {
+        let quiet = stats.idle_for();
+        if quiet >= idle {
             control.end(EndReason::IdleTimeout);
             return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(idle - quiet) => {}
+            _ = exited.cancelled() => return,
         }
     }
 }

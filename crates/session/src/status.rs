@@ -1,6 +1,10 @@
-//! The one place where session failures become gRPC statuses.
+//! The one place where the kinds of session failures become gRPC codes.
+//! The status message is the server's (it may add a flag hint to the
+//! error's text), so only the code is mapped here.
 
-use crate::error::{ErrorKind, SessionError};
+use crate::error::ErrorKind;
+#[cfg(test)]
+use crate::error::SessionError;
 
 impl From<ErrorKind> for tonic::Code {
     fn from(kind: ErrorKind) -> Self {
@@ -20,18 +24,6 @@ impl From<ErrorKind> for tonic::Code {
     }
 }
 
-impl From<&SessionError> for tonic::Status {
-    fn from(err: &SessionError) -> Self {
-        tonic::Status::new(err.kind().into(), err.to_string())
-    }
-}
-
-impl From<SessionError> for tonic::Status {
-    fn from(err: SessionError) -> Self {
-        tonic::Status::from(&err)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,15 +31,12 @@ mod tests {
     use crate::EndReason;
 
     #[test]
-    fn status_carries_code_and_message() {
+    fn kinds_map_onto_codes() {
         let err = SessionError::Preflight(PreflightError::NotFound {
             message: "Error: No such container: x".into(),
         });
-        let status = tonic::Status::from(&err);
-        assert_eq!(status.code(), tonic::Code::NotFound);
-        assert_eq!(status.message(), "Error: No such container: x");
-        let status = tonic::Status::from(SessionError::Ended(EndReason::Shutdown));
-        assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert_eq!(status.message(), "server shutting down");
+        assert_eq!(tonic::Code::from(err.kind()), tonic::Code::NotFound);
+        let err = SessionError::Ended(EndReason::Shutdown);
+        assert_eq!(tonic::Code::from(err.kind()), tonic::Code::Unavailable);
     }
 }

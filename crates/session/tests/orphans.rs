@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use execd_session::command::RuntimeCommand;
-use execd_session::{orphans, spawn};
+use execd_session::{orphans, spawn_piped};
 
 /// Children of this process; only zombies with `zombies_only`.
 fn children(zombies_only: bool) -> Vec<i32> {
@@ -59,7 +59,7 @@ async fn orphans_are_reaped_and_own_children_keep_their_exit_status() {
     };
     for round in 0..30 {
         // The subshell's `sleep` is orphaned at once and becomes ours.
-        let mut spawned = spawn::spawn_piped(&sh("(sleep 0.05 &); exit 7")).unwrap();
+        let mut spawned = spawn_piped(&sh("(sleep 0.05 &); exit 7")).unwrap();
         let status = spawned.child.wait().await.expect("own child's status");
         assert_eq!(status.code(), Some(7), "round {round}");
         drop(spawned);

@@ -8,14 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use execd_session::engine_api;
-use execd_session::preflight::{self, PreflightError};
+use execd_session::PreflightError;
 use execd_session::{new_session_id, Door, ExecSpec, SessionError, SessionKind};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
@@ -77,10 +76,13 @@ async fn create(
 ) -> Result<Response, DockerError> {
     let mode = state.ctx.manager.mode();
     config.validate(mode)?;
-    let cli = runtime_cli(mode)?;
-    let socket = state.ctx.manager.engine_api_socket();
-    if let Err(e) = preflight::check_container(cli, socket, &config.container_id).await {
-        let err = SessionError::from(e);
+    runtime_cli(mode)?;
+    if let Err(err) = state
+        .ctx
+        .manager
+        .check_container(&config.container_id)
+        .await
+    {
         state.ctx.metrics.record_refused(Door::Docker, &err);
         return Err(err.into());
     }
@@ -281,7 +283,6 @@ async fn launch(
         container_id = %execd_session::log_field::LogField::new(&spec.container_id),
         tty = spec.tty,
     );
-    let requested_at = Instant::now();
     // Until the stream takes over, a start abandoned by its client (the
     // request dropped while the session starts) must still leave the
     // table: otherwise the entry stays "running" forever.
@@ -289,64 +290,58 @@ async fn launch(
         state: state.clone(),
         id: Some(id.clone()),
     };
-    let session = match state
-        .ctx
-        .manager
-        .start(Some(id.clone()), spec)
-        .instrument(span.clone())
-        .await
-    {
-        Ok(session) => session,
+    // A refusal is counted and logged by the start itself.
+    let opened = crate::door_session::open(
+        &state.ctx.manager,
+        &state.ctx.metrics,
+        Some(id.clone()),
+        spec,
+        None,
+        &span,
+    )
+    .await;
+    let opened = match opened {
+        Ok(opened) => opened,
         Err(err) => {
-            span.in_scope(|| tracing::info!(error = %err, "session refused"));
-            state.ctx.metrics.record_refused(Door::Docker, &err);
             state.table.finish(&id, None);
             return Err(err.into());
         }
     };
-    let latency = requested_at.elapsed();
-    span.in_scope(|| {
-        tracing::info!(
-            tty = config.tty,
-            start_ms = latency.as_millis() as u64,
-            upgraded = upgrade.is_some(),
-            "session started"
-        )
-    });
-    span.in_scope(|| {
-        tracing::debug!(command = %execd_session::log_field::LogCommand::new(&config.cmd, execd_session::log_field::MAX_LOG_FIELD), "session command")
-    });
+    span.in_scope(|| tracing::debug!(upgraded = upgrade.is_some(), "stream transport"));
     unfinished.id = None;
     let started = Started {
         id,
-        session,
+        opened,
         tty: config.tty,
         attach_stdin: config.attach_stdin,
         attach_stdout: config.attach_stdout,
         attach_stderr: config.attach_stderr,
         resizes,
-        active: state
-            .ctx
-            .metrics
-            .session_started(Door::Docker, config.tty, latency),
-        span: span.clone(),
+        span,
         state: state.clone(),
-        started_at: requested_at,
     };
-    let content_type = HeaderValue::from_static(if config.tty {
+    Ok(stream_response(started, upgrade))
+}
+
+/// The answer that carries a started exec: `101` and the hijacked
+/// connection when the client asked to upgrade, else `200` with the output
+/// as the body.
+fn stream_response(started: Started, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response {
+    let content_type = HeaderValue::from_static(if started.tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     });
     match upgrade {
         Some(upgrade) => {
+            let span = started.span.clone();
             tokio::spawn(stream::over_connection(started, upgrade).instrument(span));
             let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
             let h = response.headers_mut();
             h.insert(header::CONTENT_TYPE, content_type);
             h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-            Ok(response)
+            response
         }
         None => {
             let chunks = stream::over_body(started);
@@ -359,7 +354,7 @@ async fn launch(
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, content_type);
-            Ok(response)
+            response
         }
     }
 }
@@ -443,7 +438,7 @@ pub async fn engine_inspect(ctx: &DoorContext, id: &str) -> Result<String, Docke
     if let Some(socket) = ctx.manager.engine_api_socket() {
         let asked = tokio::time::timeout(
             ENGINE_TIMEOUT,
-            engine_api::get(socket, &format!("/containers/{id}/json")),
+            execd_session::engine_api_get(socket, &format!("/containers/{id}/json")),
         )
         .await;
         if let Ok(Ok((code, body))) = asked {

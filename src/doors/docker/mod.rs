@@ -62,7 +62,7 @@ pub enum DockerError {
     /// The engine answered with an error; passed on as it is.
     #[error("{message}")]
     Engine { status: StatusCode, message: String },
-    #[error(transparent)]
+    #[error("{}", crate::error_text::ClientText(.0))]
     Session(#[from] SessionError),
 }
 

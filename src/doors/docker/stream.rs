@@ -14,14 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use execd_session::{EndReason, OutputStream, Session, SessionEvent, SessionInput};
+use execd_session::{
+    deliver, ClientEvent, EndReason, Flow, OutputStream, SessionEvent, SessionInput,
+};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::table::Size;
 use super::DockerState;
-use crate::metrics::{ActiveSession, Metrics};
+use crate::door_session::{record_end, Ending, Opened};
+use crate::error_text::ClientText;
+use crate::metrics::Metrics;
 
 /// Quiet time after which the client is probed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -36,16 +40,14 @@ pub const BODY_DEPTH: usize = 4;
 /// A running exec, ready to be connected to its client.
 pub struct Started {
     pub id: String,
-    pub session: Session,
+    pub opened: Opened,
     pub tty: bool,
     pub attach_stdin: bool,
     pub attach_stdout: bool,
     pub attach_stderr: bool,
     pub resizes: watch::Receiver<Option<Size>>,
-    pub active: ActiveSession,
     pub span: tracing::Span,
     pub state: Arc<DockerState>,
-    pub started_at: Instant,
 }
 
 /// Where output goes.
@@ -118,6 +120,37 @@ pub fn over_body(started: Started) -> mpsc::Receiver<Bytes> {
     rx
 }
 
+/// Which output the client asked for, and how it is sent.
+#[derive(Clone, Copy)]
+struct Wanted {
+    /// Raw: a terminal has one stream and no frames.
+    tty: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+impl Wanted {
+    /// What to send for one output chunk, if the client wants it.
+    fn chunk(self, stream: OutputStream, data: Bytes) -> Option<Bytes> {
+        match (self.tty, stream) {
+            (true, _) => Some(data),
+            (false, OutputStream::Stdout) => self.stdout.then(|| frame(1, &data)),
+            (false, OutputStream::Stderr) => self.stderr.then(|| frame(2, &data)),
+        }
+    }
+}
+
+/// The last words of a session that ended without an exit, where a
+/// Docker client shows them: in the terminal, or on stderr.
+fn failure_note(tty: bool, err: &execd_session::SessionError) -> Bytes {
+    let err = ClientText(err);
+    if tty {
+        Bytes::from(format!("\r\nexecd: {err}\r\n"))
+    } else {
+        frame(2, format!("execd: {err}\n").as_bytes())
+    }
+}
+
 async fn run<R, W>(started: Started, reader: Option<R>, mut sink: Sink<W>)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -125,17 +158,26 @@ where
 {
     let Started {
         id,
-        session,
+        opened:
+            Opened {
+                session,
+                active,
+                requested_at,
+                ..
+            },
         tty,
         attach_stdin,
         attach_stdout,
         attach_stderr,
         resizes,
-        active,
         span,
         state,
-        started_at,
     } = started;
+    let wanted = Wanted {
+        tty,
+        stdout: attach_stdout,
+        stderr: attach_stderr,
+    };
     let metrics = state.ctx.metrics.clone();
     let stats = session.stats.clone();
     {
@@ -152,18 +194,7 @@ where
     let mut last_write = Instant::now();
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let log_end = |what: &str, code: Option<i32>| {
-        let duration_ms = started_at.elapsed().as_millis() as u64;
-        span.in_scope(|| {
-            tracing::info!(
-                exit_code = code,
-                duration_ms,
-                stdin_bytes = stats.stdin_bytes(),
-                output_bytes = stats.output_bytes(),
-                "{what}"
-            )
-        });
-    };
+    let record = |ending| record_end(&active, &span, requested_at, &stats, ending);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -177,12 +208,7 @@ where
         match event {
             Some(SessionEvent::Output { stream, data }) => {
                 metrics.record_output(stream, data.len());
-                let chunk = match (tty, stream) {
-                    (true, _) => Some(data),
-                    (false, OutputStream::Stdout) => attach_stdout.then(|| frame(1, &data)),
-                    (false, OutputStream::Stderr) => attach_stderr.then(|| frame(2, &data)),
-                };
-                if let Some(chunk) = chunk {
+                if let Some(chunk) = wanted.chunk(stream, data) {
                     if !sink.send(chunk).await {
                         break;
                     }
@@ -190,29 +216,22 @@ where
                 }
             }
             Some(SessionEvent::Exited { code }) => {
-                active.exited(code);
+                record(Ending::Exited(code));
                 // Before the close: clients inspect right after EOF.
                 state.table.finish(&id, Some(code));
-                log_end("session exited", Some(code));
                 sink.close().await;
                 return;
             }
             Some(SessionEvent::Failed(err)) => {
-                active.failed(&err);
+                record(Ending::Failed(&err));
                 state.table.finish(&id, Some(KILLED_EXIT_CODE));
-                log_end(&format!("session ended: {err}"), None);
-                let note = if tty {
-                    Bytes::from(format!("\r\nexecd: {err}\r\n"))
-                } else {
-                    frame(2, format!("execd: {err}\n").as_bytes())
-                };
-                let _ = sink.send(note).await;
+                let _ = sink.send(failure_note(tty, &err)).await;
                 sink.close().await;
                 return;
             }
             None => {
                 state.table.finish(&id, None);
-                log_end("session ended without a final event", None);
+                record(Ending::ClientGone);
                 sink.close().await;
                 return;
             }
@@ -221,9 +240,8 @@ where
     // The client is gone: dropping the events ends the session, which
     // kills its processes in the container; the metrics guard records it.
     state.table.finish(&id, None);
-    log_end("client went away", None);
+    record(Ending::ClientGone);
     drop(events);
-    drop(active);
 }
 
 /// Client bytes to stdin (a half-close is stdin EOF) and resizes to the
@@ -250,20 +268,20 @@ async fn feed_input<R: AsyncRead + Unpin>(
                     continue;
                 }
                 let size = *resizes.borrow_and_update();
-                if let Some((h, w)) = size {
-                    let applied = input.resize(h, w);
-                    tracing::debug!(h, w, ?applied, "resize");
+                if let Some((rows, cols)) = size {
+                    let _ = deliver(&mut input, ClientEvent::Resize { rows, cols }).await;
                 }
             }
             read = read_some(&mut reader, &mut buf) => match read {
                 Ok(0) => {
                     tracing::debug!("client half-closed; stdin EOF");
-                    input.close_stdin().await;
                     reader = None;
+                    let _ = deliver(&mut input, ClientEvent::StdinEof).await;
                 }
                 Ok(n) if attach_stdin => {
                     metrics.record_stdin(n);
-                    if !input.write(Bytes::copy_from_slice(&buf[..n])).await {
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    if deliver(&mut input, ClientEvent::Stdin(data)).await == Flow::Stop {
                         return;
                     }
                 }
@@ -271,7 +289,7 @@ async fn feed_input<R: AsyncRead + Unpin>(
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "client connection failed");
-                    input.end(EndReason::ClientGone);
+                    let _ = deliver(&mut input, ClientEvent::End(EndReason::ClientGone)).await;
                     return;
                 }
             },

@@ -20,8 +20,6 @@ pub mod status;
 pub mod stream;
 pub mod tokens;
 
-use std::time::Instant;
-
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +52,7 @@ pub enum KubeError {
     UnknownToken,
     #[error("Upgrade request required")]
     UpgradeRequired,
-    #[error(transparent)]
+    #[error("{}", crate::error_text::ClientText(.0))]
     Session(#[from] SessionError),
 }
 
@@ -380,46 +378,26 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         owner: request.owner.clone(),
         ..ExecSpec::default()
     };
-    let requested_at = Instant::now();
-    // Only a session the client named can be come back to.
-    let reattachable = request.session_id.is_some() && ctx.manager.reattach_table().is_some();
-    let opened = if request.session_id.is_some() {
-        ctx.manager
-            .open(
-                Some(session_id),
-                spec,
-                execd_session::ReplayFrom::Undelivered,
-            )
-            .instrument(span.clone())
-            .await
-    } else {
-        ctx.manager
-            .start(Some(session_id), spec)
-            .instrument(span.clone())
-            .await
+    // A refusal is counted and logged by the start itself. Only a session
+    // the client named (`session=`) can be come back to.
+    let reattach = request
+        .session_id
+        .is_some()
+        .then_some(execd_session::ReplayFrom::Undelivered);
+    let opened = match crate::door_session::open(
+        &ctx.manager,
+        &ctx.metrics,
+        Some(session_id),
+        spec,
+        reattach,
+        &span,
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        Err(e) => return KubeError::Session(e).into_response(),
     };
-    let session = match opened {
-        Ok(s) => s,
-        Err(e) => {
-            let _entered = span.enter();
-            return refuse(&ctx, request.door, e.into());
-        }
-    };
-    let latency = requested_at.elapsed();
-    span.in_scope(|| {
-        if session.reattached {
-            tracing::info!(?protocol, "client reattached");
-        } else {
-            tracing::info!(
-                ?protocol,
-                start_ms = latency.as_millis() as u64,
-                "session started"
-            )
-        }
-    });
-    span.in_scope(|| {
-        tracing::debug!(command = %execd_session::log_field::LogCommand::new(&request.command, execd_session::log_field::MAX_LOG_FIELD), "session command")
-    });
+    span.in_scope(|| tracing::debug!(?protocol, "stream protocol"));
     let relay = stream::Relay {
         protocol,
         streams: stream::Streams {
@@ -429,17 +407,9 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
             tty: request.tty,
             kind: request.kind,
         },
-        active: if session.reattached {
-            ctx.metrics.session_reattached(request.door, request.tty)
-        } else {
-            ctx.metrics
-                .session_started(request.door, request.tty, latency)
-        }
-        .detachable(reattachable),
-        session,
+        opened,
         metrics: ctx.metrics.clone(),
         span: span.clone(),
-        started_at: requested_at,
     };
     // If the upgrade never completes the callback is dropped with the
     // session in it, which ends the session like a client leaving.

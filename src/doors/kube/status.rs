@@ -67,7 +67,7 @@ pub fn ended(err: &SessionError) -> Value {
     json!({
         "metadata": {},
         "status": "Failure",
-        "message": err.to_string(),
+        "message": crate::error_text::ClientText(err).to_string(),
         "reason": reason,
         "code": code.as_u16(),
     })

@@ -16,18 +16,20 @@
 //! written by another, so input never waits for output or vice versa.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use execd_session::{
-    EndReason, OutputStream, Session, SessionError, SessionEvent, SessionInput, SessionKind,
+    deliver, ClientEvent, OutputStream, SessionError, SessionEvent, SessionInput, SessionKind,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{ActiveSession, Metrics};
+use crate::door_session::{record_end, Ending, Opened};
+use crate::error_text::ClientText;
+use crate::metrics::Metrics;
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -91,11 +93,9 @@ pub struct Streams {
 pub struct Relay {
     pub protocol: Protocol,
     pub streams: Streams,
-    pub session: Session,
+    pub opened: Opened,
     pub metrics: Arc<Metrics>,
-    pub active: ActiveSession,
     pub span: tracing::Span,
-    pub started_at: Instant,
 }
 
 /// Serves one upgraded connection until the session's end was delivered or
@@ -105,11 +105,15 @@ pub async fn serve(socket: WebSocket, relay: Relay) {
     let Relay {
         protocol,
         streams,
-        session,
+        opened:
+            Opened {
+                session,
+                active,
+                requested_at,
+                ..
+            },
         metrics,
-        active,
         span,
-        started_at,
     } = relay;
     let (sink, source) = socket.split();
     let gone = CancellationToken::new();
@@ -143,35 +147,12 @@ pub async fn serve(socket: WebSocket, relay: Relay) {
         end
     };
     let ((), end) = tokio::join!(reader, writer);
-    let duration_ms = started_at.elapsed().as_millis() as u64;
-    let (stdin_bytes, output_bytes) = (session.stats.stdin_bytes(), session.stats.output_bytes());
-    let _entered = span.enter();
-    match end {
-        End::Exited(code) => {
-            active.exited(code);
-            tracing::info!(
-                exit_code = code,
-                duration_ms,
-                stdin_bytes,
-                output_bytes,
-                "session exited"
-            );
-        }
-        End::Failed(err) => {
-            active.failed(&err);
-            tracing::info!(error = %err, duration_ms, stdin_bytes, output_bytes, "session ended");
-        }
-        End::ClientGone => {
-            let err = SessionError::Ended(EndReason::ClientGone);
-            active.failed(&err);
-            tracing::info!(
-                duration_ms,
-                stdin_bytes,
-                output_bytes,
-                "client left; session ended"
-            );
-        }
-    }
+    let ending = match &end {
+        End::Exited(code) => Ending::Exited(*code),
+        End::Failed(err) => Ending::Failed(err),
+        End::ClientGone => Ending::ClientGone,
+    };
+    record_end(&active, &span, requested_at, &session.stats, ending);
 }
 
 enum End {
@@ -261,27 +242,54 @@ async fn read_client(
             tracing::debug!("malformed frame ignored");
             continue;
         };
-        match channel {
+        let event = match channel {
             STDIN if streams.stdin => {
                 metrics.record_stdin(data.len());
-                // Backpressure: while the process does not read, neither do we.
-                let _ = input.write(data).await;
+                ClientEvent::Stdin(data)
             }
             RESIZE => match serde_json::from_slice::<TermSize>(&data) {
-                Ok(size) => {
-                    input.resize(i32::from(size.height), i32::from(size.width));
+                Ok(size) => ClientEvent::Resize {
+                    rows: i32::from(size.height),
+                    cols: i32::from(size.width),
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad resize message ignored");
+                    continue;
                 }
-                Err(e) => tracing::debug!(error = %e, "bad resize message ignored"),
             },
+            // The session never passes an attach's EOF on to PID 1.
             CLOSE if protocol == Protocol::V5 && data.first() == Some(&STDIN) => {
-                // Ending an attach's input must not end PID 1: in a
-                // terminal, EOF would be a ^D typed into its shell.
-                if streams.kind == SessionKind::Exec {
-                    input.close_stdin().await;
-                }
+                ClientEvent::StdinEof
             }
-            other => tracing::debug!(channel = other, "frame on an unused channel ignored"),
-        }
+            other => {
+                tracing::debug!(channel = other, "frame on an unused channel ignored");
+                continue;
+            }
+        };
+        // Backpressure: while the process does not read, neither do we. Once
+        // the session is over, reading goes on only until the close
+        // handshake is done.
+        let _ = deliver(&mut input, event).await;
+    }
+}
+
+/// The error channel's message for an exit: a `Status` (v4/v5), else
+/// nothing on success and the message text on failure.
+fn exit_status(protocol: Protocol, code: i32) -> Option<String> {
+    if protocol.status_json() {
+        Some(super::status::exited(code).to_string())
+    } else {
+        (code != 0)
+            .then(|| format!("command terminated with non-zero exit code: exit status {code}"))
+    }
+}
+
+/// The error channel's message for a session that ended without an exit.
+fn failure_status(protocol: Protocol, err: &SessionError) -> String {
+    if protocol.status_json() {
+        super::status::ended(err).to_string()
+    } else {
+        ClientText(err).to_string()
     }
 }
 
@@ -331,33 +339,16 @@ async fn write_events(
                 }
                 continue;
             }
-            Some(SessionEvent::Exited { code }) => {
-                let status = if protocol.status_json() {
-                    Some(super::status::exited(code).to_string())
-                } else {
-                    (code != 0).then(|| {
-                        format!("command terminated with non-zero exit code: exit status {code}")
-                    })
-                };
-                (End::Exited(code), status)
-            }
+            Some(SessionEvent::Exited { code }) => (End::Exited(code), exit_status(protocol, code)),
             Some(SessionEvent::Failed(err)) => {
-                let status = if protocol.status_json() {
-                    super::status::ended(&err).to_string()
-                } else {
-                    err.to_string()
-                };
+                let status = failure_status(protocol, &err);
                 (End::Failed(err), Some(status))
             }
             None => {
                 let err = SessionError::Wait(std::io::Error::other(
                     "session ended without a final status",
                 ));
-                let status = if protocol.status_json() {
-                    super::status::ended(&err).to_string()
-                } else {
-                    err.to_string()
-                };
+                let status = failure_status(protocol, &err);
                 (End::Failed(err), Some(status))
             }
         };

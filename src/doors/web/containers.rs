@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use execd_session::{engine_api, ExecMode, SessionManager};
+use execd_session::{ExecMode, SessionManager};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ pub async fn list(manager: &SessionManager) -> Result<Vec<Container>, WebError> 
 }
 
 async fn from_engine_api(socket: &std::path::Path) -> Result<Vec<Container>, WebError> {
-    let (code, body) = engine_api::get(socket, "/containers/json")
+    let (code, body) = execd_session::engine_api_get(socket, "/containers/json")
         .await
         .map_err(|e| WebError::Engine(format!("asking the engine for containers: {e}")))?;
     if code != 200 {

@@ -162,7 +162,7 @@ fn owners_are_limited_independently_and_released_by_the_guard() {
     let err = reg.register(owned("a3", "j", "alice")).err().unwrap();
     assert_eq!(err, RegistryError::TooManyForOwner { limit: 2 });
     assert!(
-        err.to_string().contains("--max-sessions-per-token=2"),
+        err.to_string().contains("limit of 2 sessions per client"),
         "{err}"
     );
     assert!(
@@ -250,4 +250,35 @@ fn short_commands_are_listed_whole() {
     assert!(truncated);
     assert_eq!(cut.len(), 101);
     assert!(cut[100].contains("3996 more arguments"), "{cut:?}");
+}
+
+#[tokio::test]
+async fn drained_waits_for_the_last_registration() {
+    let reg = Registry::new(Limits::default());
+    // Nothing registered: drained at once.
+    reg.drained().await;
+    let a = reg.register(entry("a", "i")).unwrap();
+    let b = reg.register(entry("b", "")).unwrap();
+    let waiter = {
+        let reg = reg.clone();
+        tokio::spawn(async move { reg.drained().await })
+    };
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(!waiter.is_finished(), "one session is still registered");
+    drop(b);
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("drained after the last release")
+        .unwrap();
+    assert_eq!(reg.total(), 0);
+}
+
+#[test]
+fn idle_time_is_monotonic_and_reset_by_activity() {
+    let stats = SessionStats::new();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert!(stats.idle_for() >= std::time::Duration::from_millis(30));
+    stats.record_output(1);
+    assert!(stats.idle_for() < std::time::Duration::from_millis(30));
 }
