@@ -229,6 +229,9 @@ pub struct ConcurrencyResult {
     pub rtt_p99_ms: f64,
 }
 
+/// Sessions the concurrency scenario opens per client connection.
+const SESSIONS_PER_CONNECTION: usize = 100;
+
 /// What `n` idle tty sessions cost execd, and how one of them still types.
 pub async fn concurrency(
     execd: &Execd,
@@ -240,8 +243,15 @@ pub async fn concurrency(
     let rss_before = rss_kib(execd.pid());
     let threads_before = threads(execd.pid());
     let mut open_sessions = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = open(channel, &["cat"], true).await?;
+    // Like the many clients they stand for, the sessions come over several
+    // connections: one HTTP/2 connection carries at most
+    // `--max-streams-per-connection` (256) streams at once.
+    let mut connection = channel.clone();
+    for i in 0..n {
+        if i > 0 && i % SESSIONS_PER_CONNECTION == 0 {
+            connection = execd.channel().await?;
+        }
+        let mut s = open(&connection, &["cat"], true).await?;
         match next_event(&mut s.rx).await? {
             Event::Started => {}
             _ => bail!("expected STARTED"),

@@ -15,26 +15,47 @@ use crate::session::{OutputStream, READ_CHUNK};
 
 pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
 
-/// Reads into `buf` (cancel-safe: data lands in `buf` only when the read
-/// completes) and splits the new bytes off without copying.
-async fn read_chunk(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<Option<Bytes>> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    let n = reader.read_buf(buf).await?;
-    if n == 0 {
-        Ok(None)
-    } else {
-        Ok(Some(buf.split().freeze()))
+/// The first read buffer of a stream. An idle terminal session reads a
+/// few bytes at a time and should not hold a large buffer; a stream that
+/// fills its buffer gets a larger one, up to [`READ_CHUNK`].
+const FIRST_READ: usize = 4 * 1024;
+
+/// A stream's read buffer, grown while reads fill it.
+#[derive(Default)]
+struct ReadBuf {
+    buf: BytesMut,
+    /// What the next refill reserves.
+    size: usize,
+}
+
+impl ReadBuf {
+    /// Reads into the buffer (cancel-safe: data lands in it only when the
+    /// read completes) and splits the new bytes off without copying.
+    async fn read(&mut self, reader: &mut Reader) -> std::io::Result<Option<Bytes>> {
+        let size = self.size.max(FIRST_READ);
+        if self.buf.capacity() - self.buf.len() < size / 4 {
+            self.buf.reserve(size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = reader.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.size = if n == room {
+            (size * 2).min(READ_CHUNK)
+        } else {
+            size
+        };
+        Ok(Some(self.buf.split().freeze()))
     }
 }
 
 async fn read_opt(
     reader: Option<&mut Reader>,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuf,
 ) -> std::io::Result<Option<Bytes>> {
     match reader {
-        Some(r) => read_chunk(r, buf).await,
+        Some(r) => buf.read(r).await,
         None => std::future::pending().await,
     }
 }
@@ -43,8 +64,8 @@ async fn read_opt(
 pub(crate) struct SplitOutput {
     stdout: Option<Reader>,
     stderr: Option<Reader>,
-    out_buf: BytesMut,
-    err_buf: BytesMut,
+    out_buf: ReadBuf,
+    err_buf: ReadBuf,
 }
 
 impl SplitOutput {
@@ -52,8 +73,8 @@ impl SplitOutput {
         SplitOutput {
             stdout: Some(stdout),
             stderr,
-            out_buf: BytesMut::new(),
-            err_buf: BytesMut::new(),
+            out_buf: ReadBuf::default(),
+            err_buf: ReadBuf::default(),
         }
     }
 }
