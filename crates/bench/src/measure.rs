@@ -381,7 +381,9 @@ pub async fn churn(
                 if i >= n {
                     return;
                 }
-                if !churn_one(&channel, i).await {
+                // A session that never ends is a failure, not a hung bench.
+                let ended = tokio::time::timeout(Duration::from_secs(60), churn_one(&channel, i));
+                if !ended.await.unwrap_or(false) {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
