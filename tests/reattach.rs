@@ -606,3 +606,19 @@ async fn shutdown_ends_detached_sessions_too() {
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn a_ring_smaller_than_a_read_never_holds_back_an_attached_session() {
+    if !docker_or_skip(module_path!()) {
+        return;
+    }
+    let server = start_server(reattach_config(Duration::from_secs(10), 16 * 1024)).await;
+    let id = format!("reattach-small-ring-{}", marker());
+    let t = server
+        .open(start_named(&id, &["sh", "-c", "seq 1 300000"], false))
+        .await
+        .finish()
+        .await;
+    assert_eq!(t.assert_exited(), 0);
+    assert_eq!(t.stdout_str(), seq(300000), "every byte, in order");
+}

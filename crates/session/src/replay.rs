@@ -277,7 +277,8 @@ impl Relay {
                         // of a large read buffer, which it would otherwise
                         // keep alive for as long as the ring holds it.
                         ring.push(stream, Bytes::copy_from_slice(&data));
-                        self.trim(&mut ring, current.as_ref().map(|c| c.base + c.taken.load(Ordering::Relaxed)).unwrap_or(last_taken));
+                        let taken = current.as_ref().map(|c| c.base + c.taken.load(Ordering::Relaxed)).unwrap_or(last_taken);
+                        self.trim(&mut ring, taken, current.as_ref().map(|c| c.next));
                     }
                     Some(event) => {
                         final_event = Some(event);
@@ -312,11 +313,22 @@ impl Relay {
     }
 
     /// Keeps the ring within its own size and the shared budget; bytes no
-    /// client took before they went are counted as dropped.
-    fn trim(&self, ring: &mut Ring, taken: u64) {
+    /// client took before they went are counted as dropped. With a client
+    /// attached, what it has not been handed yet (from `unsent`) stays,
+    /// even past the size: an attached session never loses output.
+    fn trim(&self, ring: &mut Ring, taken: u64, unsent: Option<u64>) {
         while ring.held > self.config.buffer
             || (self.budget.used() > self.budget.total && ring.held > 0)
         {
+            let front_end = ring
+                .chunks
+                .front()
+                .map(|(offset, _, data)| offset + data.len() as u64);
+            if let (Some(end), Some(unsent)) = (front_end, unsent) {
+                if end > unsent {
+                    break;
+                }
+            }
             let Some((from, to)) = ring.pop() else {
                 break;
             };
