@@ -35,6 +35,7 @@ use execd_session::{
     ValidationError,
 };
 use futures_util::Stream;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -94,6 +95,8 @@ struct Running {
     stats: Arc<SessionStats>,
     span: tracing::Span,
     requested_at: Instant,
+    /// Fires when the response stream is dropped (see [`relay_input`]).
+    _response_gone: DropGuard,
 }
 
 impl Running {
@@ -421,14 +424,22 @@ impl Opener {
                 return ExecResponseStream::failed(echo, &err);
             }
         };
+        let response_gone = CancellationToken::new();
         tokio::spawn(
-            relay_input(inbound, session.input, self.metrics.clone()).instrument(span.clone()),
+            relay_input(
+                inbound,
+                session.input,
+                self.metrics.clone(),
+                response_gone.clone(),
+            )
+            .instrument(span.clone()),
         );
         let running = Running {
             active,
             stats: session.stats,
             span,
             requested_at,
+            _response_gone: response_gone.drop_guard(),
         };
         ExecResponseStream::started(
             &session.id,
@@ -462,6 +473,26 @@ fn replay_from(metadata: &tonic::metadata::MetadataMap) -> Result<ReplayFrom, St
         })
 }
 
+/// What the end of the request stream means. hyper reports a client's
+/// RST_STREAM(CANCEL) — `call.cancel()`, or a proxy whose own client
+/// vanished — as the end of the request body, exactly like a half-close
+/// (END_STREAM). Only a half-close is stdin EOF: a cancelled call must
+/// leave stdin alone (ended, or detached with reattach on). What tells them
+/// apart is the response: a reset drops it at once, a half-close leaves it
+/// open.
+async fn request_end(response_gone: &CancellationToken) -> ClientEvent {
+    match tokio::time::timeout(RESET_SETTLE, response_gone.cancelled()).await {
+        Ok(()) => {
+            tracing::debug!("client cancelled the call (stream reset); stdin left open");
+            ClientEvent::End(EndReason::ClientGone)
+        }
+        Err(_) => {
+            tracing::debug!("client half-closed; stdin EOF");
+            ClientEvent::StdinEof
+        }
+    }
+}
+
 /// The session event a client message stands for.
 fn client_event(payload: Option<Payload>) -> Option<ClientEvent> {
     Some(match payload {
@@ -482,12 +513,18 @@ fn client_event(payload: Option<Payload>) -> Option<ClientEvent> {
     })
 }
 
+/// How long a request stream that ended waits for its response to be
+/// dropped before the end counts as a half-close (see [`request_end`]).
+const RESET_SETTLE: Duration = Duration::from_millis(200);
+
 /// Feeds client messages into the session until it ends or the client stops
-/// sending. Half-closing the request stream counts as stdin EOF.
+/// sending. Half-closing the request stream counts as stdin EOF; a
+/// cancelled call does not.
 async fn relay_input(
     mut inbound: Streaming<ExecMessage>,
     mut input: SessionInput,
     metrics: Arc<Metrics>,
+    response_gone: CancellationToken,
 ) {
     loop {
         let next = tokio::select! {
@@ -504,8 +541,12 @@ async fn relay_input(
                 }
             },
             Ok(None) => {
-                tracing::debug!("client half-closed; stdin EOF");
-                let _ = deliver(&mut input, ClientEvent::StdinEof).await;
+                let event = tokio::select! {
+                    biased;
+                    _ = input.finished() => return,
+                    event = request_end(&response_gone) => event,
+                };
+                let _ = deliver(&mut input, event).await;
                 return;
             }
             Err(status) => {

@@ -83,12 +83,10 @@ pub async fn run_on(
     serve_metrics(&config, &metrics, &shutdown).await?;
     let door_ctx = door_context(&config, &listeners, &manager, &metrics);
     tokio::spawn(door_ctx.streams.clone().sweep_until(shutdown.clone()));
-    let doors = doors::router(door_ctx.clone());
-    let app = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
+    let grpc = grpc_routes(&config, &manager, metrics, &shutdown, &door_ctx)
         .await?
-        .into_axum_router()
-        .merge(doors)
-        .fallback(doors::fallback);
+        .into_axum_router();
+    let app = doors::app(grpc, door_ctx.clone());
     let transport_config = transport_config(&config)?;
     let socket_files: Vec<listener::SocketFile> = listeners
         .iter()

@@ -45,6 +45,14 @@ pub struct ExitClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Which part refused: a door (grpc, kube, docker, web, terminal), or
+    /// `guard` for the checks in front of every route.
+    pub door: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub kind: String,
 }
@@ -66,6 +74,9 @@ pub struct Metrics {
     /// CRI streaming: URLs handed out by Exec/Attach and not yet used or
     /// expired (see [`Metrics::stream_tokens_pending`]).
     stream_tokens_pending: Gauge,
+    /// HTTP requests answered with a refusal before any session: unserved
+    /// paths, refused upgrades, guard refusals, auth failures.
+    requests_refused: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,8 +163,15 @@ impl Metrics {
             "CRI Exec/Attach streaming URLs issued and not yet used or expired",
             stream_tokens_pending.clone(),
         );
+        let requests_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "HTTP requests refused before any session (unserved path, refused upgrade, guard, auth), by door and reason",
+            requests_refused.clone(),
+        );
         Metrics {
             stream_tokens_pending,
+            requests_refused,
             registry,
             sessions_active,
             sessions_started,
@@ -184,6 +202,16 @@ impl Metrics {
             OutputStream::Stdout => self.bytes_stdout.inc_by(n as u64),
             OutputStream::Stderr => self.bytes_stderr.inc_by(n as u64),
         };
+    }
+
+    /// An HTTP request was refused before any session existed.
+    pub fn record_request_refused(&self, door: &str, reason: &str) {
+        self.requests_refused
+            .get_or_create(&RefusalLabels {
+                door: door.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// A session was refused before it started.

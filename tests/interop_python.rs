@@ -393,3 +393,46 @@ async fn bridge_pattern_over_unix_socket() {
     assert_bridge_pattern(&client, &target).await;
     stop(execd).await;
 }
+
+#[derive(Debug, Deserialize)]
+struct CancelReattach {
+    first_seen: bool,
+    second_seen: bool,
+    reattached: PyTranscript,
+}
+
+/// grpcio's `call.cancel()` (RST_STREAM CANCEL, what Envoy or nginx send
+/// when their client vanishes) in the middle of a tty shell and of `cat`
+/// is not stdin EOF: with a reattach grace both keep running, and the same
+/// session_id comes back to them (RUNNING, the new input answered, then
+/// the exit the client asked for).
+#[tokio::test]
+async fn python_cancel_detaches_without_stdin_eof() {
+    let python = need_docker_and_python!();
+    let client = PyClient::new(python);
+    let dir = tempfile::tempdir().unwrap();
+    // Spawned servers drop EXECD_* variables: the suite's backend is passed.
+    let mut args: Vec<String> = ["--reattach-grace", "20s", "--log-level", "info,execd=debug"]
+        .map(String::from)
+        .to_vec();
+    if let Ok(backend) = std::env::var("EXECD_BACKEND") {
+        args.extend(["--backend".to_string(), backend]);
+    }
+    let (execd, target) = start_tcp(&dir, &args).await;
+    let got: std::collections::HashMap<String, CancelReattach> =
+        client.run("cancel_reattach.py", &target, &[]).await;
+    for scenario in ["tty_shell", "pipe_cat"] {
+        let run = &got[scenario];
+        assert!(run.first_seen, "{scenario}: {run:#?}");
+        assert!(run.second_seen, "{scenario}: {run:#?}");
+        assert!(run.reattached.rpc.is_none(), "{scenario}: {run:#?}");
+        assert_eq!(
+            run.reattached.statuses(),
+            [("RUNNING", 0), ("EXITED", 0)],
+            "{scenario}: {run:#?}"
+        );
+    }
+    let log = execd.log();
+    assert!(log.contains("stdin left open"), "{log}");
+    stop(execd).await;
+}

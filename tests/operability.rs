@@ -196,42 +196,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Samples of the exposition as `name{labels}` → value.
-async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // The server binds its metrics listener in its own task: retry briefly.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut stream = loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => break s,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("metrics endpoint {addr}: {e}"),
-        }
-    };
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn metrics_count_sessions_bytes_and_outcomes_exactly() {
@@ -241,7 +205,7 @@ async fn metrics_count_sessions_bytes_and_outcomes_exactly() {
     let mut cfg = config();
     cfg.metrics_listen = Some(addr);
     let server = start_server(cfg).await;
-    let before = scrape(addr).await;
+    let before = scrape_metrics(addr).await;
     assert_eq!(
         before.get("execd_sessions_started_total{door=\"grpc\",tty=\"false\"}"),
         None
@@ -278,7 +242,7 @@ async fn metrics_count_sessions_bytes_and_outcomes_exactly() {
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let m = loop {
-        let m = scrape(addr).await;
+        let m = scrape_metrics(addr).await;
         if m.get("execd_sessions_active{door=\"grpc\",tty=\"true\"}") == Some(&0.0) {
             break m;
         }

@@ -10,12 +10,14 @@
 pub mod cri;
 pub mod docker;
 pub mod kube;
-pub mod rebinding;
+pub mod browser_guard;
+pub mod grpc_only;
 pub mod web;
 
 use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
+use execd_session::log_field::LogField;
 use execd_session::SessionManager;
 
 use crate::auth::TokenStore;
@@ -45,27 +47,91 @@ pub fn router(ctx: DoorContext) -> axum::Router {
         .merge(docker)
         .merge(kube::router(ctx.clone(), Some(docker_pod_exec)))
         .merge(web::router(ctx.clone()));
-    // Every WebSocket upgrade, on any door's path, passes the origin check;
-    // without tokens, every request over TCP the DNS-rebinding check.
-    let routes = rebinding::guard(routes, ctx.auth.is_some(), &ctx.web.allowed_origins);
+    // Every WebSocket upgrade, on any door's path, passes the origin check.
     web::guard_upgrades(routes, &ctx.web)
 }
 
+/// The whole application: the gRPC services (reachable by gRPC only), the
+/// HTTP doors, the 404 for the rest, and in front of all of them, on a
+/// token-less TCP listener, the guard against web pages.
+pub fn app(grpc: axum::Router, ctx: DoorContext) -> axum::Router {
+    let metrics = ctx.metrics.clone();
+    let unserved = metrics.clone();
+    let app = grpc_only::guard(grpc, metrics.clone())
+        .merge(router(ctx.clone()))
+        .fallback(move |req: axum::extract::Request| fallback(unserved, req));
+    browser_guard::guard(app, ctx.auth.is_some(), &ctx.web.allowed_origins, metrics)
+}
+
 /// Answers what no door claims: gRPC calls get UNIMPLEMENTED (as tonic
-/// would), everything else a JSON 404.
-pub async fn fallback(req: axum::extract::Request) -> Response {
+/// would), everything else a JSON 404; both logged at debug and counted.
+pub(crate) async fn fallback(metrics: Arc<Metrics>, req: axum::extract::Request) -> Response {
     let grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+        .is_some_and(grpc_only::is_grpc);
     if grpc {
+        log_refusal(&metrics, &req, "grpc", "unknown-service");
         return tonic::Status::unimplemented("").into_http::<axum::body::Body>();
     }
     // Debug-quoted and cut short: the path is the client's text.
     let path: String = req.uri().path().chars().take(256).collect();
     let message = format!("{} {path:?} is not served by execd", req.method());
-    json_error(http::StatusCode::NOT_FOUND, &message)
+    refuse(
+        &metrics,
+        &req,
+        "http",
+        "unserved",
+        http::StatusCode::NOT_FOUND,
+        &message,
+    )
+}
+
+/// A request refused before any session: logged at debug with its method,
+/// path (never the query, which may carry tokens or commands) and reason,
+/// counted in `execd_requests_refused` by door and reason, and answered
+/// with a JSON body — or, to a gRPC call, with the gRPC status a client
+/// library can read.
+pub fn refuse<B>(
+    metrics: &Metrics,
+    req: &http::Request<B>,
+    door: &'static str,
+    reason: &'static str,
+    status: http::StatusCode,
+    message: &str,
+) -> Response {
+    log_refusal(metrics, req, door, reason);
+    let grpc_call = req.version() == http::Version::HTTP_2
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(grpc_only::is_grpc);
+    if grpc_call {
+        let code = match status {
+            http::StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+            http::StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
+            http::StatusCode::NOT_FOUND => tonic::Code::Unimplemented,
+            http::StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
+            _ => tonic::Code::InvalidArgument,
+        };
+        return tonic::Status::new(code, message).into_http::<axum::body::Body>();
+    }
+    json_error(status, message)
+}
+
+/// The log line and the count of [`refuse`], for doors that answer in
+/// their own shape.
+pub fn log_refusal<B>(
+    metrics: &Metrics,
+    req: &http::Request<B>,
+    door: &'static str,
+    reason: &'static str,
+) {
+    metrics.record_request_refused(door, reason);
+    let path = LogField::with_limit(req.uri().path(), 256);
+    tracing::debug!(method = %req.method(), path = %path, door, reason, "request refused");
 }
 
 /// An error response with a `{"message": …}` body (Docker's error shape).

@@ -698,3 +698,43 @@ impl Drop for InteractiveContainer {
         let _ = docker(&["rm", "-f", &self.0]);
     }
 }
+
+/// The `/metrics` of a server started with `metrics_listen = addr`, as
+/// `name{labels}` → value.
+pub async fn scrape_metrics(
+    addr: std::net::SocketAddr,
+) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The server binds its metrics listener in its own task: retry briefly.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("metrics endpoint {addr}: {e}"),
+        }
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}

@@ -119,7 +119,7 @@ pub async fn pod_exec_post(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if websocket {
         // the Kubernetes door claims WebSocket upgrades here
-        return super::super::fallback(req).await;
+        return super::super::fallback(state.ctx.metrics.clone(), req).await;
     }
     create_pod_exec(
         &state,

@@ -157,7 +157,10 @@ pub fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
         .merge(pod)
         .nest(
             "/{version}",
-            engine().route_layer(axum::middleware::from_fn(api_version)),
+            engine().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                api_version,
+            )),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -166,7 +169,10 @@ pub fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
     let routes = open()
         .nest(
             "/{version}",
-            open().route_layer(axum::middleware::from_fn(api_version)),
+            open().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                api_version,
+            )),
         )
         .merge(guarded)
         .with_state(state);
@@ -176,6 +182,7 @@ pub fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
 /// `/vN.NN/…`: refuses versions older than execd serves and sends paths
 /// whose first segment is no version to the common 404.
 async fn api_version(
+    State(state): State<Shared>,
     Path(params): Path<std::collections::HashMap<String, String>>,
     req: Request,
     next: Next,
@@ -185,7 +192,7 @@ async fn api_version(
         .map(String::as_str)
         .unwrap_or_default();
     let Some(version) = first.strip_prefix('v').and_then(parse_version) else {
-        return super::fallback(req).await;
+        return super::fallback(state.ctx.metrics.clone(), req).await;
     };
     if parse_version(MIN_API_VERSION).is_some_and(|min| version < min) {
         return DockerError::OldClient(first.trim_start_matches('v').to_string()).into_response();

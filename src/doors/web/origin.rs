@@ -121,16 +121,23 @@ pub fn check(req: &Request, allowed: &[String]) -> Option<String> {
     if !is_upgrade(req) {
         return None;
     }
+    foreign_origin(req, allowed).map(|why| format!("WebSocket upgrade refused: {why}"))
+}
+
+/// Why the request's `Origin` is foreign (neither this server's own, as
+/// its `Host` names it, nor one of `allowed`); `None` when it has no
+/// `Origin` or an acceptable one.
+pub fn foreign_origin(req: &Request, allowed: &[String]) -> Option<String> {
     let value = req.headers().get(http::header::ORIGIN)?;
     let Some(origin) = value.to_str().ok().and_then(parse) else {
-        return Some("WebSocket upgrade refused: unreadable Origin".into());
+        return Some("unreadable Origin".into());
     };
     let own = request_host(req).is_some_and(|host| same_origin(&origin, &host));
     if own || allowed.contains(&origin.to_string()) {
         return None;
     }
     Some(format!(
-        "WebSocket upgrade refused: origin {origin} is neither this server's nor in --web-allowed-origins"
+        "origin {origin} is neither this server's nor in --web-allowed-origins"
     ))
 }
 
