@@ -177,7 +177,10 @@ async fn grpc_paths_take_only_http2_grpc_requests() {
         assert_eq!(status, 426, "{path}");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!exists_in_container(&pwned), "a refused request ran its command");
+    assert!(
+        !exists_in_container(&pwned),
+        "a refused request ran its command"
+    );
 
     // A real gRPC client on the same listener is served.
     let t = server
@@ -257,16 +260,22 @@ async fn rebinding_and_cross_site_requests_reach_no_service() {
         ("sec-fetch-site", "cross-site"),
         ("sec-fetch-site", "same-site"),
     ] {
-        let mut cri =
-            RuntimeServiceClient::with_interceptor(own.clone(), with_header(key, value));
+        let mut cri = RuntimeServiceClient::with_interceptor(own.clone(), with_header(key, value));
         let err = cri
             .exec_sync(exec_sync.clone())
             .await
             .expect_err("a cross-site ExecSync is refused");
-        assert_eq!(err.code(), Code::PermissionDenied, "{key}: {value}: {err:?}");
+        assert_eq!(
+            err.code(),
+            Code::PermissionDenied,
+            "{key}: {value}: {err:?}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!exists_in_container(&pwned), "a refused request ran its command");
+    assert!(
+        !exists_in_container(&pwned),
+        "a refused request ran its command"
+    );
 
     // The same calls by execd's own name, without browser marks, work.
     let out = RuntimeServiceClient::new(own.clone())
@@ -293,7 +302,13 @@ async fn unserved_paths_are_counted() {
     cfg.metrics_listen = Some(metrics);
     let server = start_server(cfg).await;
     let host = host_port(&server);
-    let (status, body) = http1(&server, "/no/such/path?secret=1", &[("host", &host)], Bytes::new()).await;
+    let (status, body) = http1(
+        &server,
+        "/no/such/path?secret=1",
+        &[("host", &host)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(status, 404, "{body}");
     assert!(!body.contains("secret"), "{body}");
     let scraped = scrape_metrics(metrics).await;

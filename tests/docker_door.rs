@@ -246,5 +246,6 @@ async fn docker_py_exec_through_execd() {
     assert_eq!(v["exit_code"], 3, "{v}");
     assert_eq!(v["running"], false);
     assert_eq!(v["greeting"], "hi\n");
+    assert!(v["resized"].as_str().unwrap().contains("33 101"), "{v}");
     server.stop().await;
 }

@@ -441,3 +441,55 @@ async fn token_less_tcp_answers_only_addresses_and_localhost() {
     }
     server.stop().await;
 }
+
+/// A resize sent at once after the start (as docker-py's `exec_resize`
+/// right after `exec_start(socket=True)` does) reaches the terminal even
+/// while the session is still starting; the real engine prints `33 101`
+/// for the same exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn resize_right_after_start_is_applied() {
+    need_docker!();
+    let c = shared_container();
+    let server = start_server(config()).await;
+    let (status, _, body) = request(
+        &server,
+        "POST",
+        &format!("/v1.44/containers/{c}/exec"),
+        &[("content-type", "application/json")],
+        r#"{"Tty":true,"AttachStdin":true,"AttachStdout":true,"Cmd":["sh","-c","read x; stty size"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{}", text(&body));
+    let id = json(&body)["Id"].as_str().unwrap().to_string();
+    let response = send(
+        &server,
+        "POST",
+        &format!("/v1.44/exec/{id}/start"),
+        &[
+            ("connection", "Upgrade"),
+            ("upgrade", "tcp"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"Detach":false,"Tty":true}"#,
+    )
+    .await;
+    assert_eq!(response.status(), 101);
+    let (status, _, _) = request(
+        &server,
+        "POST",
+        &format!("/v1.44/exec/{id}/resize?h=33&w=101"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    io.write_all(b"go\n").await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, io.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(text(&raw).contains("33 101"), "{}", text(&raw));
+    server.stop().await;
+}

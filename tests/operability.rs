@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
@@ -195,7 +195,6 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
-
 
 #[tokio::test]
 async fn metrics_count_sessions_bytes_and_outcomes_exactly() {

@@ -108,7 +108,9 @@ fn refusal(req: &Request, allowed: &Allowed) -> Option<(&'static str, String)> {
     if let Some(why) = origin::foreign_origin(req, &allowed.origins) {
         return Some((
             "origin",
-            format!("request refused: {why} (without tokens, execd refuses requests from other sites)"),
+            format!(
+                "request refused: {why} (without tokens, execd refuses requests from other sites)"
+            ),
         ));
     }
     let site = req

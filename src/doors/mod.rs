@@ -7,11 +7,11 @@
 //! travels in [`DoorContext`]. Requests no door claims get a 404 with a JSON
 //! body, or gRPC UNIMPLEMENTED when they are gRPC calls.
 
+pub mod browser_guard;
 pub mod cri;
 pub mod docker;
-pub mod kube;
-pub mod browser_guard;
 pub mod grpc_only;
+pub mod kube;
 pub mod web;
 
 use std::sync::Arc;

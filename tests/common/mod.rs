@@ -701,9 +701,7 @@ impl Drop for InteractiveContainer {
 
 /// The `/metrics` of a server started with `metrics_listen = addr`, as
 /// `name{labels}` → value.
-pub async fn scrape_metrics(
-    addr: std::net::SocketAddr,
-) -> std::collections::HashMap<String, f64> {
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The server binds its metrics listener in its own task: retry briefly.
     let deadline = tokio::time::Instant::now() + PATIENCE;

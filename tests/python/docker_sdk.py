@@ -22,6 +22,20 @@ def main():
     inspected = client.exec_inspect(created["Id"])
     high = client.exec_create(container, ["sh", "-c", "echo $GREETING"], environment={"GREETING": "hi"})
     greeting = client.exec_start(high["Id"])
+    # A resize at once after the start of a tty exec, then a line typed:
+    # the real engine answers `33 101`.
+    sized = client.exec_create(container, ["sh", "-c", "read x; stty size"], stdin=True, tty=True)
+    sock = client.exec_start(sized["Id"], tty=True, socket=True)
+    client.exec_resize(sized["Id"], height=33, width=101)
+    raw = sock._sock if hasattr(sock, "_sock") else sock
+    raw.sendall(b"go\n")
+    seen = b""
+    while True:
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        seen += chunk
+    raw.close()
     print(
         json.dumps(
             {
@@ -31,6 +45,7 @@ def main():
                 "exit_code": inspected["ExitCode"],
                 "running": inspected["Running"],
                 "greeting": greeting.decode(),
+                "resized": seen.decode("utf-8", "replace"),
             }
         )
     )

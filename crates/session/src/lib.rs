@@ -67,6 +67,7 @@ mod session;
 mod spawn;
 #[cfg(feature = "grpc-status")]
 mod status;
+mod term_size;
 
 pub use attach_target::AttachTarget;
 pub use backend::BackendKind;

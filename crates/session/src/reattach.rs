@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::command::TermSize;
@@ -56,7 +56,7 @@ pub struct ReattachRequest {
 struct Detachable {
     commands: mpsc::Sender<RelayCommand>,
     stdin: mpsc::Sender<crate::session::StdinCommand>,
-    size: Arc<watch::Sender<TermSize>>,
+    size: Arc<crate::term_size::SizeChannel>,
     control: Arc<SessionControl>,
     done: CancellationToken,
     redraw: Arc<Notify>,
@@ -74,7 +74,7 @@ pub(crate) struct Parts<'a> {
     pub session_id: String,
     pub entry: &'a SessionEntry,
     pub stdin: mpsc::Sender<crate::session::StdinCommand>,
-    pub size: Arc<watch::Sender<TermSize>>,
+    pub size: Arc<crate::term_size::SizeChannel>,
     pub done: CancellationToken,
     pub redraw: Arc<Notify>,
 }
@@ -225,8 +225,8 @@ impl ReattachTable {
         }
         if d.tty {
             match request.size {
-                Some(size) if size != *d.size.borrow() => {
-                    d.size.send_replace(size);
+                Some(size) if size != d.size.current() => {
+                    d.size.request(size);
                 }
                 _ => d.redraw.notify_one(),
             }

@@ -30,6 +30,8 @@ use crate::pidfd::ProcHandle;
 use crate::pty::ForeignTerminal;
 use crate::pump::sleep_until_opt;
 use crate::reaper;
+use crate::term_size::SizeChannel;
+use std::sync::Arc;
 
 /// Time between the two sizes of a redraw, so the CLI backend's CLI reads
 /// (and forwards) each of them.
@@ -45,6 +47,7 @@ pub(crate) async fn resize_terminal(
     marker: String,
     // `Some(init pid)` for container sessions (0 if unknown).
     container_init: Option<i32>,
+    channel: Arc<SizeChannel>,
     mut sizes: watch::Receiver<TermSize>,
     schedule: Vec<Duration>,
     done: CancellationToken,
@@ -89,32 +92,51 @@ pub(crate) async fn resize_terminal(
                     watching = false;
                     continue;
                 }
-                target = *sizes.borrow_and_update();
+                let seq;
+                (target, seq) = channel.take_latest(&mut sizes);
                 if let Err(e) = resizer.resize(target).await {
                     tracing::debug!(error = %e, "resize failed");
                 }
+                if checks {
+                    // The CLI relays the size later: set it in the
+                    // container at once, so input after it sees it.
+                    inner = check_now(&marker, container_init, inner.take(), target, &*resizer).await;
+                }
+                channel.applied(seq);
                 changed_at = Instant::now();
                 step = 0;
             }
             _ = sleep_until_opt(next_check) => {
                 step += 1;
-                let id = marker.clone();
-                let cached = inner.take();
-                let init_pid = container_init.unwrap_or(0);
-                let (found, verdict) = crate::procfs::run(move || {
-                    check_container_terminal(&id, init_pid, cached, target)
-                })
-                .await
-                .unwrap_or((None, TerminalCheck::NotVisible));
-                inner = found;
-                if verdict != TerminalCheck::Right {
-                    tracing::trace!(?verdict, ?target, "container terminal size re-applied");
-                    resizer.nudge();
-                }
+                inner = check_now(&marker, container_init, inner.take(), target, &*resizer).await;
             }
             _ = done.cancelled() => return,
         }
     }
+}
+
+/// Checks (and fixes) the container's terminal once, nudging the CLI when
+/// it had another size; returns the handle to keep for the next check.
+async fn check_now(
+    marker: &str,
+    container_init: Option<i32>,
+    cached: Option<ProcHandle>,
+    target: TermSize,
+    resizer: &dyn Resizer,
+) -> Option<ProcHandle> {
+    let Some(init_pid) = container_init else {
+        return cached;
+    };
+    let id = marker.to_string();
+    let (found, verdict) =
+        crate::procfs::run(move || check_container_terminal(&id, init_pid, cached, target))
+            .await
+            .unwrap_or((None, TerminalCheck::NotVisible));
+    if verdict != TerminalCheck::Right {
+        tracing::trace!(?verdict, ?target, "container terminal size re-applied");
+        resizer.nudge();
+    }
+    found
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

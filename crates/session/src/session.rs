@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Process;
@@ -33,6 +33,7 @@ use crate::command::TermSize;
 use crate::error::{EndReason, SessionError};
 use crate::reaper::ContainerRef;
 use crate::registry::{Registration, SessionControl, SessionStats};
+use crate::term_size::SizeChannel;
 
 /// Bytes read from the child per chunk (one output message at most).
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -66,7 +67,9 @@ pub enum SessionEvent {
 
 #[derive(Debug)]
 pub(crate) enum StdinCommand {
-    Data(Bytes),
+    /// Bytes, and the number of the last resize the client sent before
+    /// them (see [`crate::term_size`]).
+    Data(Bytes, u64),
     Eof,
 }
 
@@ -128,7 +131,9 @@ pub struct Session {
 /// The client-facing input side: stdin, EOF, resize, ending.
 pub struct SessionInput {
     stdin: mpsc::Sender<StdinCommand>,
-    size: Arc<watch::Sender<TermSize>>,
+    size: Arc<SizeChannel>,
+    /// Number of the last resize this client asked for.
+    last_resize: u64,
     control: Arc<SessionControl>,
     done: CancellationToken,
     tty: bool,
@@ -144,7 +149,7 @@ impl SessionInput {
     /// The input side for a client that reattached.
     pub(crate) fn reattached(
         stdin: mpsc::Sender<StdinCommand>,
-        size: Arc<watch::Sender<TermSize>>,
+        size: Arc<SizeChannel>,
         control: Arc<SessionControl>,
         done: CancellationToken,
         tty: bool,
@@ -152,6 +157,7 @@ impl SessionInput {
         relay: mpsc::Sender<crate::replay::RelayCommand>,
     ) -> Self {
         SessionInput {
+            last_resize: size.latest_seq(),
             stdin,
             size,
             control,
@@ -174,7 +180,7 @@ impl SessionInput {
             return !self.done.is_cancelled();
         }
         tokio::select! {
-            sent = self.stdin.send(StdinCommand::Data(data)) => sent.is_ok(),
+            sent = self.stdin.send(StdinCommand::Data(data, self.last_resize)) => sent.is_ok(),
             _ = self.done.cancelled() => false,
         }
     }
@@ -197,11 +203,12 @@ impl SessionInput {
         }
     }
 
-    /// Sets the terminal size (clamped). Ignored without a terminal.
-    pub fn resize(&self, rows: i32, cols: i32) -> TermSize {
+    /// Sets the terminal size (clamped). Ignored without a terminal. Input
+    /// sent after it reaches the process once the terminal has the size.
+    pub fn resize(&mut self, rows: i32, cols: i32) -> TermSize {
         let size = TermSize::from_client(rows, cols);
         if self.tty {
-            self.size.send_replace(size);
+            self.last_resize = self.size.request(size);
         } else {
             tracing::debug!(rows, cols, "resize ignored: session has no terminal");
         }
@@ -317,7 +324,7 @@ pub(crate) fn launch(l: Launch) -> Session {
     let done = CancellationToken::new();
     let (stdin_tx, stdin_rx) = mpsc::channel(INPUT_DEPTH);
     let (events_tx, events_rx) = mpsc::channel(OUTPUT_DEPTH);
-    let (size_tx, size_rx) = watch::channel(l.initial_size);
+    let (size, size_rx) = SizeChannel::new(l.initial_size);
 
     // The writer stops when the session is ended or finished, whichever
     // comes first.
@@ -336,6 +343,7 @@ pub(crate) fn launch(l: Launch) -> Session {
         stdin,
         stdin_rx,
         eof_char,
+        tty.then(|| size.clone()),
         stats.clone(),
         writer_stop,
     ));
@@ -346,6 +354,7 @@ pub(crate) fn launch(l: Launch) -> Session {
             redraw.clone(),
             l.marker.clone(),
             l.container.as_ref().map(|c| c.init_pid),
+            size.clone(),
             size_rx,
             l.config.resize_nudges.clone(),
             done.clone(),
@@ -377,7 +386,6 @@ pub(crate) fn launch(l: Launch) -> Session {
         started: l.spawned_at,
     };
     tokio::spawn(pump.run());
-    let size = Arc::new(size_tx);
     let attach = entry.kind == crate::command::SessionKind::Attach;
     let (events, relay) = match l.reattach {
         None => (SessionEvents::new(events_rx, Arc::default()), None),
@@ -401,6 +409,7 @@ pub(crate) fn launch(l: Launch) -> Session {
         input: SessionInput {
             stdin: stdin_tx,
             size,
+            last_resize: 0,
             control,
             done,
             tty,
@@ -421,6 +430,7 @@ async fn write_stdin(
     mut stdin: Box<dyn AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<StdinCommand>,
     eof_char: Option<u8>,
+    size: Option<Arc<SizeChannel>>,
     stats: Arc<SessionStats>,
     stop: CancellationToken,
 ) {
@@ -443,11 +453,23 @@ async fn write_stdin(
                 }
                 return;
             }
-            Some(StdinCommand::Data(data)) => {
+            Some(StdinCommand::Data(data, after_resize)) => {
                 if broken {
                     // The process closed its stdin; keep accepting so the
                     // client is not stalled, as a closed pipe would do.
                     continue;
+                }
+                if let Some(size) = &size {
+                    let applied = tokio::select! {
+                        applied = size.wait_applied(after_resize) => applied,
+                        _ = stop.cancelled() => return,
+                    };
+                    if !applied {
+                        tracing::debug!(
+                            after_resize,
+                            "input written before its resize was applied (resize is slow)"
+                        );
+                    }
                 }
                 let len = data.len();
                 let written = tokio::select! {
