@@ -150,6 +150,7 @@ fn door_context(
             metrics.stream_tokens_pending().clone(),
         ),
         web: config.web.clone(),
+        terminal_instance_label: config.terminal_instance_label.clone(),
     }
 }
 

@@ -299,6 +299,14 @@ pub struct Cli {
     #[arg(long, env = "EXECD_WEB_ALLOWED_ORIGINS", value_name = "ORIGIN", value_delimiter = ',', value_parser = crate::doors::web::origin::parse_allowed, help_heading = "Web terminal")]
     pub web_allowed_origins: Vec<String>,
     // --- end web terminal ---
+    /// /terminal/ws (the function system's WebSocket protocol): find an `instance` as the running container whose label KEY equals it, instead of by container name or id
+    #[arg(
+        long,
+        env = "EXECD_TERMINAL_INSTANCE_LABEL",
+        value_name = "KEY",
+        help_heading = "Doors"
+    )]
+    pub terminal_instance_label: Option<String>,
     /// Log format
     #[arg(
         long,

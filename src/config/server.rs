@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub stream_token_ttl: Duration,
     /// The browser terminal and the WebSocket origin guard.
     pub web: crate::doors::web::WebConfig,
+    /// `/terminal/ws`: the container label that names instances, if any.
+    pub terminal_instance_label: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             stream_base_url: None,
             stream_token_ttl: Duration::from_secs(60),
             web: crate::doors::web::WebConfig::default(),
+            terminal_instance_label: None,
         }
     }
 }
@@ -185,6 +188,7 @@ impl Cli {
                 enabled: self.web,
                 allowed_origins: self.web_allowed_origins.clone(),
             },
+            terminal_instance_label: self.terminal_instance_label.clone(),
             ..ServerConfig::default()
         }
     }

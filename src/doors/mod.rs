@@ -12,6 +12,7 @@ pub mod cri;
 pub mod docker;
 pub mod grpc_only;
 pub mod kube;
+pub mod terminal;
 pub mod web;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct DoorContext {
     pub streams: kube::StreamTokens,
     /// The browser terminal (`--web`) and the WebSocket origin guard.
     pub web: web::WebConfig,
+    /// `/terminal/ws`: the container label that names instances, if any.
+    pub terminal_instance_label: Option<String>,
 }
 
 /// The routes of every HTTP door.
@@ -46,7 +49,8 @@ pub fn router(ctx: DoorContext) -> axum::Router {
     let routes = axum::Router::new()
         .merge(docker)
         .merge(kube::router(ctx.clone(), Some(docker_pod_exec)))
-        .merge(web::router(ctx.clone()));
+        .merge(web::router(ctx.clone()))
+        .merge(terminal::router(ctx.clone()));
     // Every WebSocket upgrade, on any door's path, passes the origin check.
     web::guard_upgrades(routes, &ctx.web)
 }

@@ -48,6 +48,7 @@ mod attach_target;
 pub mod backend;
 mod client;
 pub mod command;
+mod containers;
 mod engine_api;
 mod error;
 pub mod log_field;
@@ -76,6 +77,7 @@ pub use command::{
     validate_instance_id, validate_session_id, Door, ExecMode, ExecSpec, SessionKind, TermSize,
     ValidationError,
 };
+pub use containers::{ContainerInfo, ContainerQueryError};
 pub use engine_api::get as engine_api_get;
 pub use error::{EndReason, ErrorKind, RuntimeFailure, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};

@@ -134,6 +134,13 @@ pub fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
             .route("/_ping", get(ping))
             .route("/version", get(version))
     };
+    // Without an API prefix, /version is read by kube clients too.
+    let bare = || {
+        axum::Router::new()
+            .route("/_ping", get(ping))
+            .route("/version", get(version_for_all))
+            .route("/version/", get(version_for_all))
+    };
     let engine = || {
         axum::Router::new()
             .route("/containers/{id}/json", get(inspect_container))
@@ -166,7 +173,7 @@ pub fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
             state.clone(),
             require_token,
         ));
-    let routes = open()
+    let routes = bare()
         .nest(
             "/{version}",
             open().route_layer(axum::middleware::from_fn_with_state(
@@ -264,10 +271,25 @@ fn go_arch() -> &'static str {
     }
 }
 
-/// `GET /version`: execd's own, not the engine's.
+/// `GET /vN.NN/version`: execd's own, not the engine's.
 async fn version() -> Response {
+    let mut response = axum::Json(version_document()).into_response();
+    ping_headers(&mut response);
+    response
+}
+
+/// `GET /version`: Docker's document merged with Kubernetes' `version.Info`
+/// ([`crate::doors::kube::api::merge_version`]).
+async fn version_for_all() -> Response {
+    let merged = crate::doors::kube::api::merge_version(version_document());
+    let mut response = axum::Json(merged).into_response();
+    ping_headers(&mut response);
+    response
+}
+
+fn version_document() -> serde_json::Value {
     let v = env!("CARGO_PKG_VERSION");
-    let body = serde_json::json!({
+    serde_json::json!({
         "Platform": {"Name": "execd"},
         "Components": [{
             "Name": "execd",
@@ -283,10 +305,7 @@ async fn version() -> Response {
         "GitCommit": "",
         "GoVersion": "",
         "BuildTime": "",
-    });
-    let mut response = axum::Json(body).into_response();
-    ping_headers(&mut response);
-    response
+    })
 }
 
 #[derive(serde::Deserialize)]

@@ -16,6 +16,7 @@
 //! HTTP code and a Kubernetes `Status` body ([`status`]): the session is
 //! started first, and only a running session is upgraded.
 
+pub mod api;
 pub mod status;
 pub mod stream;
 pub mod tokens;
@@ -102,6 +103,9 @@ pub fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum::Route
     let exec = move |State(ctx): State<DoorContext>, Path(path): Path<PodPath>, req: Request| {
         let plain = plain_exec.clone();
         async move {
+            if api::is_spdy(req.headers()) {
+                return spdy_fallback(ctx, path, SessionKind::Exec, req).await;
+            }
             if !wants_websocket(req.headers()) {
                 // Only a POST is the Docker-style create; anything else
                 // without an upgrade is a Kubernetes client that must upgrade.
@@ -118,6 +122,9 @@ pub fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum::Route
         }
     };
     let attach = |State(ctx): State<DoorContext>, Path(path): Path<PodPath>, req: Request| async move {
+        if api::is_spdy(req.headers()) {
+            return spdy_fallback(ctx, path, SessionKind::Attach, req).await;
+        }
         if !wants_websocket(req.headers()) {
             return KubeError::UpgradeRequired.into_response();
         }
@@ -131,7 +138,8 @@ pub fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum::Route
         )
         .route("/exec/{token}", get(token_exec))
         .route("/attach/{token}", get(token_attach))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(api::router(ctx))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -245,32 +253,42 @@ fn pod_request(
     Ok(request)
 }
 
+/// Everything a pod stream checks before its upgrade: the query, the
+/// token, and for an attach the container's stdin and terminal.
+async fn admit_pod(
+    ctx: &DoorContext,
+    path: &PodPath,
+    kind: SessionKind,
+    parts: &http::request::Parts,
+) -> Result<StreamRequest, KubeError> {
+    let query = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        .map_err(|e| KubeError::BadRequest(e.body_text()))?
+        .0;
+    // A token in the query string is refused even when it would be valid.
+    let mut request = pod_request(kind, &path.pod, &query)?;
+    request.owner = check_auth(ctx, &parts.headers)?;
+    if kind == SessionKind::Attach {
+        let target = ctx.manager.attach_target(&request.container_id).await?;
+        if request.stdin && !target.open_stdin {
+            return Err(KubeError::BadRequest(format!(
+                "container {} was not created with an open stdin (docker run -i); attach without stdin",
+                request.container_id
+            )));
+        }
+        request.tty = target.tty;
+    }
+    Ok(request)
+}
+
 async fn pod_stream(ctx: DoorContext, path: PodPath, kind: SessionKind, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let query = match Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
-        Ok(Query(q)) => q,
-        Err(e) => return KubeError::BadRequest(e.body_text()).into_response(),
-    };
-    // Before anything else: a token in the query string is refused even
-    // when it would be valid.
     let result = async {
-        let mut request = pod_request(kind, &path.pod, &query)?;
-        request.owner = check_auth(&ctx, &parts.headers)?;
+        let request = admit_pod(&ctx, &path, kind, &parts).await?;
         // WebSocket is GET; some clients upgrade a POST (the exec verb).
         parts.method = http::Method::GET;
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
             .await
             .map_err(|e| KubeError::BadRequest(e.body_text()))?;
-        if kind == SessionKind::Attach {
-            let target = ctx.manager.attach_target(&request.container_id).await?;
-            if request.stdin && !target.open_stdin {
-                return Err(KubeError::BadRequest(format!(
-                    "container {} was not created with an open stdin (docker run -i); attach without stdin",
-                    request.container_id
-                )));
-            }
-            request.tty = target.tty;
-        }
         Ok::<_, KubeError>((request, ws))
     }
     .await;
@@ -278,6 +296,36 @@ async fn pod_stream(ctx: DoorContext, path: PodPath, kind: SessionKind, req: Req
         Ok((request, ws)) => upgrade(ctx, request, ws).await,
         Err(e) => refuse(&ctx, Door::Kube, e),
     }
+}
+
+/// kubectl retries a refused WebSocket upgrade with `Upgrade: SPDY/3.1`,
+/// and shows its user only that second answer. So the retry runs the same
+/// checks and answers the real reason (NotFound, BadRequest, Unauthorized,
+/// …); when everything would have worked, it says that execd speaks only
+/// the WebSocket protocol.
+async fn spdy_fallback(
+    ctx: DoorContext,
+    path: PodPath,
+    kind: SessionKind,
+    req: Request,
+) -> Response {
+    let (parts, _body) = req.into_parts();
+    crate::doors::log_refusal(
+        &ctx.metrics,
+        &http::Request::from_parts(parts.clone(), ()),
+        "kube",
+        "spdy",
+    );
+    let why = match admit_pod(&ctx, &path, kind, &parts).await {
+        Err(e) => e,
+        Ok(request) => match ctx.manager.check_container(&request.container_id).await {
+            Err(e) => KubeError::Session(e),
+            Ok(()) => KubeError::BadRequest(
+                "execd speaks the WebSocket remotecommand protocol (v5.channel.k8s.io, used by kubectl 1.30 and later), not SPDY".into(),
+            ),
+        },
+    };
+    refuse(&ctx, Door::Kube, why)
 }
 
 async fn token_exec(

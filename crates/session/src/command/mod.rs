@@ -16,6 +16,7 @@ pub mod cli;
 pub mod request;
 
 pub use cli::{RuntimeCommand, DETACH_KEYS};
+pub(crate) use request::is_container_ref;
 pub use request::{
     validate_instance_id, validate_session_id, Door, ExecSpec, SessionKind, TermSize,
     ValidationError, MAX_ARGV_BYTES, MAX_COMMAND_ARGS, MAX_CONTAINER_ID_LEN, MAX_ENV_VARS,

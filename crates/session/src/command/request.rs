@@ -83,6 +83,8 @@ pub enum Door {
     Kube,
     /// The Docker-style HTTP exec API.
     Docker,
+    /// The function system's WebSocket protocol (`/terminal/ws`).
+    Terminal,
 }
 
 impl Door {
@@ -92,6 +94,7 @@ impl Door {
             Door::Cri => "cri",
             Door::Kube => "kube",
             Door::Docker => "docker",
+            Door::Terminal => "terminal",
         }
     }
 }
@@ -201,7 +204,7 @@ pub fn validate_instance_id(id: &str) -> Result<(), ValidationError> {
     }
 }
 
-fn is_container_ref(id: &str) -> bool {
+pub(crate) fn is_container_ref(id: &str) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= MAX_CONTAINER_ID_LEN

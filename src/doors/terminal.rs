@@ -1,0 +1,610 @@
+//! `GET /terminal/ws`: the function system's own WebSocket protocol, so its
+//! clients — `yr exec`, `yr cp`, the sandbox SDK's PTY — reach execd
+//! without the frontend's bridge in between. Wire-compatible with that
+//! bridge as its clients use it:
+//!
+//! - **Query.** `instance` (required) names the instance: the container
+//!   whose label `--terminal-instance-label KEY` equals it, else the
+//!   container with that name or id; it is the session's `instance_id`.
+//!   `command` repeated is the argv; a single value is split on whitespace
+//!   (as the bridge does); none runs the bridge's default shell, `/bin/bash`,
+//!   or `/bin/sh` where the container has no bash. `tty` is on unless
+//!   `false`; `rows`/`cols` the first size; `protocol` empty (legacy) or
+//!   `sandbox.pty.v1`. `tenant_id` is accepted and not used.
+//! - **Before the upgrade** the session is started, so every refusal
+//!   (unknown instance, bad query, token, limits) is an HTTP status with a
+//!   JSON message, never a successful-looking close (`yr cp` takes a close
+//!   as success).
+//! - **Frames in.** Text `RESIZE:<cols>:<rows>` resizes, text `STDIN_EOF`
+//!   is stdin EOF (a tty gets its EOF character), any other text or binary
+//!   frame is input. A client that goes away without ending the session
+//!   ends it (processes killed); with `--reattach-grace`, a
+//!   `sandbox.pty.v1` session is detached instead, and a gRPC client can
+//!   come back to it with the `session_id` of its `started` event (legacy
+//!   clients are never told a session id, so theirs end).
+//! - **Frames out.** Output as binary frames, stdout and stderr merged (as
+//!   the bridge does). At the end, legacy clients get the text
+//!   `\r\n[Process exited]\r\n` and close 1000; `sandbox.pty.v1` clients a
+//!   JSON `exited` event (with `exit_code`) and close 1000, or an `error`
+//!   event and close 1011. `sandbox.pty.v1` also gets `started` first.
+//! - **Tokens.** With tokens configured: `X-Auth`, `token=` in the query
+//!   (what the clients send) or the first WebSocket subprotocol, compared
+//!   in constant time, never logged. The bridge's 1-second wait for a
+//!   first RESIZE is not copied: the session starts at the query's size
+//!   and a RESIZE that follows is applied before any input after it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use execd_session::log_field::LogField;
+use execd_session::{
+    deliver, ClientEvent, Door, ExecSpec, ReplayFrom, SessionError, SessionEvent, SessionInput,
+};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::DoorContext;
+use crate::door_session::{record_end, Ending, Opened};
+use crate::error_text::ClientText;
+use crate::metrics::Metrics;
+
+const V1: &str = "sandbox.pty.v1";
+/// What legacy clients wait for before they trust an upload.
+const EXITED_TEXT: &str = "\r\n[Process exited]\r\n";
+/// The bridge's default shell, where the container has one.
+const DEFAULT_SHELL: &str = "if [ -x /bin/bash ]; then exec /bin/bash; else exec /bin/sh; fi";
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "authentication failed: send the token as token=, X-Auth or the WebSocket subprotocol"
+    )]
+    Unauthorized,
+    #[error("instance {0:?} not found: no running container has {1}={0:?}")]
+    NoInstance(String, String),
+    #[error("{0}")]
+    Engine(String),
+    #[error("{}", ClientText(.0))]
+    Session(#[from] SessionError),
+}
+
+impl IntoResponse for TerminalError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            TerminalError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            TerminalError::Unauthorized => StatusCode::UNAUTHORIZED,
+            TerminalError::NoInstance(..) => StatusCode::NOT_FOUND,
+            TerminalError::Engine(_) => StatusCode::BAD_GATEWAY,
+            TerminalError::Session(err) => super::kube::status::http_status(err.kind()).0,
+        };
+        super::json_error(code, &self.to_string())
+    }
+}
+
+pub fn router(ctx: DoorContext) -> axum::Router {
+    axum::Router::new()
+        .route("/terminal/ws", get(terminal))
+        .with_state(ctx)
+}
+
+/// Which of the bridge's two wire protocols a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Legacy,
+    PtyV1,
+}
+
+/// A parsed `/terminal/ws` query.
+#[derive(Debug, PartialEq, Eq)]
+struct TerminalQuery {
+    instance: String,
+    command: Vec<String>,
+    tty: bool,
+    rows: i32,
+    cols: i32,
+    token: Option<String>,
+    protocol: Protocol,
+}
+
+fn parse_query(pairs: Vec<(String, String)>) -> Result<TerminalQuery, TerminalError> {
+    let mut q = TerminalQuery {
+        instance: String::new(),
+        command: Vec::new(),
+        tty: true,
+        rows: 24,
+        cols: 80,
+        token: None,
+        protocol: Protocol::Legacy,
+    };
+    let mut commands = Vec::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "instance" => q.instance = value,
+            "command" => commands.push(value),
+            "tty" => q.tty = value != "false",
+            // A bad size keeps the default, as the bridge does.
+            "rows" => q.rows = value.parse().unwrap_or(q.rows),
+            "cols" => q.cols = value.parse().unwrap_or(q.cols),
+            "token" if !value.is_empty() => q.token = Some(value),
+            "protocol" => {
+                q.protocol = match value.as_str() {
+                    "" => Protocol::Legacy,
+                    V1 => Protocol::PtyV1,
+                    other => {
+                        let shown: String = other.chars().take(64).collect();
+                        return Err(TerminalError::BadRequest(format!(
+                            "unsupported terminal protocol {shown:?}"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if q.instance.is_empty() {
+        return Err(TerminalError::BadRequest(
+            "instance is required (/terminal/ws?instance=…)".into(),
+        ));
+    }
+    q.command = match commands.len() {
+        0 => Vec::new(),
+        1 => commands[0].split_whitespace().map(str::to_string).collect(),
+        _ => commands,
+    };
+    if q.command.is_empty() {
+        q.command = ["/bin/sh", "-c", DEFAULT_SHELL].map(String::from).to_vec();
+    }
+    Ok(q)
+}
+
+/// The token a client presented: `X-Auth`, `token=`, or the first
+/// subprotocol it offered (the bridge's order).
+fn presented_token(headers: &HeaderMap, query: &TerminalQuery) -> Option<Vec<u8>> {
+    if let Some(v) = headers.get("x-auth").filter(|v| !v.is_empty()) {
+        return Some(v.as_bytes().to_vec());
+    }
+    if let Some(t) = &query.token {
+        return Some(t.as_bytes().to_vec());
+    }
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .map(|p| p.as_bytes().to_vec())
+}
+
+/// The container an instance names.
+async fn resolve(ctx: &DoorContext, instance: &str) -> Result<String, TerminalError> {
+    let Some(label) = &ctx.terminal_instance_label else {
+        // A name or id: the session's start checks it like any other.
+        return Ok(instance.to_string());
+    };
+    let running = ctx
+        .manager
+        .running_containers()
+        .await
+        .map_err(|e| TerminalError::Engine(e.to_string()))?;
+    running
+        .into_iter()
+        .find(|c| c.labels.get(label).is_some_and(|v| v == instance))
+        .map(|c| c.id)
+        .ok_or_else(|| TerminalError::NoInstance(instance.to_string(), label.clone()))
+}
+
+async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let admitted = async {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e| TerminalError::BadRequest(e.body_text()))?;
+        let query = parse_query(pairs)?;
+        let owner = match &ctx.auth {
+            None => String::new(),
+            Some(store) => match presented_token(&parts.headers, &query) {
+                Some(token) if store.accepts(&token) => {
+                    crate::auth::Owner::of_token(&token).into_key()
+                }
+                _ => return Err(TerminalError::Unauthorized),
+            },
+        };
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| TerminalError::BadRequest(e.body_text()))?;
+        let container_id = resolve(&ctx, &query.instance).await?;
+        Ok::<_, TerminalError>((query, owner, container_id, ws))
+    }
+    .await;
+    let (query, owner, container_id, ws) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            if !matches!(e, TerminalError::Session(_)) {
+                let reason = match e {
+                    TerminalError::Unauthorized => "unauthorized",
+                    TerminalError::NoInstance(..) => "no-instance",
+                    _ => "bad-request",
+                };
+                super::log_refusal(
+                    &ctx.metrics,
+                    &http::Request::from_parts(parts, ()),
+                    "terminal",
+                    reason,
+                );
+            }
+            return e.into_response();
+        }
+    };
+    let session_id = execd_session::new_session_id();
+    let span = tracing::info_span!(
+        "session",
+        session_id = %session_id,
+        door = "terminal",
+        instance_id = %LogField::new(&query.instance),
+        container_id = %LogField::new(&container_id),
+        tty = query.tty,
+    );
+    let spec = ExecSpec {
+        door: Door::Terminal,
+        container_id,
+        command: query.command.clone(),
+        tty: query.tty,
+        rows: query.rows,
+        cols: query.cols,
+        instance_id: query.instance.clone(),
+        attach_stdin: true,
+        owner,
+        ..ExecSpec::default()
+    };
+    // Only a client that is told its session id can come back to it.
+    let reattach = (query.protocol == Protocol::PtyV1).then_some(ReplayFrom::Undelivered);
+    let opened = match crate::door_session::open(
+        &ctx.manager,
+        &ctx.metrics,
+        Some(session_id.clone()),
+        spec,
+        reattach,
+        &span,
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        Err(e) => return TerminalError::Session(e).into_response(),
+    };
+    // The bridge answers with the first offered subprotocol (browsers
+    // need one back when they offered any).
+    let offered = ws
+        .requested_protocols()
+        .next()
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_string);
+    let ws = match offered {
+        Some(p) => ws.protocols([p]),
+        None => ws,
+    };
+    let relay = Relay {
+        protocol: query.protocol,
+        session_id,
+        opened,
+        metrics: ctx.metrics.clone(),
+        span: span.clone(),
+    };
+    let mut response = ws.on_upgrade(move |socket| serve(socket, relay).instrument(span));
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    response
+}
+
+struct Relay {
+    protocol: Protocol,
+    session_id: String,
+    opened: Opened,
+    metrics: Arc<Metrics>,
+    span: tracing::Span,
+}
+
+/// A `sandbox.pty.v1` control event, as the SDK parses it.
+#[derive(Serialize)]
+struct Control<'a> {
+    version: u8,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    session_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+fn control(
+    kind: &str,
+    session_id: &str,
+    exit_code: Option<i32>,
+    message: Option<String>,
+) -> Message {
+    let event = Control {
+        version: 1,
+        kind,
+        session_id,
+        exit_code,
+        message,
+    };
+    Message::Text(serde_json::to_string(&event).unwrap_or_default().into())
+}
+
+enum End {
+    Exited(i32),
+    Failed(SessionError),
+    ClientGone,
+}
+
+async fn serve(socket: WebSocket, relay: Relay) {
+    let Relay {
+        protocol,
+        session_id,
+        opened:
+            Opened {
+                session,
+                active,
+                requested_at,
+                ..
+            },
+        metrics,
+        span,
+    } = relay;
+    let (mut sink, source) = socket.split();
+    let gone = CancellationToken::new();
+    let finished = CancellationToken::new();
+    if protocol == Protocol::PtyV1
+        && sink
+            .send(control("started", &session_id, None, None))
+            .await
+            .is_err()
+    {
+        gone.cancel();
+    }
+    let reader = read_client(
+        source,
+        session.input,
+        metrics.clone(),
+        gone.clone(),
+        finished.clone(),
+    );
+    let writer = async {
+        let end = write_events(
+            sink,
+            session.output.into_receiver(),
+            protocol,
+            &session_id,
+            &metrics,
+            gone.clone(),
+        )
+        .await;
+        finished.cancel();
+        end
+    };
+    let ((), end) = tokio::join!(reader, writer);
+    let ending = match &end {
+        End::Exited(code) => Ending::Exited(*code),
+        End::Failed(err) => Ending::Failed(err),
+        End::ClientGone => Ending::ClientGone,
+    };
+    record_end(&active, &span, requested_at, &session.stats, ending);
+}
+
+/// What one client frame means.
+fn client_event(msg: Message) -> Option<ClientEvent> {
+    match msg {
+        Message::Binary(data) => Some(ClientEvent::Stdin(data)),
+        Message::Text(text) => {
+            let text = text.as_str();
+            if text == "STDIN_EOF" {
+                return Some(ClientEvent::StdinEof);
+            }
+            if let Some(size) = text.strip_prefix("RESIZE:") {
+                if let Some((cols, rows)) = size.split_once(':') {
+                    if let (Ok(cols), Ok(rows)) = (cols.trim().parse(), rows.trim().parse()) {
+                        return Some(ClientEvent::Resize { rows, cols });
+                    }
+                }
+            }
+            Some(ClientEvent::Stdin(Bytes::copy_from_slice(text.as_bytes())))
+        }
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
+    }
+}
+
+async fn read_client(
+    mut source: futures_util::stream::SplitStream<WebSocket>,
+    mut input: SessionInput,
+    metrics: Arc<Metrics>,
+    gone: CancellationToken,
+    finished: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = finished.cancelled() => {
+                // Our close frame is out: give the client a moment to answer.
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(msg)) = source.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return;
+            }
+            _ = gone.cancelled() => return,
+            next = source.next() => next,
+        };
+        let msg = match next {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                // Closed without the session's end: never stdin EOF.
+                if !finished.is_cancelled() {
+                    tracing::debug!("client closed the connection before the end");
+                    gone.cancel();
+                }
+                return;
+            }
+            Some(Ok(msg)) => msg,
+        };
+        let Some(event) = client_event(msg) else {
+            continue;
+        };
+        if let ClientEvent::Stdin(data) = &event {
+            metrics.record_stdin(data.len());
+        }
+        // Backpressure: while the process does not read, neither do we.
+        let _ = deliver(&mut input, event).await;
+    }
+}
+
+async fn write_events(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut events: execd_session::SessionEvents,
+    protocol: Protocol,
+    session_id: &str,
+    metrics: &Metrics,
+    gone: CancellationToken,
+) -> End {
+    loop {
+        let event = tokio::select! {
+            biased;
+            // Dropping the receiver (on return) ends or detaches the session.
+            _ = gone.cancelled() => return End::ClientGone,
+            event = events.recv() => event,
+        };
+        let end = match event {
+            Some(SessionEvent::Output { stream, data }) => {
+                metrics.record_output(stream, data.len());
+                if sink.send(Message::Binary(data)).await.is_err() {
+                    return End::ClientGone;
+                }
+                continue;
+            }
+            Some(SessionEvent::Exited { code }) => End::Exited(code),
+            Some(SessionEvent::Failed(err)) => End::Failed(err),
+            None => End::Failed(SessionError::Wait(std::io::Error::other(
+                "session ended without a final status",
+            ))),
+        };
+        let (last, close_code) = match (&end, protocol) {
+            (End::Exited(code), Protocol::PtyV1) => {
+                (control("exited", session_id, Some(*code), None), 1000)
+            }
+            (End::Failed(err), Protocol::PtyV1) => (
+                control("error", session_id, None, Some(ClientText(err).to_string())),
+                1011,
+            ),
+            // Legacy clients cannot tell an error from an exit: the
+            // bridge sends the same text for both.
+            _ => (Message::Text(EXITED_TEXT.into()), 1000),
+        };
+        let _ = sink.send(last).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: close_code,
+                reason: "".into(),
+            })))
+            .await;
+        return end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn queries_parse_like_the_bridge() {
+        let q = parse_query(pairs(&[("instance", "i"), ("command", "ls  -l /tmp")])).unwrap();
+        assert_eq!(q.command, ["ls", "-l", "/tmp"]);
+        assert!(q.tty);
+        assert_eq!((q.rows, q.cols), (24, 80));
+        let q = parse_query(pairs(&[
+            ("instance", "i"),
+            ("command", "sh"),
+            ("command", "-c"),
+            ("command", "echo a b"),
+            ("tty", "false"),
+            ("rows", "x"),
+            ("cols", "100"),
+            ("protocol", V1),
+        ]))
+        .unwrap();
+        assert_eq!(q.command, ["sh", "-c", "echo a b"]);
+        assert!(!q.tty);
+        assert_eq!((q.rows, q.cols), (24, 100));
+        assert_eq!(q.protocol, Protocol::PtyV1);
+        let q = parse_query(pairs(&[("instance", "i")])).unwrap();
+        assert_eq!(q.command[0], "/bin/sh");
+        assert!(parse_query(pairs(&[("command", "ls")])).is_err());
+        assert!(parse_query(pairs(&[("instance", "i"), ("protocol", "x")])).is_err());
+    }
+
+    #[test]
+    fn frames_mean_what_the_bridge_makes_of_them() {
+        let text = |t: &str| client_event(Message::Text(t.into()));
+        assert_eq!(
+            text("RESIZE:100:30"),
+            Some(ClientEvent::Resize {
+                rows: 30,
+                cols: 100
+            })
+        );
+        assert_eq!(text("STDIN_EOF"), Some(ClientEvent::StdinEof));
+        assert_eq!(
+            text("ls\n"),
+            Some(ClientEvent::Stdin(Bytes::from_static(b"ls\n")))
+        );
+        assert_eq!(
+            text("RESIZE:x"),
+            Some(ClientEvent::Stdin(Bytes::from_static(b"RESIZE:x")))
+        );
+        let bin = client_event(Message::Binary(Bytes::from_static(b"STDIN_EOF")));
+        assert_eq!(
+            bin,
+            Some(ClientEvent::Stdin(Bytes::from_static(b"STDIN_EOF")))
+        );
+    }
+
+    #[test]
+    fn control_events_are_the_sdk_shapes() {
+        let Message::Text(t) = control("exited", "s1", Some(0), None) else {
+            panic!("text expected")
+        };
+        assert_eq!(
+            t.as_str(),
+            r#"{"version":1,"type":"exited","session_id":"s1","exit_code":0}"#
+        );
+        let Message::Text(t) = control("started", "s1", None, None) else {
+            panic!("text expected")
+        };
+        assert_eq!(
+            t.as_str(),
+            r#"{"version":1,"type":"started","session_id":"s1"}"#
+        );
+    }
+}
