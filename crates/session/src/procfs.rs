@@ -12,6 +12,12 @@
 //! - a stuck job holds only its own thread: when every thread is busy a new
 //!   one is started, up to [`MAX_WORKERS`]; idle threads leave after a
 //!   while, so the thread count returns to its baseline;
+//! - a thread whose job has run for [`ABANDON_AFTER`] is abandoned: it no
+//!   longer counts as a worker (a fresh one takes its place) and leaves
+//!   when its job returns, if ever. Abandoned threads are bounded too
+//!   ([`MAX_ABANDONED`]; beyond it jobs are refused) and counted
+//!   ([`stuck_workers`], shown in execd's metrics), so stuck pids can
+//!   never take the pool for good;
 //! - a process whose `environ` read has been under way on another thread
 //!   for longer than [`STUCK_AFTER`] is skipped (and the scan reported
 //!   incomplete) instead of read again, so a stuck process costs one
@@ -35,6 +41,11 @@ pub const MAX_WORKERS: usize = 8;
 const QUEUE: usize = 1024;
 /// An idle thread leaves after this long (one always stays).
 const IDLE_EXIT: Duration = Duration::from_secs(5);
+/// A job running this long has its thread abandoned (no `/proc` read takes
+/// anywhere near this unless it is stuck in the kernel).
+pub const ABANDON_AFTER: Duration = Duration::from_secs(10);
+/// Most abandoned threads at once; beyond it the pool refuses jobs.
+pub const MAX_ABANDONED: usize = 64;
 
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum ProcfsError {
@@ -49,8 +60,37 @@ pub enum ProcfsError {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
+    /// Workers, abandoned ones not included.
     threads: usize,
     idle: usize,
+    /// Workers running a job: since when, by worker number.
+    busy: HashMap<u64, Instant>,
+    /// Workers given up on, still inside their job.
+    abandoned: std::collections::HashSet<u64>,
+    next_worker: u64,
+}
+
+impl State {
+    /// Gives up on workers whose job has run for `ABANDON_AFTER`.
+    fn abandon_stuck(&mut self, now: Instant) {
+        let stuck: Vec<u64> = self
+            .busy
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= ABANDON_AFTER)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            self.busy.remove(&id);
+            self.abandoned.insert(id);
+            self.threads -= 1;
+            tracing::warn!(worker = id, "a /proc job is stuck; its thread is abandoned");
+        }
+    }
+}
+
+/// Threads abandoned inside a stuck `/proc` job right now.
+pub fn stuck_workers() -> usize {
+    pool().lock().abandoned.len()
 }
 
 struct Pool {
@@ -75,14 +115,17 @@ impl Pool {
 
     fn submit(&'static self, job: Job) -> Result<(), ProcfsError> {
         let mut state = self.lock();
-        if state.jobs.len() >= QUEUE {
+        state.abandon_stuck(Instant::now());
+        if state.jobs.len() >= QUEUE || state.abandoned.len() >= MAX_ABANDONED {
             return Err(ProcfsError::Busy);
         }
         state.jobs.push_back(job);
         if state.idle == 0 && state.threads < MAX_WORKERS {
+            let id = state.next_worker;
+            state.next_worker += 1;
             let spawned = std::thread::Builder::new()
                 .name("execd-procfs".into())
-                .spawn(move || self.work());
+                .spawn(move || self.work(id));
             if spawned.is_ok() {
                 state.threads += 1;
             } else if state.threads == 0 {
@@ -96,14 +139,20 @@ impl Pool {
         Ok(())
     }
 
-    fn work(&self) {
+    fn work(&self, id: u64) {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.jobs.pop_front() {
+                state.busy.insert(id, Instant::now());
                 drop(state);
                 // A panicking job must not take the thread down.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 state = self.lock();
+                state.busy.remove(&id);
+                if state.abandoned.remove(&id) {
+                    // Replaced while it was stuck: not a worker any more.
+                    return;
+                }
                 continue;
             }
             state.idle += 1;
@@ -228,6 +277,21 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(release);
+    }
+
+    /// Workers stuck for good are abandoned and replaced: the pool keeps
+    /// serving with every original worker stuck, and counts them.
+    #[test]
+    fn stuck_workers_are_abandoned_and_replaced() {
+        let mut state = State::default();
+        let now = Instant::now();
+        state.threads = 3;
+        state.busy.insert(1, now - ABANDON_AFTER * 2);
+        state.busy.insert(2, now);
+        state.abandon_stuck(now);
+        assert_eq!(state.threads, 2);
+        assert!(state.abandoned.contains(&1));
+        assert!(state.busy.contains_key(&2));
     }
 
     #[test]

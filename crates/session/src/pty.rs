@@ -141,14 +141,34 @@ pub struct ForeignTerminal {
 }
 
 impl ForeignTerminal {
-    /// Opens `/proc/<pid>/fd/0` if it is a terminal. Needs the same
+    /// Opens `/proc/<pid>/fd/0` if it is a pseudo-terminal. Needs the same
     /// privileges as reading that process's environment.
+    ///
+    /// The process lives in the container, and the container decides what
+    /// its fd 0 is: a FIFO (opening it read-write would complete another
+    /// process's open), a device node, a file. So it is first opened
+    /// `O_PATH` (no open of the file itself happens), checked to be a
+    /// character device with a pty slave's major number on a devpts file
+    /// system, and only then reopened read-write through that same handle,
+    /// which pins the inode: what was checked is what is opened.
     pub fn of_process(pid: i32) -> Option<ForeignTerminal> {
         use nix::fcntl::{open, OFlag};
         use nix::sys::stat::Mode;
         let path = format!("/proc/{pid}/fd/0");
         let raw = open(
             path.as_str(),
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        // SAFETY: `open` just returned this fd and nothing else owns it.
+        let handle = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        if !is_pty_slave(&handle) {
+            return None;
+        }
+        let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let raw = open(
+            reopen.as_str(),
             OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
@@ -169,6 +189,21 @@ impl ForeignTerminal {
     pub fn resize(&self, size: TermSize) -> io::Result<()> {
         set_size(self.fd.as_raw_fd(), size)
     }
+}
+
+/// Unix98 pty slaves: character devices with majors 136 to 143, on a
+/// devpts file system.
+fn is_pty_slave(handle: &OwnedFd) -> bool {
+    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+    let Ok(stat) = nix::sys::stat::fstat(handle.as_raw_fd()) else {
+        return false;
+    };
+    let is_char = (stat.st_mode & libc::S_IFMT) == libc::S_IFCHR;
+    let major = libc::major(stat.st_rdev);
+    let Ok(fs) = nix::sys::statfs::fstatfs(handle) else {
+        return false;
+    };
+    is_char && (136..=143).contains(&major) && fs.filesystem_type().0 as i64 == DEVPTS_SUPER_MAGIC
 }
 
 fn get_size(fd: RawFd) -> io::Result<TermSize> {
@@ -327,5 +362,71 @@ mod tests {
         drop(pair.slave);
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).await.unwrap();
+    }
+
+    /// Opens seen on `path` through inotify since `watch` was set up.
+    fn opens_seen(inotify: &OwnedFd) -> usize {
+        let mut buf = [0u8; 4096];
+        // SAFETY: read(2) into a live, writable local buffer of that length.
+        let n = unsafe { libc::read(inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return 0;
+        }
+        let mut seen = 0;
+        let mut at = 0usize;
+        let header = std::mem::size_of::<libc::inotify_event>();
+        while at + header <= n as usize {
+            // SAFETY: the kernel wrote whole events; read_unaligned copes
+            // with the byte buffer's alignment.
+            let event: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            if event.mask & libc::IN_OPEN != 0 {
+                seen += 1;
+            }
+            at += header + event.len as usize;
+        }
+        seen
+    }
+
+    /// A process whose stdin is a FIFO (what a container can arrange) is
+    /// not a terminal to the resizer, and the FIFO is never opened by it:
+    /// inotify sees no open (an O_PATH handle is not an open of the file);
+    /// an ordinary open shows that it would.
+    #[test]
+    fn a_fifo_on_fd_0_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let stdin = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(stdin)
+            .spawn()
+            .unwrap();
+        // SAFETY: plain syscalls; the fd is owned right away.
+        let inotify = unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0);
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        };
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid fd and a NUL-terminated path.
+        let wd =
+            unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), libc::IN_OPEN) };
+        assert!(wd >= 0);
+        assert!(ForeignTerminal::of_process(child.id() as i32).is_none());
+        assert_eq!(opens_seen(&inotify), 0, "the resizer opened the FIFO");
+        let _control = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/fd/0", child.id()))
+            .unwrap();
+        assert_eq!(opens_seen(&inotify), 1, "inotify sees an ordinary open");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -37,6 +37,12 @@ use std::sync::Arc;
 /// (and forwards) each of them.
 const REDRAW_STEP: Duration = Duration::from_millis(50);
 
+/// Least time between two applied sizes: a client dragging a window sends
+/// dozens per second, and with the Engine API each one is a request to the
+/// engine. Sizes arriving meanwhile are coalesced (the latest wins), so a
+/// session resizes at most about 20 times a second.
+pub(crate) const MIN_RESIZE_GAP: Duration = Duration::from_millis(50);
+
 /// Applies sizes to the terminal and, for container sessions, makes sure
 /// the container's own terminal ends up with them: after every change, on
 /// a backoff schedule, it checks the container's terminal, corrects it when
@@ -57,6 +63,7 @@ pub(crate) async fn resize_terminal(
     let mut changed_at = Instant::now();
     let mut step = 0usize;
     let mut inner: Option<ProcHandle> = None;
+    let mut last_applied: Option<Instant> = None;
     // After the client half-closes no new sizes come, but the checks for
     // the last one still run to the end of their schedule.
     let mut watching = true;
@@ -92,8 +99,15 @@ pub(crate) async fn resize_terminal(
                     watching = false;
                     continue;
                 }
+                if let Some(at) = last_applied {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at + MIN_RESIZE_GAP) => {}
+                        _ = done.cancelled() => return,
+                    }
+                }
                 let seq;
                 (target, seq) = channel.take_latest(&mut sizes);
+                last_applied = Some(Instant::now());
                 if let Err(e) = resizer.resize(target).await {
                     tracing::debug!(error = %e, "resize failed");
                 }
@@ -250,5 +264,59 @@ pub(crate) async fn await_container_size(
             _ = tokio::time::sleep(SIZE_POLL) => {}
             _ = cancel.cancelled() => return SizeWait::Cancelled,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BoxFuture;
+    use std::sync::Mutex;
+
+    /// Records every size it is asked to apply.
+    struct Recorder(Arc<Mutex<Vec<TermSize>>>);
+
+    impl Resizer for Recorder {
+        fn resize(&self, size: TermSize) -> BoxFuture<'_, std::io::Result<()>> {
+            self.0.lock().unwrap().push(size);
+            Box::pin(async { Ok(()) })
+        }
+        fn needs_checks(&self) -> bool {
+            false
+        }
+    }
+
+    /// A window dragged for a second (a size every 10 ms) is applied about
+    /// 20 times, the last size last; input after it is released.
+    #[tokio::test(start_paused = true)]
+    async fn sizes_are_coalesced_and_the_latest_wins() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (channel, rx) = SizeChannel::new(TermSize::default());
+        let done = CancellationToken::new();
+        let task = tokio::spawn(resize_terminal(
+            Box::new(Recorder(applied.clone())),
+            Arc::new(tokio::sync::Notify::new()),
+            String::new(),
+            None,
+            channel.clone(),
+            rx,
+            Vec::new(),
+            done.clone(),
+        ));
+        let mut last = 0;
+        for i in 0..100u16 {
+            last = channel.request(TermSize {
+                rows: 10 + i,
+                cols: 80,
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(channel.wait_applied(last).await);
+        let applied = applied.lock().unwrap().clone();
+        assert!(applied.len() <= 22, "{} resizes", applied.len());
+        assert!(applied.len() >= 15, "{} resizes", applied.len());
+        assert_eq!(applied.last().map(|s| s.rows), Some(109));
+        done.cancel();
+        task.await.unwrap();
     }
 }

@@ -40,7 +40,11 @@ pub const READ_CHUNK: usize = 256 * 1024;
 /// Output events buffered between the pump and the server.
 pub const OUTPUT_DEPTH: usize = 16;
 /// Input chunks buffered between the server and the stdin writer.
-pub const INPUT_DEPTH: usize = 8;
+pub const INPUT_DEPTH: usize = 16;
+/// Largest piece of input queued for stdin: larger writes are split, so
+/// the queue holds at most `INPUT_DEPTH × STDIN_PIECE` (1 MiB) whatever
+/// size the client's messages have.
+pub const STDIN_PIECE: usize = 64 * 1024;
 
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,10 +183,27 @@ impl SessionInput {
             tracing::debug!("input after stdin EOF dropped");
             return !self.done.is_cancelled();
         }
-        tokio::select! {
-            sent = self.stdin.send(StdinCommand::Data(data, self.last_resize)) => sent.is_ok(),
-            _ = self.done.cancelled() => false,
+        let mut rest = data;
+        let split = rest.len() > STDIN_PIECE;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(STDIN_PIECE));
+            // A slice would keep the whole message alive while it waits:
+            // pieces of a split message are copies, so the queue's bound
+            // is a bound on memory.
+            let piece = if split {
+                Bytes::copy_from_slice(&piece)
+            } else {
+                piece
+            };
+            let sent = tokio::select! {
+                sent = self.stdin.send(StdinCommand::Data(piece, self.last_resize)) => sent.is_ok(),
+                _ = self.done.cancelled() => false,
+            };
+            if !sent {
+                return false;
+            }
         }
+        true
     }
 
     /// No more stdin: closes the pipe, or types the terminal's EOF
@@ -530,5 +551,69 @@ async fn watch_idle(
             _ = tokio::time::sleep(idle - quiet) => {}
             _ = exited.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(tty: bool) -> (SessionInput, mpsc::Receiver<StdinCommand>) {
+        let (tx, rx) = mpsc::channel(INPUT_DEPTH);
+        let (size, _rx) = SizeChannel::new(TermSize::default());
+        let input = SessionInput {
+            stdin: tx,
+            size,
+            last_resize: 0,
+            control: Arc::new(SessionControl::new(&CancellationToken::new())),
+            done: CancellationToken::new(),
+            tty,
+            eof_sent: false,
+            attach: false,
+            relay: None,
+        };
+        (input, rx)
+    }
+
+    /// A large message is queued in pieces of at most STDIN_PIECE, copied,
+    /// in order and complete; the queue never holds more than its bound.
+    #[tokio::test]
+    async fn large_input_is_split_into_bounded_pieces() {
+        let (mut input, mut rx) = input(false);
+        let message: Vec<u8> = (0..(STDIN_PIECE * 5 + 17)).map(|i| i as u8).collect();
+        let sent = Bytes::from(message.clone());
+        let writer = tokio::spawn(async move { input.write(sent).await });
+        let mut got = Vec::new();
+        let mut pieces = 0;
+        while got.len() < message.len() {
+            match rx.recv().await {
+                Some(StdinCommand::Data(piece, _)) => {
+                    assert!(piece.len() <= STDIN_PIECE);
+                    assert!(rx.len() < INPUT_DEPTH);
+                    got.extend_from_slice(&piece);
+                    pieces += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(writer.await.unwrap());
+        assert_eq!(got, message);
+        assert_eq!(pieces, 6);
+    }
+
+    /// Input after a resize carries that resize's number (so the writer
+    /// holds it until the terminal has the size); after EOF, input is
+    /// dropped and EOF is sent once.
+    #[tokio::test]
+    async fn input_carries_its_resize_and_eof_is_final() {
+        let (mut input, mut rx) = input(true);
+        input.resize(30, 100);
+        assert!(input.write(Bytes::from_static(b"a")).await);
+        assert!(matches!(rx.recv().await, Some(StdinCommand::Data(_, 1))));
+        input.close_stdin().await;
+        input.close_stdin().await;
+        assert!(input.write(Bytes::from_static(b"late")).await);
+        assert!(matches!(rx.recv().await, Some(StdinCommand::Eof)));
+        assert!(rx.try_recv().is_err());
     }
 }
