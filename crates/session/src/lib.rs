@@ -77,8 +77,11 @@ pub use command::{
     validate_instance_id, validate_session_id, Door, ExecMode, ExecSpec, SessionKind, TermSize,
     ValidationError,
 };
-pub use containers::{ContainerInfo, ContainerQueryError};
+pub use containers::{
+    ContainerDocument, ContainerInfo, ContainerQueryError, EngineGate, MAX_ENGINE_CALLS,
+};
 pub use engine_api::get as engine_api_get;
+pub use procfs::stuck_workers as procfs_stuck_workers;
 pub use error::{EndReason, ErrorKind, RuntimeFailure, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};
 pub use preflight::PreflightError;

@@ -194,7 +194,6 @@ impl ForeignTerminal {
 /// Unix98 pty slaves: character devices with majors 136 to 143, on a
 /// devpts file system.
 fn is_pty_slave(handle: &OwnedFd) -> bool {
-    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
     let Ok(stat) = nix::sys::stat::fstat(handle.as_raw_fd()) else {
         return false;
     };
@@ -203,7 +202,9 @@ fn is_pty_slave(handle: &OwnedFd) -> bool {
     let Ok(fs) = nix::sys::statfs::fstatfs(handle) else {
         return false;
     };
-    is_char && (136..=143).contains(&major) && fs.filesystem_type().0 as i64 == DEVPTS_SUPER_MAGIC
+    is_char
+        && (136..=143).contains(&major)
+        && fs.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC
 }
 
 fn get_size(fd: RawFd) -> io::Result<TermSize> {

@@ -53,8 +53,8 @@ pub(crate) async fn resize_terminal(
     marker: String,
     // `Some(init pid)` for container sessions (0 if unknown).
     container_init: Option<i32>,
-    channel: Arc<SizeChannel>,
-    mut sizes: watch::Receiver<TermSize>,
+    // The session's sizes, and the receiving end the resizer follows.
+    (channel, mut sizes): (Arc<SizeChannel>, watch::Receiver<TermSize>),
     schedule: Vec<Duration>,
     done: CancellationToken,
 ) {
@@ -298,8 +298,7 @@ mod tests {
             Arc::new(tokio::sync::Notify::new()),
             String::new(),
             None,
-            channel.clone(),
-            rx,
+            (channel.clone(), rx),
             Vec::new(),
             done.clone(),
         ));

@@ -375,8 +375,7 @@ pub(crate) fn launch(l: Launch) -> Session {
             redraw.clone(),
             l.marker.clone(),
             l.container.as_ref().map(|c| c.init_pid),
-            size.clone(),
-            size_rx,
+            (size.clone(), size_rx),
             l.config.resize_nudges.clone(),
             done.clone(),
         ));
