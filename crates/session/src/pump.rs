@@ -192,7 +192,7 @@ impl Pump {
         // into the container when its runtime side was stopped.
         if was_running
             && self.container.is_some()
-            && self.started.elapsed() < reaper::LATE_START_WINDOW
+            && self.started.elapsed() < reaper::late_start_window()
         {
             let caught = reaper::reap_late_starters(
                 &self.marker,

@@ -165,6 +165,42 @@ pub async fn reap_session(
     grace: Duration,
     container: Option<&ContainerRef>,
 ) -> ReapReport {
+    // Under heavy load (a busy 2-core node at a load average of 60) a scan
+    // can miss its time budget, and a pass that could not look everywhere
+    // may leave the session's processes running. A failed or incomplete
+    // pass is therefore tried again, with backoff, until one completes or
+    // PERSIST_FOR has passed: the session's end waits for that, since its
+    // processes are its own until they are gone.
+    let deadline = Instant::now() + PERSIST_FOR;
+    let mut backoff = Duration::from_millis(100);
+    let mut total = ReapReport::default();
+    loop {
+        let pass = reap_pass(marker, polite, grace, container).await;
+        let settled = pass.used_fallback || (!pass.scan_failed && pass.complete);
+        total.found = total.found.max(pass.found);
+        total.killed = total.killed.max(pass.killed);
+        total.used_fallback |= pass.used_fallback;
+        total.scan_failed = pass.scan_failed;
+        total.complete = pass.complete;
+        if settled || Instant::now() + backoff >= deadline {
+            return total;
+        }
+        tracing::debug!(marker, ?pass, "reap pass incomplete; trying again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// How long [`reap_session`] keeps trying when its scans fail.
+pub const PERSIST_FOR: Duration = Duration::from_secs(60);
+
+/// One pass of [`reap_session`].
+async fn reap_pass(
+    marker: &str,
+    polite: Signal,
+    grace: Duration,
+    container: Option<&ContainerRef>,
+) -> ReapReport {
     let mut report = reap_visible(marker, polite, grace, container).await;
     if report.found == 0 {
         if let Some(container) = container {
@@ -174,7 +210,7 @@ pub async fn reap_session(
                     .await
                     .unwrap_or(false)
             };
-            if !visible || report.scan_failed {
+            if !visible {
                 tracing::warn!(
                     marker,
                     container_id = %container.container_id,
@@ -249,6 +285,24 @@ pub async fn reap_visible(
 /// runtime CLI may have asked the engine to start it just before it was
 /// killed, and the process then appears a little later.
 pub const LATE_START_WINDOW: Duration = Duration::from_secs(3);
+/// The same on an overloaded host, where the engine may take far longer to
+/// start an exec it was asked for.
+pub const LATE_START_WINDOW_LOADED: Duration = Duration::from_secs(30);
+
+/// [`LATE_START_WINDOW`], or [`LATE_START_WINDOW_LOADED`] while the
+/// 1-minute load average is above four runnable tasks per CPU.
+pub fn late_start_window() -> Duration {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    if load > 4.0 * cpus {
+        LATE_START_WINDOW_LOADED
+    } else {
+        LATE_START_WINDOW
+    }
+}
 
 /// After the runtime CLI is gone, watches for processes of the session that
 /// appear late (until `started + LATE_START_WINDOW`, and for at least
@@ -262,7 +316,7 @@ pub async fn reap_late_starters(
     container: Option<&ContainerRef>,
 ) -> usize {
     let init_pid = container.map_or(0, |c| c.init_pid);
-    let until = (started + LATE_START_WINDOW).max(Instant::now() + min_watch);
+    let until = (started + late_start_window()).max(Instant::now() + min_watch);
     let mut caught = 0;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
