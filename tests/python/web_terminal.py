@@ -3,19 +3,28 @@ chromedriver) and prints what it saw as one JSON object; the assertions are
 in tests/web_terminal.rs.
 
 Scenarios:
-  session  open /?container=C&cmd=sh, echo, stty size before and after a
-           window resize, a screenshot, then `exit 3` and the banner.
+  session  open /?container=C&cmd=sh (then Open), echo, stty size before
+           and after a window resize, a screenshot, then `exit 3` and the
+           banner.
   token    the same page on an execd that requires a token: the prompt, a
            refused token, the right one, then echo.
   origin   WebSockets to the pod exec path from this origin and another.
+  link     /?container=C&cmd=touch <marker>: what the page shows, whether a
+           WebSocket opened or the marker appeared before Open (docker
+           exec test -e), the address bar, then Open and the exit banner.
+  picker   /?container=P&cmd=sh where P is not first in the list: the
+           select before and after Enter opened the session, and the
+           session's hostname; also a link to a container not running.
 """
 
 import argparse
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -42,8 +51,9 @@ def browser(profile):
         "--window-size=1000,700",
     ]:
         options.add_argument(flag)
-    # Console errors (a CSP violation among them) are read back at the end.
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # Console errors (a CSP violation among them) are read back at the end;
+    # the performance log has every WebSocket the page creates.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 
 
@@ -102,10 +112,56 @@ def screen_size(driver):
     return [int(x) for x in size.split()]
 
 
+def click_open(driver):
+    driver.find_element(By.ID, "open").click()
+
+
 def open_session(driver, base, container):
+    # A link only fills the form; Open runs it.
     driver.get(f"{base}/?container={container}&cmd=sh")
+    wait(driver, "the prefilled form", lambda d: state(d) == "prefilled")
+    click_open(driver)
     wait(driver, "the session to open", lambda d: state(d) == "open")
     wait_row(driver, "the shell prompt", r".*[#$] ?")
+
+
+SOCKETS = []
+
+
+def websockets(driver):
+    """URLs of every WebSocket the browser created so far (from the
+    performance log, which each read drains)."""
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.webSocketCreated":
+            SOCKETS.append(message["params"]["url"])
+    return list(SOCKETS)
+
+
+def in_container(container, path):
+    """Whether `path` exists in `container`, asked of the engine directly."""
+    probe = subprocess.run(["docker", "exec", container, "test", "-e", path], capture_output=True)
+    return probe.returncode == 0
+
+
+def form(driver):
+    """What the form and the spelled-out command show."""
+    return driver.execute_script(
+        """
+        const select = document.getElementById("container");
+        const selected = select.selectedOptions[0];
+        return {
+          href: location.href,
+          container: select.value,
+          container_text: selected ? selected.textContent : null,
+          options: Array.from(select.options, (o) => o.value),
+          cmd: document.getElementById("cmd").value,
+          confirm_shown: !document.getElementById("confirm").hidden,
+          confirm_container: document.getElementById("confirm-container").textContent,
+          confirm_cmd: document.getElementById("confirm-cmd").textContent,
+        };
+        """
+    )
 
 
 def echo(driver):
@@ -174,15 +230,59 @@ def scenario_token(driver, args, out):
     field = driver.find_element(By.ID, "token")
     field.send_keys(args.token)
     field.send_keys(Keys.ENTER)
+    wait(driver, "the prefilled form", lambda d: state(d) == "prefilled")
+    click_open(driver)
     wait(driver, "the session to open", lambda d: state(d) == "open")
     wait_row(driver, "the shell prompt", r".*[#$] ?")
     out["echo_seen"] = echo(driver)
     out["stored"] = driver.execute_script("return sessionStorage.getItem('execd.token')")
     out["url"] = driver.current_url
-    # A reload asks for nothing: the token is kept for the tab.
+    # A reload asks for nothing: the token is kept for the tab (and the
+    # reloaded link waits for Open again).
     driver.refresh()
-    wait(driver, "the session to reopen", lambda d: state(d) in ("open", "token"))
+    wait(driver, "the page to load again", lambda d: state(d) in ("prefilled", "open", "token"))
     out["state_after_reload"] = state(driver)
+
+
+def scenario_link(driver, args, out):
+    command = f"touch {args.marker}"
+    query = urllib.parse.urlencode({"container": args.container, "cmd": command})
+    out["link"] = f"{args.url}/?{query}"
+    driver.get(out["link"])
+    wait(driver, "the prefilled form", lambda d: state(d) == "prefilled")
+    out["before_open"] = form(driver)
+    out["state_before_open"] = state(driver)
+    # A couple of seconds for anything that would run by itself.
+    time.sleep(2)
+    out["sockets_before_open"] = websockets(driver)
+    out["marker_before_open"] = in_container(args.container, args.marker)
+    out["state_after_wait"] = state(driver)
+    click_open(driver)
+    wait(driver, "the command to run and exit", lambda d: state(d) == "exited")
+    out["banner"] = driver.find_element(By.ID, "banner-text").text
+    out["sockets_after_open"] = websockets(driver)
+    out["marker_after_open"] = in_container(args.container, args.marker)
+    out["after_open"] = form(driver)
+
+
+def scenario_picker(driver, args, out):
+    # A container that is not running: the select shows it all the same.
+    absent = f"{args.picked}-absent"
+    driver.get(f"{args.url}/?container={absent}&cmd=sh")
+    wait(driver, "the prefilled form", lambda d: state(d) == "prefilled")
+    out["absent"] = form(driver)
+    # The picked container comes after another in the list.
+    driver.get(f"{args.url}/?container={args.picked}&cmd=sh")
+    wait(driver, "the prefilled form", lambda d: state(d) == "prefilled")
+    wait(driver, "the container list", lambda d: d.find_elements(By.CSS_SELECTOR, "#containers tr"))
+    out["before_open"] = form(driver)
+    # Enter in the command field is Open too.
+    driver.find_element(By.ID, "cmd").send_keys(Keys.ENTER)
+    wait(driver, "the session to open", lambda d: state(d) == "open")
+    wait_row(driver, "the shell prompt", r".*[#$] ?")
+    type_line(driver, "echo at-$(hostname)")
+    out["hostname_seen"] = wait_row(driver, "the hostname", r"at-(\S+)").group(1)
+    out["after_open"] = form(driver)
 
 
 PROBE = """
@@ -210,18 +310,25 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--container", required=True)
-    parser.add_argument("--scenario", required=True, choices=["session", "token", "origin"])
+    scenarios = {
+        "session": scenario_session,
+        "token": scenario_token,
+        "origin": scenario_origin,
+        "link": scenario_link,
+        "picker": scenario_picker,
+    }
+    parser.add_argument("--scenario", required=True, choices=list(scenarios))
     parser.add_argument("--token", default="")
     parser.add_argument("--screenshot", default="")
+    parser.add_argument("--marker", default="", help="link: the file the link's command creates")
+    parser.add_argument("--picked", default="", help="picker: the container the link names")
     args = parser.parse_args()
     out = {}
     with tempfile.TemporaryDirectory() as profile:
         driver = browser(profile)
         driver.set_script_timeout(PATIENCE)
         try:
-            {"session": scenario_session, "token": scenario_token, "origin": scenario_origin}[
-                args.scenario
-            ](driver, args, out)
+            scenarios[args.scenario](driver, args, out)
             out["console"] = [
                 e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"
             ]

@@ -81,9 +81,25 @@ function askToken(refused) {
   });
 }
 
+// Makes `name` the select's choice, adding it first when the list does
+// not have it (yet): a container named by a link, or one that stopped.
+function selectContainer(name) {
+  const select = $("container");
+  if (!name) return;
+  if (!Array.from(select.options).some((o) => o.value === name)) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = `${name} (not listed)`;
+    select.prepend(option);
+  }
+  select.value = name;
+}
+
 function renderContainers(list) {
   const body = $("containers");
   const select = $("container");
+  // The choice survives the new list: it may be a link's, or the session's.
+  const chosen = select.value;
   body.replaceChildren();
   select.replaceChildren();
   for (const c of list) {
@@ -96,7 +112,9 @@ function renderContainers(list) {
     row.title = `Open a terminal in ${c.name}`;
     row.onclick = () => {
       select.value = c.name;
-      openFromForm();
+      // A command from a link runs only after an explicit Open.
+      if ($("confirm").hidden) openFromForm();
+      else showConfirm();
     };
     body.append(row);
     const option = document.createElement("option");
@@ -104,6 +122,7 @@ function renderContainers(list) {
     option.textContent = c.name;
     select.append(option);
   }
+  selectContainer(chosen);
   $("picker-note").textContent = list.length ? "" : "No running containers.";
 }
 
@@ -176,8 +195,11 @@ function openSession(container, argv, sessionId) {
   }
   const reconnecting = sessionId !== undefined;
   current = { container, argv, sessionId: sessionId || newSessionId() };
+  // The picker shows the session's container, whatever was listed first.
+  selectContainer(container);
   $("banner").hidden = true;
   $("picker").hidden = true;
+  $("confirm").hidden = true;
   // Coming back to the same session: what the terminal shows stays, and
   // the replay continues it.
   if (!reconnecting) term.reset();
@@ -249,19 +271,57 @@ function argvFromField() {
   return argv.length ? argv : ["sh"];
 }
 
+// A command for display: blanks between arguments, and any control or
+// formatting character (a bidi override among them) shown as an escape, so
+// what is on screen is what runs.
+function displayCommand(argv) {
+  return argv
+    .map((arg) => arg.replace(/[\p{Cc}\p{Cf}]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`))
+    .join(" ");
+}
+
+// The prefilled session, spelled out in full next to Open: nothing runs
+// until Open is pressed (a click, or Enter in the form).
+function showConfirm() {
+  $("confirm-container").textContent = $("container").value || "(no container)";
+  $("confirm-cmd").textContent = displayCommand(argvFromField());
+  $("confirm").hidden = false;
+}
+
 function openFromForm() {
   const container = $("container").value;
   if (!container) return;
   const argv = argvFromField();
-  // The address bar holds the session, so it can be bookmarked.
+  // The address bar keeps the container, so it can be bookmarked; never
+  // the command (it would land in the history, and a link must not run one).
   const params = new URLSearchParams();
   params.set("container", container);
-  for (const arg of argv) params.append("cmd", arg);
   history.replaceState(null, "", `?${params}`);
   openSession(container, argv);
 }
 
+// Reads `?container=C&cmd=…` into the form, and takes `cmd` out of the
+// address bar (and so out of the history) at once. Returns whether the
+// link prefilled anything.
+function prefillFromLink() {
+  const params = new URLSearchParams(location.search);
+  const container = params.get("container");
+  const argv = params.getAll("cmd").flatMap((a) => a.split(/\s+/)).filter(Boolean);
+  if (params.has("cmd")) {
+    params.delete("cmd");
+    const query = params.toString();
+    history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+  }
+  if (argv.length) $("cmd").value = argv.join(" ");
+  if (container) selectContainer(container);
+  const prefilled = Boolean(container || argv.length);
+  if (prefilled) showConfirm();
+  return prefilled;
+}
+
 async function main() {
+  // First of all: the command leaves the address bar.
+  const prefilled = prefillFromLink();
   term.open($("terminal"));
   fit.fit();
   showSize();
@@ -277,6 +337,12 @@ async function main() {
     event.preventDefault();
     openFromForm();
   };
+  // The spelled-out command follows the form while it waits for Open.
+  for (const field of [$("cmd"), $("container")]) {
+    field.addEventListener(field === $("cmd") ? "input" : "change", () => {
+      if (!$("confirm").hidden) showConfirm();
+    });
+  }
   $("reconnect").onclick = () => {
     if (!current) return;
     // After an exit, "Run again" is a new session; after a lost
@@ -292,12 +358,11 @@ async function main() {
     await askToken(refused);
     refused = true;
   }
-  const params = new URLSearchParams(location.search);
-  const container = params.get("container");
-  const argv = params.getAll("cmd").filter((a) => a !== "");
-  if (argv.length) $("cmd").value = argv.join(" ");
-  if (container) {
-    openSession(container, argv.length ? argv : ["sh"]);
+  // A link never runs anything by itself: it fills the form, and Open runs it.
+  if (prefilled) {
+    showConfirm();
+    setState("prefilled", "check the command, then Open");
+    $("cmd").focus();
   } else {
     $("picker").hidden = false;
     setState("picking", "pick a container");

@@ -7,3 +7,7 @@ pub const APP_CSS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/app.css
 
 /// Whether the real page is in: `false` when web/dist was not built.
 pub const BUNDLED: bool = matches!(env!("EXECD_WEB_ASSETS").as_bytes(), b"bundled");
+
+/// Why the real page is not in (empty when it is): what `build.rs` said
+/// when it could not build or find `web/dist`.
+pub const MISSING_REASON: &str = env!("EXECD_WEB_ASSETS_REASON");
