@@ -199,10 +199,18 @@ async fn requests_are_validated_before_a_url_is_issued() {
     none.stderr = false;
     let mut tty_stderr = exec_req(c, &["true"]);
     tty_stderr.tty = true;
+    // What a session start refuses for its spec is refused here, before a
+    // URL exists: the same validation, not a 400 on the URL later.
+    let many_args = vec!["x"; 5000];
+    let huge_arg = "x".repeat(300 * 1024);
     for (req, code) in [
         (none, Code::InvalidArgument),
         (tty_stderr, Code::InvalidArgument),
         (exec_req(c, &[]), Code::InvalidArgument),
+        (exec_req(c, &[""]), Code::InvalidArgument),
+        (exec_req(c, &["echo", "a\0b"]), Code::InvalidArgument),
+        (exec_req(c, &many_args), Code::InvalidArgument),
+        (exec_req(c, &["echo", &huge_arg]), Code::InvalidArgument),
         (exec_req("-bad", &["true"]), Code::InvalidArgument),
         (
             exec_req("execd-no-such-container", &["true"]),
@@ -210,7 +218,8 @@ async fn requests_are_validated_before_a_url_is_issued() {
         ),
     ] {
         let err = client.exec(req.clone()).await.expect_err("refused");
-        assert_eq!(err.code(), code, "{req:?}: {err:?}");
+        let shown: String = format!("{req:?}").chars().take(200).collect();
+        assert_eq!(err.code(), code, "{shown}: {err:?}");
     }
     // Created, never started: not running.
     let created = CreatedContainer::new("cri-created");
@@ -313,5 +322,97 @@ async fn cri_calls_need_the_token_but_urls_are_the_capability() {
         .await
         .expect("the URL needs no token");
     assert_eq!(read_all(&mut ws, PATIENCE).await.stdout_str(), "x\n");
+    server.stop().await;
+}
+
+/// A plain HTTP/1.1 GET, answered status line first.
+async fn plain_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_url_survives_refused_requests_and_upgrades_exactly_once() {
+    need_docker!();
+    let server = start_server(config()).await;
+    let mut client = cri(&server).await;
+    let url = client
+        .exec(exec_req(shared_container(), &["echo", "only-once"]))
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let path = url_path(&server, &url);
+    // A prefetcher's plain GET, and an offer of nothing execd speaks, are
+    // refused without spending the URL.
+    let plain = plain_get(&server.addr, &path).await;
+    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    let bad = connect(&server.addr, &path, "v9.bogus.k8s.io", &[])
+        .await
+        .err()
+        .expect("no common subprotocol");
+    assert_eq!(bad.code, 400, "{:?}", bad.body);
+    // Then 20 clients race for it: one stream, 19 NotFound.
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (addr, path) = (server.addr.clone(), path.clone());
+        racers.spawn(async move { connect(&addr, &path, V5, &[]).await });
+    }
+    let (mut winners, mut refused) = (Vec::new(), Vec::new());
+    while let Some(done) = racers.join_next().await {
+        match done.unwrap() {
+            Ok(ws) => winners.push(ws),
+            Err(r) => refused.push(r.code),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one 101; refused: {refused:?}");
+    assert!(refused.iter().all(|&c| c == 404), "{refused:?}");
+    let t = read_all(&mut winners[0], PATIENCE).await;
+    assert_eq!(t.stdout_str(), "only-once\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn outstanding_urls_are_capped_per_token() {
+    need_docker!();
+    use execd::doors::kube::tokens::MAX_PENDING_PER_OWNER;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, "cri-a\ncri-b\n").unwrap();
+    let mut cfg = config();
+    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    cfg.stream_token_ttl = Duration::from_secs(600);
+    let server = start_server(cfg).await;
+    let client = cri(&server).await;
+    let exec_as = |token: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let mut req = tonic::Request::new(exec_req(shared_container(), &["echo", token]));
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            client.exec(req).await.map(|r| r.into_inner().url)
+        }
+    };
+    let mut urls = Vec::new();
+    for _ in 0..MAX_PENDING_PER_OWNER {
+        urls.push(exec_as("cri-a").await.expect("within the cap"));
+    }
+    let err = exec_as("cri-a").await.expect_err("over the cap");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("this token"), "{err:?}");
+    // Another token is not held back by the first one's URLs.
+    exec_as("cri-b").await.expect("the other token");
+    // A used URL gives its slot back.
+    let mut ws = connect(&server.addr, &url_path(&server, &urls[0]), V5, &[])
+        .await
+        .expect("upgraded");
+    assert_eq!(read_all(&mut ws, PATIENCE).await.stdout_str(), "cri-a\n");
+    exec_as("cri-a").await.expect("a slot again");
     server.stop().await;
 }

@@ -5,11 +5,17 @@
 //! - `ExecSync` runs the command to its end and returns its output (each
 //!   stream capped at [`MAX_OUTPUT`]; more is dropped) and exit code. A
 //!   `timeout` (seconds, 0 = none) that elapses kills the process in the
-//!   container and answers DEADLINE_EXCEEDED.
-//! - `Exec`/`Attach` validate the request and check the container, then
-//!   return a single-use streaming URL ([`crate::doors::kube`]) where the
-//!   client opens the WebSocket; the session starts when it does.
+//!   container and answers DEADLINE_EXCEEDED. The output all calls hold
+//!   at once is bounded by [`OUTPUT_BUDGET`]: a call whose output does not
+//!   fit in what is left is ended (its process killed) with
+//!   RESOURCE_EXHAUSTED, so many concurrent calls cannot exhaust memory.
+//! - `Exec`/`Attach` run every check a session start runs (the spec
+//!   validates, the container exists and runs), then return a single-use
+//!   streaming URL ([`crate::doors::kube`]) where the client opens the
+//!   WebSocket; the session starts when it does.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use execd_proto::cri::runtime_service_server::RuntimeService;
@@ -26,8 +32,19 @@ use super::DoorContext;
 use crate::door_session::{self, Ending, Opened};
 use crate::error_text::ClientText;
 
-/// Most bytes of each of stdout and stderr that ExecSync returns.
-pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+/// Most bytes of each of stdout and stderr that one ExecSync returns. Both
+/// together stay inside the 16 MiB gRPC message limit of kubelet's and
+/// crictl's CRI clients, which refuse a larger reply anyway.
+pub const MAX_OUTPUT: usize = 4 * 1024 * 1024;
+
+/// Most output bytes (buffer capacity) all ExecSync calls hold at once:
+/// 16 calls with both streams full. A reply is only as large as its call's
+/// share, so this also bounds the encoded replies of the calls it admits.
+pub const OUTPUT_BUDGET: usize = 128 * 1024 * 1024;
+
+/// The first allocation for a stream's output; later ones double it (up to
+/// [`MAX_OUTPUT`]) so a large output is not copied chunk by chunk.
+const FIRST_ALLOCATION: usize = 64 * 1024;
 
 /// How long a timed-out ExecSync waits for its processes to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(15);
@@ -44,11 +61,75 @@ pub enum CriError {
     Timeout(i64),
 }
 
+/// A budget of bytes shared by the calls of one server.
+#[derive(Clone)]
+struct OutputBudget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl OutputBudget {
+    fn new(limit: usize) -> Self {
+        OutputBudget {
+            used: Arc::default(),
+            limit,
+        }
+    }
+
+    fn hold(&self) -> BudgetHold {
+        BudgetHold {
+            budget: self.clone(),
+            held: 0,
+        }
+    }
+
+    /// What a refused call is told.
+    fn exceeded(&self) -> String {
+        format!(
+            "ExecSync output of the calls running at once is over execd's budget of {} MiB; the command was ended. Retry later, or have it print less (at most {} MiB per stream is returned)",
+            self.limit >> 20,
+            MAX_OUTPUT >> 20
+        )
+    }
+}
+
+/// One call's share of the budget, given back when it is dropped.
+struct BudgetHold {
+    budget: OutputBudget,
+    held: usize,
+}
+
+/// The budget has no room for what a call needs.
+#[derive(Debug)]
+struct OverBudget;
+
+impl BudgetHold {
+    fn take(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        self.budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= self.budget.limit)
+            })
+            .map_err(|_| OverBudget)?;
+        self.held += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
 impl From<CriError> for Status {
     fn from(err: CriError) -> Status {
         match err {
             CriError::Invalid(m) => Status::invalid_argument(m),
-            CriError::Tokens(e @ TokenError::TooMany) => Status::resource_exhausted(e.to_string()),
+            CriError::Tokens(e @ (TokenError::TooMany | TokenError::TooManyForOwner)) => {
+                Status::resource_exhausted(e.to_string())
+            }
             CriError::Tokens(e @ TokenError::NoBaseUrl) => {
                 Status::failed_precondition(e.to_string())
             }
@@ -61,11 +142,16 @@ impl From<CriError> for Status {
 /// The RuntimeService implementation.
 pub struct CriRuntime {
     ctx: DoorContext,
+    /// What the ExecSync calls running at once may hold.
+    budget: OutputBudget,
 }
 
 impl CriRuntime {
     pub fn new(ctx: DoorContext) -> Self {
-        CriRuntime { ctx }
+        CriRuntime {
+            ctx,
+            budget: OutputBudget::new(OUTPUT_BUDGET),
+        }
     }
 }
 
@@ -95,19 +181,40 @@ fn owner_of<T>(request: &Request<T>) -> String {
         .unwrap_or_default()
 }
 
-fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
+/// Appends what fits under [`MAX_OUTPUT`] (the rest is dropped), growing
+/// `buf` only with budget for its whole new allocation, so what the budget
+/// counts is what is allocated.
+fn append_capped(buf: &mut Vec<u8>, data: &[u8], hold: &mut BudgetHold) -> Result<(), OverBudget> {
     let room = MAX_OUTPUT.saturating_sub(buf.len());
-    buf.extend_from_slice(&data[..data.len().min(room)]);
+    let data = &data[..data.len().min(room)];
+    let needed = buf.len() + data.len();
+    if needed > buf.capacity() {
+        let capacity = needed
+            .max(buf.capacity().saturating_mul(2))
+            .clamp(FIRST_ALLOCATION, MAX_OUTPUT);
+        hold.take(capacity - buf.capacity())?;
+        buf.reserve_exact(capacity - buf.len());
+    }
+    buf.extend_from_slice(data);
+    Ok(())
 }
 
-/// Gathers the session's output (each stream capped) until its end: the
-/// exit code, or why it ended without one.
+/// How collecting a session's output ended.
+enum Collected {
+    Exited(i32),
+    Failed(SessionError),
+    OverBudget,
+}
+
+/// Gathers the session's output (each stream capped, all of it within the
+/// budget) until its end: the exit code, or why it ended without one.
 async fn collect_output(
     events: &mut execd_session::SessionEvents,
     metrics: &crate::metrics::Metrics,
+    hold: &mut BudgetHold,
     stdout: &mut Vec<u8>,
     stderr: &mut Vec<u8>,
-) -> Result<i32, SessionError> {
+) -> Collected {
     loop {
         match events.recv().await {
             Some(SessionEvent::Output { stream, data }) => {
@@ -116,17 +223,27 @@ async fn collect_output(
                     OutputStream::Stdout => &mut *stdout,
                     OutputStream::Stderr => &mut *stderr,
                 };
-                append_capped(buf, &data);
+                if append_capped(buf, &data, hold).is_err() {
+                    return Collected::OverBudget;
+                }
             }
-            Some(SessionEvent::Exited { code }) => return Ok(code),
-            Some(SessionEvent::Failed(e)) => return Err(e),
+            Some(SessionEvent::Exited { code }) => return Collected::Exited(code),
+            Some(SessionEvent::Failed(e)) => return Collected::Failed(e),
             None => {
-                return Err(SessionError::Wait(std::io::Error::other(
+                return Collected::Failed(SessionError::Wait(std::io::Error::other(
                     "session ended without a final status",
                 )))
             }
         }
     }
+}
+
+/// Ends a session execd gives up on and waits for the kill, so the
+/// process is gone in the container when the caller hears why.
+async fn end_and_wait(input: &execd_session::SessionInput, reason: EndReason) -> SessionError {
+    input.end(reason.clone());
+    let _ = tokio::time::timeout(KILL_WAIT, input.finished()).await;
+    SessionError::Ended(reason)
 }
 
 impl CriRuntime {
@@ -175,19 +292,22 @@ impl CriRuntime {
         let mut input = session.input;
         input.close_stdin().await;
         let mut events = session.output.into_receiver();
+        let mut hold = self.budget.hold();
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let collect = collect_output(&mut events, &self.ctx.metrics, &mut stdout, &mut stderr);
+        let collect = collect_output(
+            &mut events,
+            &self.ctx.metrics,
+            &mut hold,
+            &mut stdout,
+            &mut stderr,
+        );
         let outcome = if req.timeout > 0 {
             let limit = Duration::from_secs(req.timeout.unsigned_abs());
             match tokio::time::timeout(limit, collect).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
-                    // End it and wait for the kill, so the process is gone
-                    // in the container when the caller hears of the timeout.
                     let reason = EndReason::Closed(format!("timeout after {}s", req.timeout));
-                    input.end(reason.clone());
-                    let _ = tokio::time::timeout(KILL_WAIT, input.finished()).await;
-                    record(Ending::Failed(&SessionError::Ended(reason)));
+                    record(Ending::Failed(&end_and_wait(&input, reason).await));
                     return Err(CriError::Timeout(req.timeout));
                 }
             }
@@ -195,7 +315,7 @@ impl CriRuntime {
             collect.await
         };
         match outcome {
-            Ok(exit_code) => {
+            Collected::Exited(exit_code) => {
                 record(Ending::Exited(exit_code));
                 Ok(ExecSyncResponse {
                     stdout: stdout.into(),
@@ -203,7 +323,15 @@ impl CriRuntime {
                     exit_code,
                 })
             }
-            Err(e) => {
+            Collected::Failed(e) => {
+                record(Ending::Failed(&e));
+                Err(e.into())
+            }
+            Collected::OverBudget => {
+                // What was gathered goes before the kill is awaited.
+                drop((stdout, stderr, hold));
+                let reason = EndReason::TooLarge(self.budget.exceeded());
+                let e = end_and_wait(&input, reason).await;
                 record(Ending::Failed(&e));
                 Err(e.into())
             }
@@ -215,58 +343,80 @@ impl CriRuntime {
         if req.cmd.is_empty() {
             return Err(CriError::Invalid("cmd is empty".into()));
         }
-        if let Some(index) = req.cmd.iter().position(|a| a.contains('\0')) {
-            return Err(CriError::Invalid(format!(
-                "cmd[{index}] contains a NUL byte"
-            )));
-        }
-        self.ctx.manager.check_container(&req.container_id).await?;
-        let url = self.ctx.streams.issue(
-            "exec",
-            StreamRequest {
-                door: Door::Cri,
-                kind: SessionKind::Exec,
-                container_id: req.container_id,
-                command: req.cmd,
-                instance_id: String::new(),
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-                owner,
-                session_id: None,
-            },
-        )?;
-        Ok(ExecResponse { url })
+        let request = StreamRequest {
+            door: Door::Cri,
+            kind: SessionKind::Exec,
+            container_id: req.container_id,
+            command: req.cmd,
+            instance_id: String::new(),
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+            owner,
+            session_id: None,
+        };
+        self.validate(&request)?;
+        self.ctx
+            .manager
+            .check_container(&request.container_id)
+            .await?;
+        Ok(ExecResponse {
+            url: self.ctx.streams.issue("exec", request)?,
+        })
     }
 
     async fn attach(&self, owner: String, req: AttachRequest) -> Result<AttachResponse, CriError> {
         check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-        let target = self.ctx.manager.attach_target(&req.container_id).await?;
-        if req.stdin && !target.open_stdin {
+        let mut request = StreamRequest {
+            door: Door::Cri,
+            kind: SessionKind::Attach,
+            container_id: req.container_id,
+            command: Vec::new(),
+            instance_id: String::new(),
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+            owner,
+            session_id: None,
+        };
+        self.validate(&request)?;
+        let target = self
+            .ctx
+            .manager
+            .attach_target(&request.container_id)
+            .await?;
+        if request.stdin && !target.open_stdin {
             return Err(CriError::Invalid(format!(
                 "container {} was not created with an open stdin; attach without stdin",
-                req.container_id
+                request.container_id
             )));
         }
-        let url = self.ctx.streams.issue(
-            "attach",
-            StreamRequest {
-                door: Door::Cri,
-                kind: SessionKind::Attach,
-                container_id: req.container_id,
-                command: Vec::new(),
-                instance_id: String::new(),
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                // What the container has decides how to attach to it.
-                tty: target.tty,
-                owner,
-                session_id: None,
-            },
-        )?;
-        Ok(AttachResponse { url })
+        // What the container has decides how to attach to it.
+        request.tty = target.tty;
+        Ok(AttachResponse {
+            url: self.ctx.streams.issue("attach", request)?,
+        })
+    }
+
+    /// Validates the spec the stream's session will start with (as the
+    /// kube door builds it), so a URL is only issued for a request whose
+    /// start would not be refused for its content.
+    fn validate(&self, request: &StreamRequest) -> Result<(), CriError> {
+        let spec = ExecSpec {
+            door: request.door,
+            kind: request.kind,
+            container_id: request.container_id.clone(),
+            command: request.command.clone(),
+            tty: request.tty,
+            instance_id: request.instance_id.clone(),
+            attach_stdin: request.stdin,
+            owner: request.owner.clone(),
+            ..ExecSpec::default()
+        };
+        spec.validate(self.ctx.manager.mode())
+            .map_err(|e| CriError::Session(e.into()))
     }
 }
 
@@ -306,8 +456,28 @@ mod tests {
         assert!(check_streams(false, false, false, false).is_err());
         assert!(check_streams(false, true, true, true).is_err());
         assert!(check_streams(true, true, false, true).is_ok());
-        let mut buf = vec![0u8; MAX_OUTPUT - 1];
-        append_capped(&mut buf, b"abc");
-        assert_eq!(buf.len(), MAX_OUTPUT);
+    }
+
+    #[test]
+    fn output_is_capped_and_its_allocations_budgeted() {
+        let budget = OutputBudget::new(MAX_OUTPUT + FIRST_ALLOCATION);
+        let mut hold = budget.hold();
+        let mut buf = Vec::new();
+        append_capped(&mut buf, b"abc", &mut hold).unwrap();
+        assert_eq!(hold.held, FIRST_ALLOCATION, "first allocation counted");
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..8 {
+            append_capped(&mut buf, &chunk, &mut hold).unwrap();
+        }
+        assert_eq!(buf.len(), MAX_OUTPUT, "capped; the rest dropped");
+        assert!(buf.capacity() <= hold.held, "every allocated byte counted");
+        assert_eq!(hold.held, MAX_OUTPUT);
+        // A second call gets what is left, then is refused.
+        let mut other = budget.hold();
+        let mut buf2 = Vec::new();
+        append_capped(&mut buf2, b"x", &mut other).unwrap();
+        assert!(append_capped(&mut buf2, &chunk, &mut other).is_err());
+        drop((hold, other));
+        assert_eq!(budget.used.load(Ordering::Acquire), 0, "given back on drop");
     }
 }

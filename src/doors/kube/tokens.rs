@@ -4,9 +4,10 @@
 //! A token is 128 random bits and is the only capability the streaming URL
 //! needs (kubelet's streaming server works the same way), so it is never
 //! logged, is removed on first use, and expires after `--stream-token-ttl`.
-//! At most [`MAX_PENDING`] tokens are outstanding: a client calling Exec in
+//! At most [`MAX_PENDING`] tokens are outstanding, and at most
+//! [`MAX_PENDING_PER_OWNER`] for one bearer token: a client calling Exec in
 //! a loop without connecting gets RESOURCE_EXHAUSTED instead of growing
-//! execd's memory.
+//! execd's memory, and cannot take every slot from the other clients.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,17 @@ use super::StreamRequest;
 /// Most tokens outstanding at once.
 pub const MAX_PENDING: usize = 1000;
 
+/// Most tokens outstanding at once for one owner (bearer token). Without
+/// `--auth-token-file` every caller is the same anonymous owner, so only
+/// [`MAX_PENDING`] applies then (like `--max-sessions-per-token`).
+pub const MAX_PENDING_PER_OWNER: usize = 64;
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum TokenError {
     #[error("{MAX_PENDING} streaming URLs are outstanding (unused and not yet expired); use or let some expire first")]
     TooMany,
+    #[error("{MAX_PENDING_PER_OWNER} streaming URLs of this token are outstanding (unused and not yet expired); use or let some expire first")]
+    TooManyForOwner,
     #[error(
         "execd has no streaming base URL: it listens on no TCP address; set --stream-base-url"
     )]
@@ -64,9 +72,20 @@ impl StreamTokens {
         let mut map = self.lock();
         let now = Instant::now();
         map.retain(|_, p| p.expires > now);
+        self.gauge.set(map.len() as i64);
         if map.len() >= MAX_PENDING {
-            self.gauge.set(map.len() as i64);
             return Err(TokenError::TooMany);
+        }
+        // A scan of at most MAX_PENDING entries under the lock: cheaper
+        // than keeping a second map in step with every expiry.
+        if !request.owner.is_empty()
+            && map
+                .values()
+                .filter(|p| p.request.owner == request.owner)
+                .count()
+                >= MAX_PENDING_PER_OWNER
+        {
+            return Err(TokenError::TooManyForOwner);
         }
         map.insert(
             token.clone(),
@@ -195,5 +214,35 @@ mod tests {
             none.issue("exec", request(SessionKind::Exec)),
             Err(TokenError::NoBaseUrl)
         );
+    }
+
+    #[test]
+    fn each_owner_has_its_own_share() {
+        let tokens = StreamTokens::new(
+            Some("http://h:1".into()),
+            Duration::from_secs(600),
+            Gauge::default(),
+        );
+        let owned = |owner: &str| StreamRequest {
+            owner: owner.into(),
+            ..request(SessionKind::Exec)
+        };
+        let mut urls = Vec::new();
+        for _ in 0..MAX_PENDING_PER_OWNER {
+            urls.push(tokens.issue("exec", owned("token-a")).unwrap());
+        }
+        assert_eq!(
+            tokens.issue("exec", owned("token-a")),
+            Err(TokenError::TooManyForOwner)
+        );
+        // Another owner, and the anonymous one, still get theirs.
+        tokens.issue("exec", owned("token-b")).unwrap();
+        for _ in 0..MAX_PENDING_PER_OWNER + 1 {
+            tokens.issue("exec", owned("")).unwrap();
+        }
+        // A used URL gives its slot back.
+        let token = urls[0].rsplit('/').next().unwrap();
+        assert!(tokens.redeem("exec", token).is_some());
+        tokens.issue("exec", owned("token-a")).unwrap();
     }
 }
