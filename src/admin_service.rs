@@ -4,6 +4,12 @@
 //! Every request field is bounded: ids are validated like the ExecStream's,
 //! a close reason (which reaches other clients' statuses) is short printable
 //! ASCII, and listings come in pages small enough for any default client.
+//!
+//! What a caller may see follows its [`AdminRights`]: an admin token (or a
+//! server without tokens) sees and closes every session; an exec token on a
+//! server without admin tokens lists, counts and closes only the sessions
+//! it started, and may not watch every instance's counts. Another client's
+//! session is then as if it did not exist.
 
 use std::pin::Pin;
 
@@ -21,6 +27,8 @@ use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+use crate::auth::AdminRights;
 
 /// Events queued per watcher in front of the gRPC stream. Behind it sits
 /// the registry's broadcast buffer; a watcher that falls further behind than
@@ -55,6 +63,14 @@ pub enum AdminError {
 impl From<AdminError> for Status {
     fn from(err: AdminError) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+/// The owner a request is limited to, if any (see the module header).
+fn own_only<T>(request: &Request<T>) -> Option<String> {
+    match request.extensions().get::<AdminRights>() {
+        Some(AdminRights::Own(owner)) => Some(owner.clone().into_key()),
+        Some(AdminRights::All) | None => None,
     }
 }
 
@@ -111,6 +127,7 @@ impl SessionAdmin for SessionAdminImpl {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        let owner = own_only(&request);
         let request = request.into_inner();
         let filter = instance_filter(request.instance_id)?;
         // The token is the last session id of the previous page.
@@ -125,11 +142,16 @@ impl SessionAdmin for SessionAdminImpl {
         let registry = self.manager.registry();
         let page = registry.page(&PageRequest {
             instance_id: filter.as_deref(),
+            owner: owner.as_deref(),
             after: after.as_deref(),
             limit,
             max_command_bytes: MAX_LISTED_COMMAND_BYTES,
         });
-        let counts = registry.active_per_instance();
+        // Limited to its own sessions, a caller learns no one else's counts.
+        let counts = match &owner {
+            Some(owner) => registry.active_per_instance_of(owner),
+            None => registry.active_per_instance(),
+        };
         let mut response = ListSessionsResponse::default();
         // Room for the next_page_token field.
         let mut bytes = field_cost(execd_session::command::MAX_SESSION_ID_LEN);
@@ -191,6 +213,7 @@ impl SessionAdmin for SessionAdminImpl {
         &self,
         request: Request<CloseSessionsRequest>,
     ) -> Result<Response<CloseSessionsResponse>, Status> {
+        let owner = own_only(&request);
         let request = request.into_inner();
         let target = match request.target {
             Some(Target::SessionId(id)) if !id.is_empty() => {
@@ -209,7 +232,10 @@ impl SessionAdmin for SessionAdminImpl {
         } else {
             request.reason
         };
-        let closed = self.manager.registry().close(&target, &reason);
+        let closed = self
+            .manager
+            .registry()
+            .close_of(&target, &reason, owner.as_deref());
         let (kind, id) = match &target {
             CloseTarget::Session(id) => ("session", id),
             CloseTarget::Instance(id) => ("instance", id),
@@ -219,6 +245,7 @@ impl SessionAdmin for SessionAdminImpl {
             id = %LogField::new(id),
             reason = %LogField::new(&reason),
             closed,
+            own_only = owner.is_some(),
             "sessions closed by admin request"
         );
         Ok(Response::new(CloseSessionsResponse {
@@ -232,6 +259,12 @@ impl SessionAdmin for SessionAdminImpl {
         &self,
         request: Request<WatchInstancesRequest>,
     ) -> Result<Response<Self::WatchInstancesStream>, Status> {
+        if own_only(&request).is_some() {
+            // Instance counts include every client's sessions.
+            return Err(Status::permission_denied(
+                "watching instances needs an admin token (--admin-token-file); an exec token may list and close its own sessions only",
+            ));
+        }
         let filter = instance_filter(request.into_inner().instance_id)?;
         let (snapshot, mut events) = self.manager.registry().watch(filter.as_deref());
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);

@@ -1,23 +1,31 @@
-//! Bearer-token authentication for ExecService and SessionAdmin.
+//! Bearer-token authentication for ExecService, SessionAdmin and every
+//! HTTP door.
 //!
 //! Tokens come from `--auth-token-file` (exec) and optionally
 //! `--admin-token-file` (admin): one per line, blank lines and `#` comments
 //! ignored, several at once so they can be rotated. The files are re-read on
-//! SIGHUP; a reload that fails keeps the old tokens. Clients send
-//! `authorization: Bearer <token>`. The checks run in interceptors, before
-//! any handler (so before anything is spawned), compare in constant time,
-//! and never log a token.
+//! SIGHUP; a reload that fails keeps the old tokens. A token too short to
+//! resist guessing (under 128 bits, judged by its length and alphabet) is
+//! warned about when its file is read. Clients send exactly one
+//! `authorization: Bearer <token>` ([`bearer_token`]: one parser for every
+//! door). The checks run in interceptors, before any handler (so before
+//! anything is spawned), compare in constant time, and never log a token;
+//! refusals are counted and logged at a bounded rate ([`record_failure`]).
 //!
 //! Exec and admin rights differ: an exec client may run commands, but only
 //! an operator should read every session's command line or close other
 //! clients' sessions. With an admin token file, the admin API takes only
 //! its tokens and answers an exec token with PERMISSION_DENIED (it is
-//! known, just not allowed there). Without one, the exec tokens also open
-//! the admin API, as before.
+//! known, just not allowed there). Without one, an exec token opens the
+//! admin API for its own sessions only ([`AdminRights::Own`]).
 //!
 //! The exec check also tags each request with an [`Owner`], a keyed hash of
-//! its token, which the session registry counts sessions under
-//! (`--max-sessions-per-token`), so one client cannot take every slot.
+//! its token (and, with mutual TLS, of the client certificate), which the
+//! session registry counts sessions under (`--max-sessions-per-token`), so
+//! one client cannot take every slot, and which a reattach must match.
+
+mod bearer;
+mod refusals;
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,11 @@ use std::sync::{Arc, OnceLock, RwLock};
 use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
+
+pub use bearer::{bearer_or_subprotocol, bearer_token, parse_bearer, single_header, BearerError};
+pub use refusals::{record_failure, AuthFailure, MAX_LINES_PER_SECOND};
+
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -47,6 +60,41 @@ pub enum AuthError {
 pub struct TokenStore {
     path: PathBuf,
     tokens: Arc<RwLock<Arc<Vec<Vec<u8>>>>>,
+}
+
+/// Guessing strength below which a token is warned about.
+pub const MIN_TOKEN_BITS: u32 = 128;
+
+/// About how many bits of guessing a token resists, from its length and
+/// alphabet (hex: 4 bits a character, base64: 6, any printable ASCII:
+/// 6.5). A ceiling, not a measure: `aaaa…` scores like random text.
+pub fn estimated_bits(token: &[u8]) -> u32 {
+    let per_char_x2: u32 = if token.iter().all(u8::is_ascii_hexdigit) {
+        8
+    } else if token
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'='))
+    {
+        12
+    } else {
+        13
+    };
+    u32::try_from(token.len())
+        .unwrap_or(u32::MAX)
+        .saturating_mul(per_char_x2)
+        / 2
+}
+
+/// Lines (1-based) of `text` whose token scores under [`MIN_TOKEN_BITS`],
+/// with its score.
+fn weak_tokens(text: &str) -> Vec<(usize, u32)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| (n, estimated_bits(line.as_bytes())))
+        .filter(|(_, bits)| *bits < MIN_TOKEN_BITS)
+        .collect()
 }
 
 fn parse(path: &Path, text: &str) -> Result<Vec<Vec<u8>>, AuthError> {
@@ -84,7 +132,16 @@ impl TokenStore {
             path: path.to_path_buf(),
             source,
         })?;
-        parse(path, &text)
+        let tokens = parse(path, &text)?;
+        for (line, bits) in weak_tokens(&text) {
+            tracing::warn!(
+                path = %path.display(),
+                line,
+                estimated_bits = bits,
+                "the token on this line is too short to resist guessing (about {bits} bits); use at least {MIN_TOKEN_BITS} bits, e.g. `openssl rand -hex 32`"
+            );
+        }
+        Ok(tokens)
     }
 
     /// Re-reads the file; on error the current tokens stay in force.
@@ -103,6 +160,25 @@ impl TokenStore {
             .clone()
     }
 
+    /// Admits the credential a door read (`presented`, from [`bearer_token`]
+    /// or the door's own places): the token when it is one of these, else
+    /// the failure, counted in `metrics` as door `door` and logged.
+    pub fn admit<T: AsRef<[u8]>>(
+        &self,
+        presented: Result<Option<T>, BearerError>,
+        metrics: &Metrics,
+        door: &'static str,
+    ) -> Result<T, AuthFailure> {
+        let failure = match presented {
+            Ok(Some(token)) if self.accepts(token.as_ref()) => return Ok(token),
+            Ok(Some(_)) => AuthFailure::Unknown,
+            Ok(None) => AuthFailure::Missing,
+            Err(e) => AuthFailure::Unreadable(e),
+        };
+        record_failure(Some(metrics), door, failure);
+        Err(failure)
+    }
+
     /// Whether `presented` is one of the tokens. Every token is compared in
     /// full, in constant time per byte, whatever matches.
     pub fn accepts(&self, presented: &[u8]) -> bool {
@@ -115,37 +191,62 @@ impl TokenStore {
     }
 }
 
-/// The bearer token a request carries.
-fn bearer<T>(request: &Request<T>) -> Result<&[u8], Status> {
-    let header = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing authorization metadata (Bearer token)"))?;
-    let value = header.as_bytes();
-    value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))
-        .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))
+/// The bearer token of a gRPC request's metadata (exactly one
+/// `authorization` entry).
+fn grpc_bearer<T>(request: &Request<T>) -> Result<&[u8], AuthFailure> {
+    let fields = request.metadata().get_all("authorization");
+    parse_bearer(fields.iter().map(|v| v.as_bytes()))?.ok_or(AuthFailure::Missing)
 }
 
-fn invalid_token() -> Status {
-    Status::unauthenticated("invalid token")
+/// The client certificate of a mutual-TLS connection (the leaf, DER), as
+/// the transport puts it on every request of that connection (a request
+/// extension). Part of the request's [`Owner`].
+#[derive(Clone)]
+pub struct ClientCertificate(Arc<[u8]>);
+
+impl ClientCertificate {
+    pub fn from_der(der: &[u8]) -> ClientCertificate {
+        ClientCertificate(der.into())
+    }
 }
 
-/// Who started a session, as the registry counts it: a hash of the bearer
-/// token keyed with a random per-process key, so it names the token within
-/// this process without revealing it (or anything usable elsewhere). It is
-/// still derived from a secret, so it is never logged or listed either.
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientCertificate({} bytes)", self.0.len())
+    }
+}
+
+/// Who started a session, as the registry counts it and a reattach must
+/// match: a hash of the bearer token (with mutual TLS, together with the
+/// client certificate) keyed with a random per-process key, so it names
+/// the credential within this process without revealing it (or anything
+/// usable elsewhere). It is still derived from a secret, so it is never
+/// logged or listed either. Every door derives it the same way, so a
+/// session started through one door is the same client's on another.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Owner(String);
 
 impl Owner {
+    /// The owner of `token` on a connection without a client certificate.
     pub fn of_token(token: &[u8]) -> Owner {
+        Owner::of(token, None)
+    }
+
+    /// The owner of `token` presented over a connection with `cert`.
+    pub fn of(token: &[u8], cert: Option<&ClientCertificate>) -> Owner {
         // One key for the process, so a token keeps its owner (and its
-        // sessions' count) across SIGHUP reloads.
-        static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-        let hash = KEY.get_or_init(Default::default).hash_one(token);
-        Owner(format!("token-{hash:016x}"))
+        // sessions' count) across SIGHUP reloads; two of them for 128 bits.
+        static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
+        let keys = KEYS.get_or_init(Default::default);
+        let credential = (token, cert.map(|c| &c.0[..]));
+        let (a, b) = (keys[0].hash_one(credential), keys[1].hash_one(credential));
+        Owner(format!("token-{a:016x}{b:016x}"))
+    }
+
+    /// The owner of `token` on a request with these extensions (which
+    /// hold the client certificate, if any).
+    pub fn of_request(token: &[u8], extensions: &http::Extensions) -> Owner {
+        Owner::of(token, extensions.get::<ClientCertificate>())
     }
 
     pub fn into_key(self) -> String {
@@ -159,29 +260,71 @@ impl std::fmt::Debug for Owner {
     }
 }
 
-/// Interceptor for ExecService: admits requests with an exec token and
-/// tags them with their [`Owner`].
+/// Where refusals are counted: the server's metrics (when wired) under
+/// the door's name.
+#[derive(Clone)]
+struct Reporting {
+    metrics: Option<Arc<Metrics>>,
+    door: &'static str,
+}
+
+impl Reporting {
+    fn refuse(&self, failure: AuthFailure) -> Status {
+        record_failure(self.metrics.as_deref(), self.door, failure);
+        failure.status()
+    }
+}
+
+/// Interceptor for ExecService (and the CRI RuntimeService): admits
+/// requests with an exec token and tags them with their [`Owner`].
 #[derive(Clone)]
 pub struct ExecGuard {
     tokens: TokenStore,
+    report: Reporting,
 }
 
 impl ExecGuard {
     pub fn new(tokens: TokenStore) -> Self {
-        ExecGuard { tokens }
+        ExecGuard {
+            tokens,
+            report: Reporting {
+                metrics: None,
+                door: "grpc",
+            },
+        }
+    }
+
+    /// Counts refusals in `metrics` as door `door` (`grpc`, `cri`).
+    pub fn reporting(mut self, metrics: Arc<Metrics>, door: &'static str) -> Self {
+        self.report = Reporting {
+            metrics: Some(metrics),
+            door,
+        };
+        self
     }
 }
 
 impl Interceptor for ExecGuard {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let token = bearer(&request)?;
+        let token = grpc_bearer(&request).map_err(|f| self.report.refuse(f))?;
         if !self.tokens.accepts(token) {
-            return Err(invalid_token());
+            return Err(self.report.refuse(AuthFailure::Unknown));
         }
-        let owner = Owner::of_token(token);
+        let owner = Owner::of(token, request.extensions().get::<ClientCertificate>());
         request.extensions_mut().insert(owner);
         Ok(request)
     }
+}
+
+/// What an admitted admin request may see and do (a request extension;
+/// absent when the server has no tokens at all: everything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRights {
+    /// An admin token: every session.
+    All,
+    /// An exec token on a server without admin tokens: the sessions this
+    /// owner started, nothing of anyone else's.
+    Own(Owner),
 }
 
 /// Interceptor for SessionAdmin.
@@ -190,149 +333,60 @@ pub struct AdminGuard {
     admin: TokenStore,
     /// Exec tokens, recognised only to answer them with PERMISSION_DENIED.
     exec: Option<TokenStore>,
+    /// The accepted tokens are exec tokens: each sees its own sessions.
+    own_only: bool,
+    report: Reporting,
 }
 
 impl AdminGuard {
     /// The guard for the configured token files: admin tokens when given
-    /// (exec tokens then refused), else the exec tokens, else none (open,
-    /// like ExecService).
+    /// (exec tokens then refused), else the exec tokens, each limited to
+    /// its own sessions, else none (open, like ExecService).
     pub fn new(exec: Option<&TokenStore>, admin: Option<&TokenStore>) -> Option<Self> {
-        match (admin, exec) {
-            (Some(admin), exec) => Some(AdminGuard {
-                admin: admin.clone(),
-                exec: exec.cloned(),
-            }),
-            (None, Some(exec)) => Some(AdminGuard {
-                admin: exec.clone(),
-                exec: None,
-            }),
-            (None, None) => None,
-        }
+        let (admin, exec, own_only) = match (admin, exec) {
+            (Some(admin), exec) => (admin.clone(), exec.cloned(), false),
+            (None, Some(exec)) => (exec.clone(), None, true),
+            (None, None) => return None,
+        };
+        Some(AdminGuard {
+            admin,
+            exec,
+            own_only,
+            report: Reporting {
+                metrics: None,
+                door: "admin",
+            },
+        })
+    }
+
+    /// Counts refusals in `metrics` (door `admin`).
+    pub fn reporting(mut self, metrics: Arc<Metrics>) -> Self {
+        self.report.metrics = Some(metrics);
+        self
     }
 }
 
 impl Interceptor for AdminGuard {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let token = bearer(&request)?;
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let token = grpc_bearer(&request).map_err(|f| self.report.refuse(f))?;
         if self.admin.accepts(token) {
+            let rights = if self.own_only {
+                AdminRights::Own(Owner::of(
+                    token,
+                    request.extensions().get::<ClientCertificate>(),
+                ))
+            } else {
+                AdminRights::All
+            };
+            request.extensions_mut().insert(rights);
             return Ok(request);
         }
         if self.exec.as_ref().is_some_and(|exec| exec.accepts(token)) {
-            return Err(Status::permission_denied(
-                "this token may open exec sessions but not use the admin API (that needs a token from --admin-token-file)",
-            ));
+            return Err(self.report.refuse(AuthFailure::Forbidden));
         }
-        Err(invalid_token())
+        Err(self.report.refuse(AuthFailure::Unknown))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(text: &str) -> (tempfile::TempDir, TokenStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, text).unwrap();
-        let store = TokenStore::load(&path).unwrap();
-        (dir, store)
-    }
-
-    fn request(auth: Option<&str>) -> Request<()> {
-        let mut r = Request::new(());
-        if let Some(a) = auth {
-            r.metadata_mut().insert("authorization", a.parse().unwrap());
-        }
-        r
-    }
-
-    fn owner(r: &Request<()>) -> Option<Owner> {
-        r.extensions().get::<Owner>().cloned()
-    }
-
-    #[test]
-    fn accepts_any_listed_token_and_ignores_comments() {
-        let (_d, s) = store("# rotation\nalpha\n\n  beta  \n");
-        let mut guard = ExecGuard::new(s);
-        let alpha = guard.call(request(Some("Bearer alpha"))).unwrap();
-        let beta = guard.call(request(Some("Bearer beta"))).unwrap();
-        // Each token is its own owner, the same on every request, and the
-        // key does not contain the token.
-        let (a, b) = (owner(&alpha).unwrap(), owner(&beta).unwrap());
-        assert_ne!(a, b);
-        assert!(a == owner(&guard.call(request(Some("Bearer alpha"))).unwrap()).unwrap());
-        assert!(!a.clone().into_key().contains("alpha"));
-        assert_eq!(format!("{a:?}"), "Owner(…)");
-        for bad in [
-            None,
-            Some("Bearer gamma"),
-            Some("alpha"),
-            Some("Bearer alph"),
-            Some("Bearer alphaa"),
-            Some("Basic YWxwaGE="),
-        ] {
-            let err = guard.call(request(bad)).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::Unauthenticated);
-            assert!(
-                !err.message().contains("alpha"),
-                "token leaked: {}",
-                err.message()
-            );
-        }
-    }
-
-    #[test]
-    fn admin_tokens_are_separate_from_exec_tokens() {
-        let (_e, exec) = store("exec-1\n");
-        let (_a, admin) = store("admin-1\n");
-        let mut guard = AdminGuard::new(Some(&exec), Some(&admin)).unwrap();
-        assert!(guard.call(request(Some("Bearer admin-1"))).is_ok());
-        let err = guard.call(request(Some("Bearer exec-1"))).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        for bad in [None, Some("Bearer nope"), Some("Bearer admin-")] {
-            let err = guard.call(request(bad)).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
-        }
-        // Admin tokens do not open exec sessions.
-        let err = ExecGuard::new(exec.clone())
-            .call(request(Some("Bearer admin-1")))
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        // Without an admin file the exec tokens keep working for admin.
-        let mut guard = AdminGuard::new(Some(&exec), None).unwrap();
-        assert!(guard.call(request(Some("Bearer exec-1"))).is_ok());
-        assert!(AdminGuard::new(None, None).is_none());
-        // An admin file alone guards only the admin API.
-        let mut guard = AdminGuard::new(None, Some(&admin)).unwrap();
-        assert!(guard.call(request(Some("Bearer admin-1"))).is_ok());
-    }
-
-    #[test]
-    fn reload_swaps_tokens_and_keeps_old_on_error() {
-        let (dir, s) = store("old\n");
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, "new\n").unwrap();
-        assert_eq!(s.reload().unwrap(), 1);
-        assert!(!s.accepts(b"old"));
-        assert!(s.accepts(b"new"));
-        std::fs::write(&path, "# nothing\n").unwrap();
-        assert!(s.reload().is_err());
-        assert!(
-            s.accepts(b"new"),
-            "a failed reload keeps the tokens in force"
-        );
-    }
-
-    #[test]
-    fn empty_or_bad_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t");
-        std::fs::write(&path, "\n# only comments\n").unwrap();
-        assert!(matches!(TokenStore::load(&path), Err(AuthError::Empty(_))));
-        std::fs::write(&path, "has space\n").unwrap();
-        assert!(matches!(
-            TokenStore::load(&path),
-            Err(AuthError::BadToken { line: 1, .. })
-        ));
-    }
-}
+mod tests;

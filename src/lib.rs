@@ -140,6 +140,13 @@ fn door_context(
     if stream_base_url.is_none() {
         tracing::warn!("no TCP listener and no --stream-base-url: CRI Exec/Attach will refuse to issue streaming URLs");
     }
+    if config.web.enabled && !doors::web::assets::BUNDLED {
+        tracing::warn!(
+            reason = doors::web::assets::MISSING_REASON,
+            "--web: this execd was built without its web assets; / serves only a page saying so. \
+             Build them with scripts/web-assets (npm ci && npm run build in web/), then rebuild execd"
+        );
+    }
     doors::DoorContext {
         manager: manager.clone(),
         metrics: metrics.clone(),
@@ -151,6 +158,7 @@ fn door_context(
         ),
         web: config.web.clone(),
         terminal_instance_label: config.terminal_instance_label.clone(),
+        max_message_size: config.max_message_size,
     }
 }
 
@@ -163,6 +171,17 @@ fn transport_config(config: &ServerConfig) -> Result<transport::TransportConfig,
             .map(transport::tls::acceptor)
             .transpose()?,
         max_connections: config.max_connections,
+        max_connections_per_ip: config
+            .max_connections_per_ip
+            .unwrap_or(config.max_connections / 4),
+        max_unauthenticated_connections: config
+            .max_unauthenticated_connections
+            .unwrap_or(config.max_connections / 8),
+        credentials: transport::admission::Credentials {
+            exec: config.auth.clone(),
+            admin: config.admin_auth.clone(),
+        },
+        idle_timeout: config.idle_connection_timeout,
         max_streams_per_connection: config.max_streams_per_connection,
         handshake_timeout: config.handshake_timeout,
         keepalive_interval: config.keepalive_interval,

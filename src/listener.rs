@@ -6,6 +6,12 @@
 //! created 0700 when missing, a symlink in its place is refused, and on
 //! shutdown the path is removed only while it is still the socket this
 //! process created (a successor may already have replaced it).
+//!
+//! An existing socket directory must be safe to put the socket in: owned
+//! by root or by execd's own user, and writable by its owner only.
+//! Anyone else who can write there could replace the socket with their own
+//! and collect the tokens of every client that connects, so execd refuses
+//! to start with such a directory instead of trusting it.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -35,6 +41,8 @@ pub enum ListenError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing the socket directory {path}: {problem}, so someone else could replace the socket with their own; use a directory owned by root or execd's user and writable only by it (chown root {path}; chmod 0700 {path}), or another --listen path")]
+    UnsafeDirectory { path: PathBuf, problem: String },
 }
 
 /// The socket file this process created: removed on shutdown only if the
@@ -124,19 +132,51 @@ impl Listener {
     }
 }
 
-async fn bind_unix(addr: &str, path: PathBuf, socket_mode: u32) -> Result<Listener, ListenError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| ListenError::Directory {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
+/// Refuses a socket directory that anyone but root or this process's user
+/// owns, or that its group or others may write (see the module header).
+fn check_socket_dir(dir: &Path) -> Result<(), ListenError> {
+    // Followed if a symlink (/var/run → /run): what counts is where the
+    // socket will be.
+    let meta = std::fs::metadata(dir).map_err(|source| ListenError::Directory {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let unsafe_dir = |problem: String| ListenError::UnsafeDirectory {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    let us = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != us {
+        return Err(unsafe_dir(format!(
+            "it is owned by uid {}, not root or execd's uid {us}",
+            meta.uid()
+        )));
     }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "its group or others may write to it (mode {:04o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+async fn bind_unix(addr: &str, path: PathBuf, socket_mode: u32) -> Result<Listener, ListenError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ListenError::Directory {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    check_socket_dir(dir)?;
     remove_stale_socket(&path).await?;
     // The socket gets its mode at creation: the umask takes away every
     // bit the mode does not grant. The umask is process-wide, which is
@@ -218,6 +258,36 @@ mod tests {
             .unwrap();
         assert!(matches!(err, ListenError::Symlink(_)), "{err}");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    /// A socket directory others could write to, or someone else's, is
+    /// refused with the reason; a root-or-our own 0700/0755 one is fine.
+    #[tokio::test]
+    async fn an_unsafe_socket_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sockets = dir.path().join("sockets");
+        std::fs::create_dir(&sockets).unwrap();
+        let addr = format!("unix:{}", sockets.join("execd.sock").display());
+        for mode in [0o777, 0o1777, 0o770, 0o722] {
+            std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Listener::bind(&addr).await.err().unwrap();
+            assert!(
+                matches!(err, ListenError::UnsafeDirectory { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("may write"), "{err}");
+        }
+        for mode in [0o700, 0o755] {
+            std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(mode)).unwrap();
+            drop(Listener::bind(&addr).await.unwrap());
+        }
+        // Someone else's directory (only root can hand one over here).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&sockets, Some(12345), None).unwrap();
+            let err = Listener::bind(&addr).await.err().unwrap();
+            assert!(err.to_string().contains("owned by uid 12345"), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -6,6 +6,12 @@
 //! RESOURCE_EXHAUSTED at once; the slot of an admitted call is held by its
 //! response body, so it is freed when the stream ends, not when headers go
 //! out.
+//!
+//! Calls from authenticated connections (see
+//! [`crate::transport::Connection`]) and the rest have separate slots, `max`
+//! each: clients without a token cannot take the watches of those with
+//! one. A request that lacks the connection extension counts as
+//! unauthenticated.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +29,8 @@ pub struct StreamLimit<S> {
     inner: S,
     method: &'static str,
     max: usize,
-    permits: Arc<Semaphore>,
+    authenticated: Arc<Semaphore>,
+    unauthenticated: Arc<Semaphore>,
 }
 
 impl<S> StreamLimit<S> {
@@ -32,7 +39,8 @@ impl<S> StreamLimit<S> {
             inner,
             method,
             max,
-            permits: Arc::new(Semaphore::new(max)),
+            authenticated: Arc::new(Semaphore::new(max)),
+            unauthenticated: Arc::new(Semaphore::new(max)),
         }
     }
 }
@@ -67,7 +75,16 @@ where
             let fut = self.inner.call(req);
             return Box::pin(fut);
         }
-        match self.permits.clone().try_acquire_owned() {
+        let authenticated = req
+            .extensions()
+            .get::<crate::transport::Connection>()
+            .is_some_and(|c| c.authenticated);
+        let (permits, whose) = if authenticated {
+            (&self.authenticated, "")
+        } else {
+            (&self.unauthenticated, " from clients without a valid token")
+        };
+        match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let fut = self.inner.call(req);
                 Box::pin(async move {
@@ -82,7 +99,7 @@ where
             }
             Err(_) => {
                 let status = tonic::Status::resource_exhausted(format!(
-                    "more than {} concurrent {} calls",
+                    "more than {} concurrent {} calls{whose}",
                     self.max, self.method
                 ));
                 Box::pin(std::future::ready(Ok(status.into_http())))

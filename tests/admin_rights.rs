@@ -358,3 +358,120 @@ async fn exec_tokens_cannot_administer_and_each_token_is_limited() {
     drop(a1);
     server.stop().await;
 }
+
+/// Without `--admin-token-file`, an exec token on the admin API sees,
+/// counts and closes only the sessions it started, and may not watch
+/// every instance; another token's session is as if unknown.
+#[tokio::test]
+async fn without_admin_tokens_an_exec_token_administers_its_own_sessions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec_file = dir.path().join("exec-tokens");
+    std::fs::write(&exec_file, "exec-a\nexec-b\n").unwrap();
+    let mut cfg = host_config();
+    cfg.auth = Some(execd::auth::TokenStore::load(&exec_file).unwrap());
+    let server = start_server(cfg).await;
+    let channel = server.channel().await;
+    let instance = format!("own-{}", marker());
+    let mut mine = Vec::new();
+    for _ in 0..2 {
+        mine.push(
+            open_with(&channel, Some("exec-a"), sleeper(&instance, &[]))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut theirs = open_with(&channel, Some("exec-b"), sleeper(&instance, &[]))
+        .await
+        .unwrap();
+
+    let mut as_a = admin(&channel, Some("exec-a"));
+    let listed = as_a
+        .list_sessions(list("", 0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<String> = listed
+        .sessions
+        .iter()
+        .map(|s| s.session_id.clone())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = mine.iter().map(|l| l.id.clone()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "only exec-a's sessions");
+    assert_eq!(listed.active_per_instance.get(&instance), Some(&2));
+    // exec-b's session: not closed by id, nor with the shared instance.
+    let closed = as_a
+        .close_sessions(close(Target::SessionId(theirs.id.clone()), "mine now"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.closed, 0);
+    let closed = as_a
+        .close_sessions(close(Target::InstanceId(instance.clone()), "cleanup"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.closed, 2);
+    let err = as_a
+        .watch_instances(WatchInstancesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for l in &mut mine {
+        let status = loop {
+            match l.rx.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    }
+    // exec-b's session still runs, and exec-b sees it alone.
+    let listed = admin(&channel, Some("exec-b"))
+        .list_sessions(list("", 0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 1);
+    assert_eq!(listed.sessions[0].session_id, theirs.id);
+    let still =
+        tokio::time::timeout(std::time::Duration::from_millis(300), theirs.rx.message()).await;
+    assert!(still.is_err(), "exec-b's session was touched: {still:?}");
+    drop(theirs);
+    server.stop().await;
+}
+
+/// The per-token limit counts every session of the token, whatever
+/// instance ids it names: inventing new ones (or none) does not dodge it.
+#[tokio::test]
+async fn invented_instance_ids_do_not_dodge_the_per_token_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec_file = dir.path().join("exec-tokens");
+    std::fs::write(&exec_file, "exec-a\n").unwrap();
+    let mut cfg = host_config();
+    cfg.auth = Some(execd::auth::TokenStore::load(&exec_file).unwrap());
+    cfg.manager.limits.max_sessions_per_owner = 3;
+    let server = start_server(cfg).await;
+    let channel = server.channel().await;
+    let n = marker();
+    let mut live = Vec::new();
+    for instance in [format!("a-{n}"), format!("b-{n}"), String::new()] {
+        live.push(
+            open_with(&channel, Some("exec-a"), sleeper(&instance, &[]))
+                .await
+                .unwrap(),
+        );
+    }
+    for instance in [format!("c-{n}"), String::new()] {
+        let status = refused(&channel, Some("exec-a"), sleeper(&instance, &[])).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("--max-sessions-per-token=3"),
+            "{status:?}"
+        );
+    }
+    drop(live);
+    server.stop().await;
+}

@@ -7,12 +7,17 @@
 //! socket.
 
 mod common;
+#[path = "common/kube_ws.rs"]
+mod kube_ws;
+#[path = "common/spawned.rs"]
+mod spawned;
 
 use std::time::Duration;
 
 use common::*;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::ExecMessage;
+use spawned::{free_port, Peer, Reach, Seen, SpawnedExecd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -266,4 +271,316 @@ async fn accept_errors_back_off_instead_of_spinning() {
     .expect("answers in time");
     assert!(answered.is_ok(), "{answered:?}");
     execd.start_kill().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Who holds the slots: unix sockets apart from TCP, a cap per address, idle
+// connections sent away, unauthenticated ones on a budget of their own.
+
+/// The execd binary on a loopback port and a unix socket at once.
+struct TwoListeners {
+    tcp: std::net::SocketAddr,
+    unix: std::path::PathBuf,
+    _execd: SpawnedExecd,
+    _dir: tempfile::TempDir,
+}
+
+/// Exec tokens (`--auth-token-file`) in [`two_listeners`]' `{tokens}`.
+const TOKEN: &str = "connection-limits-token-0123456789";
+
+async fn two_listeners(args: &[&str]) -> TwoListeners {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = dir.path().join("execd.sock");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let port = free_port();
+    let mut all = vec![
+        format!("--listen=unix:{}", unix.display()),
+        format!("--listen=127.0.0.1:{port}"),
+    ];
+    all.extend(
+        args.iter()
+            .map(|a| a.replace("{tokens}", &tokens.display().to_string())),
+    );
+    // Only what is given configures a spawned execd: the suite's backend
+    // too.
+    let env: Vec<(String, String)> = std::env::var("EXECD_BACKEND")
+        .map(|b| vec![("EXECD_BACKEND".to_string(), b)])
+        .unwrap_or_default();
+    let execd = SpawnedExecd::start(
+        dir.path(),
+        &all,
+        &env,
+        &[Reach::Unix(unix.clone()), Reach::Tcp(port)],
+    )
+    .await;
+    TwoListeners {
+        tcp: ([127, 0, 0, 1], port).into(),
+        unix,
+        _execd: execd,
+        _dir: dir,
+    }
+}
+
+/// Every TCP slot held by idle HTTP/2 connections that answer PINGs (and
+/// never ask for anything): a session over the unix socket still starts,
+/// since unix sockets keep slots of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_h2_connections_holding_every_tcp_slot_do_not_lock_out_the_unix_socket() {
+    if !docker_or_skip("unix-slots") {
+        return;
+    }
+    shared_container();
+    let execd = two_listeners(&[
+        "--max-connections=4",
+        "--max-connections-per-ip=4",
+        // Longer than the test: the holders are never dropped as silent.
+        "--handshake-timeout=10m",
+    ])
+    .await;
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        holders.push(Peer::open(execd.tcp).await.expect("served"));
+    }
+    echo_works(connect_unix(execd.unix.clone()).await).await;
+    for holder in &mut holders {
+        assert!(holder.quiet(), "the TCP connections stay");
+    }
+}
+
+/// One address holds at most --max-connections-per-ip connections: the
+/// next is closed at once, a freed one can be taken again, and the unix
+/// socket is not counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_holds_at_most_its_cap_of_connections() {
+    let execd = two_listeners(&["--max-connections-per-ip=3"]).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut peer = Peer::open(execd.tcp).await.expect("served");
+        assert_eq!(peer.get("/version", None).await, 200);
+        held.push(peer);
+    }
+    assert!(Peer::open(execd.tcp).await.is_none(), "a fourth is closed");
+    let unix = connect_unix(execd.unix.clone()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(unix);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the unix socket is not capped");
+    drop(held.pop());
+    // execd notices the close on its own time.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while Peer::open(execd.tcp).await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot is never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection without an open request for --idle-connection-timeout gets
+/// GOAWAY (NO_ERROR) though it answers every PING; one with an open stream
+/// (a health Watch) keeps its connection until the stream ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_without_open_requests_are_sent_away() {
+    let execd = two_listeners(&["--idle-connection-timeout=1s"]).await;
+    let mut watching = Peer::open(execd.tcp).await.expect("served");
+    let watch = watching
+        .request("/grpc.health.v1.Health/Watch", None, true)
+        .await;
+    assert_eq!(watching.next().await, Seen::Status(watch, 200));
+    let mut idle = Peer::open(execd.tcp).await.expect("served");
+    assert_eq!(idle.get("/version", None).await, 200);
+    assert_eq!(idle.next().await, Seen::GoAway(0));
+    // Two more idle timeouts: the watching connection is still left alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        watching.quiet(),
+        "a connection with an open stream was sent away"
+    );
+    watching.reset(watch).await;
+    assert_eq!(watching.next().await, Seen::GoAway(0));
+}
+
+/// With tokens, connections that never presented a valid one (or only
+/// wrong ones) are on a budget: past it the oldest is sent away, however
+/// many come; a connection that presented a token is never counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_connections_make_room_and_authenticated_ones_stay() {
+    let execd = two_listeners(&[
+        "--auth-token-file={tokens}",
+        "--max-unauthenticated-connections=2",
+    ])
+    .await;
+    let mut proven = Peer::open(execd.tcp).await.expect("served");
+    assert_eq!(proven.get("/version", Some(TOKEN)).await, 200);
+    let mut oldest = Peer::open(execd.tcp).await.expect("served");
+    assert_eq!(oldest.get("/version", None).await, 200);
+    let mut refused = Peer::open(execd.tcp).await.expect("served");
+    let code = refused.get("/containers/x/json", Some("wrong")).await;
+    assert_eq!(code, 401);
+    let _newest = Peer::open(execd.tcp).await.expect("served");
+    assert_eq!(
+        oldest.next().await,
+        Seen::GoAway(0),
+        "the oldest makes room"
+    );
+    // A flood of them, one after another, only ever pushes out its own
+    // kind: refused requests do not count as a token.
+    for _ in 0..20 {
+        let mut flood = Peer::open(execd.tcp).await.expect("served");
+        assert_eq!(flood.get("/version", None).await, 200);
+    }
+    assert_eq!(refused.next().await, Seen::GoAway(0));
+    assert!(proven.quiet(), "the authenticated connection stays");
+    assert_eq!(proven.get("/version", None).await, 200);
+}
+
+/// Health Watch needs no token, but clients without one have their own
+/// --max-health-watches slots: they cannot take those of clients with one.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_watch_slots_are_not_shared_with_unauthenticated_clients() {
+    let execd = two_listeners(&["--auth-token-file={tokens}", "--max-health-watches=2"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", execd.tcp))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
+    let mut held = Vec::new();
+    for token in [None, Some(bearer)] {
+        let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(
+            channel.clone(),
+            move |mut req: tonic::Request<()>| {
+                if let Some(t) = &token {
+                    req.metadata_mut().insert("authorization", t.clone());
+                }
+                Ok(req)
+            },
+        );
+        let mut refused = Vec::new();
+        for _ in 0..3 {
+            match health
+                .watch(tonic_health::pb::HealthCheckRequest::default())
+                .await
+            {
+                Ok(stream) => held.push(stream),
+                Err(status) => refused.push(status),
+            }
+        }
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].code(), tonic::Code::ResourceExhausted);
+    }
+    assert_eq!(held.len(), 4, "two watches each, with and without a token");
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket input is bounded by --max-message-size on every door.
+
+/// A WebSocket door under test: where a session running `command` is
+/// opened, and how it frames stdin, its end, and output.
+struct WsDoor {
+    name: &'static str,
+    path: fn(&str, &[&str]) -> String,
+    protocols: &'static str,
+    /// Bytes of framing around stdin in one message.
+    overhead: usize,
+    stdin: fn(Vec<u8>) -> Message,
+    eof: fn() -> Message,
+    /// The output bytes of a binary message, if it carries any.
+    output: fn(&[u8]) -> Option<&[u8]>,
+}
+
+use tokio_tungstenite::tungstenite::Message;
+
+const WS_DOORS: [WsDoor; 2] = [
+    WsDoor {
+        name: "kube",
+        path: |c, cmd| kube_ws::exec_path(c, cmd, "stdin=true&stdout=true"),
+        protocols: kube_ws::V5,
+        overhead: 1,
+        stdin: |data| Message::Binary([&[0u8][..], &data].concat().into()),
+        eof: || Message::Binary(vec![255u8, 0].into()),
+        output: |m| m.strip_prefix(&[1u8]),
+    },
+    WsDoor {
+        name: "terminal",
+        path: |c, cmd| {
+            let args: String = cmd.iter().map(|a| format!("&command={a}")).collect();
+            format!("/terminal/ws?instance={c}&tty=false{args}")
+        },
+        protocols: "",
+        overhead: 0,
+        stdin: |data| Message::Binary(data.into()),
+        eof: || Message::Text("STDIN_EOF".into()),
+        output: |m| Some(m),
+    },
+];
+
+/// Output and close code once the server closes (or drops) the stream.
+async fn ws_until_close(door: &WsDoor, ws: &mut kube_ws::Ws) -> (Vec<u8>, Option<u16>) {
+    use futures_util::StreamExt;
+    let (mut out, mut code) = (Vec::new(), None);
+    let read = async {
+        while let Some(Ok(msg)) = ws.socket.next().await {
+            match msg {
+                Message::Binary(b) => out.extend_from_slice((door.output)(&b).unwrap_or(&[])),
+                Message::Close(frame) => code = frame.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the server closes");
+    (out, code)
+}
+
+/// A message over --max-message-size gets close 1009 (Message Too Big) on
+/// every WebSocket door, and the server keeps serving: the next session on
+/// the same door takes a message of exactly the limit.
+#[tokio::test]
+async fn websocket_messages_over_the_max_message_size_get_close_1009() {
+    use futures_util::SinkExt;
+    if !docker_or_skip("ws-message-size") {
+        return;
+    }
+    const LIMIT: usize = 64 * 1024;
+    let mut cfg = config();
+    cfg.max_message_size = LIMIT;
+    let server = start_server(cfg).await;
+    let c = shared_container();
+    for door in &WS_DOORS {
+        let mut ws = kube_ws::connect(&server.addr, &(door.path)(c, &["cat"]), door.protocols, &[])
+            .await
+            .unwrap_or_else(|r| panic!("{}: {r:?}", door.name));
+        let too_big = vec![b'x'; LIMIT + 1 - door.overhead];
+        // The server may close before it has read all of it.
+        let _ = ws.socket.send((door.stdin)(too_big)).await;
+        let (_, code) = ws_until_close(door, &mut ws).await;
+        assert_eq!(code, Some(1009), "{}", door.name);
+
+        let mut ws = kube_ws::connect(
+            &server.addr,
+            &(door.path)(c, &["wc", "-c"]),
+            door.protocols,
+            &[],
+        )
+        .await
+        .unwrap_or_else(|r| panic!("{} after the refusal: {r:?}", door.name));
+        let just_fits = vec![b'x'; LIMIT - door.overhead];
+        ws.socket.send((door.stdin)(just_fits)).await.unwrap();
+        ws.socket.send((door.eof)()).await.unwrap();
+        let (out, code) = ws_until_close(door, &mut ws).await;
+        let counted = String::from_utf8_lossy(&out);
+        assert_eq!(
+            counted.trim(),
+            (LIMIT - door.overhead).to_string(),
+            "{}",
+            door.name
+        );
+        assert_eq!(code, Some(1000), "{}", door.name);
+    }
+    server.stop().await;
 }

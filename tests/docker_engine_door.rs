@@ -493,3 +493,87 @@ async fn resize_right_after_start_is_applied() {
     assert!(text(&raw).contains("33 101"), "{}", text(&raw));
     server.stop().await;
 }
+
+/// An exec is its creator's: another token gets 404 on its start, resize
+/// and inspect, as for an id that never existed. Each token may keep at
+/// most `MAX_CREATED_PER_OWNER` execs created and not started (429
+/// beyond), which leaves the others' room alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn execs_belong_to_their_token_and_are_capped_per_token() {
+    need_docker!();
+    let c = shared_container();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "alice-token\nbob-token\n").unwrap();
+    let mut cfg = config();
+    cfg.auth = Some(execd::auth::TokenStore::load(&tokens).unwrap());
+    let server = start_server(cfg).await;
+    const ALICE: &[(&str, &str)] = &[("authorization", "Bearer alice-token")];
+    const BOB: &[(&str, &str)] = &[("authorization", "Bearer bob-token")];
+    let create = |who: &'static [(&'static str, &'static str)], path: String| {
+        let server = &server;
+        async move {
+            let body = r#"{"Cmd":["echo","mine"],"cmd":["echo","mine"],"AttachStdout":true,"attachStdout":true}"#;
+            request(server, "POST", &path, who, body).await
+        }
+    };
+    for (path, prefix) in [
+        (format!("/v1.44/containers/{c}/exec"), "/v1.44/exec"),
+        (
+            format!("/api/v1/namespaces/default/pods/{c}/exec"),
+            "/api/v1/exec",
+        ),
+    ] {
+        let (status, _, body) = create(ALICE, path).await;
+        assert_eq!(status, 201, "{}", text(&body));
+        let id = json(&body)["Id"].as_str().unwrap().to_string();
+        for (method, op) in [
+            ("POST", "start"),
+            ("POST", "resize?h=10&w=20"),
+            ("GET", "json"),
+        ] {
+            let path = format!("{prefix}/{id}/{op}");
+            let (status, _, body) = request(&server, method, &path, BOB, "{}").await;
+            assert_eq!(status, 404, "bob {method} {path}: {}", text(&body));
+            assert!(
+                text(&body).contains("No such exec instance"),
+                "{}",
+                text(&body)
+            );
+        }
+        let (status, _, body) =
+            request(&server, "GET", &format!("{prefix}/{id}/json"), ALICE, "").await;
+        assert_eq!(status, 200, "{}", text(&body));
+        assert_eq!(json(&body)["ProcessConfig"]["arguments"][0], "mine");
+        let (status, _, body) = request(
+            &server,
+            "POST",
+            &format!("{prefix}/{id}/start"),
+            ALICE,
+            "{}",
+        )
+        .await;
+        assert_eq!(status, 200, "{}", text(&body));
+        let (out, _) = unframe(&body);
+        assert_eq!(text(&out), "mine\n");
+    }
+    let cap = execd::doors::docker::MAX_CREATED_PER_OWNER;
+    let bob_creates = format!("/v1.44/containers/{c}/exec");
+    for _ in 0..cap {
+        let (status, _, body) = create(BOB, bob_creates.clone()).await;
+        assert_eq!(status, 201, "{}", text(&body));
+    }
+    let (status, _, body) = create(BOB, bob_creates.clone()).await;
+    assert_eq!(status, 429, "{}", text(&body));
+    assert!(
+        json(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{cap} execs created and not started")),
+        "{}",
+        text(&body)
+    );
+    let (status, _, body) = create(ALICE, bob_creates).await;
+    assert_eq!(status, 201, "alice is not bob: {}", text(&body));
+    server.stop().await;
+}

@@ -393,3 +393,33 @@ async fn client_values_are_logged_escaped() {
         }
     }
 }
+
+/// A socket directory that others may write to could let them swap the
+/// socket for their own: the binary refuses to start there, saying why,
+/// and leaves no socket behind.
+#[tokio::test]
+async fn an_unsafe_socket_directory_stops_execd_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("execd.sock");
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_execd"))
+            // Host exec has no engine: the suite's backend does not apply.
+            .env_remove("EXECD_BACKEND")
+            .args(["--host-exec", "--listen"])
+            .arg(format!("unix:{}", socket.display()))
+            .output(),
+    )
+    .await
+    .expect("execd exits at once")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing the socket directory"), "{stderr}");
+    assert!(stderr.contains("may write to it (mode 1777)"), "{stderr}");
+    assert!(!socket.exists());
+}

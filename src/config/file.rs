@@ -146,6 +146,7 @@ impl Cli {
                 match self.backend {
                     super::BackendChoice::Cli => "cli",
                     super::BackendChoice::EngineApi => "engine-api",
+                    super::BackendChoice::Oci => "oci",
                 }
             ),
         );

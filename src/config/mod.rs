@@ -12,6 +12,8 @@ use clap::{Parser, ValueEnum};
 pub enum BackendChoice {
     Cli,
     EngineApi,
+    // The OCI runtime (--oci-runtime) directly, as containerd's shim does.
+    Oci,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,7 +133,7 @@ pub struct Cli {
     #[arg(long, env = "EXECD_HOST_EXEC", help_heading = "Runtime")]
     pub host_exec: bool,
 
-    /// What runs sessions: `cli` (a --runtime-cli child per session; docker, podman, nerdctl) or `engine-api` (the Docker Engine API directly: no process per session, for scale)
+    /// What runs sessions: `cli` (a --runtime-cli child per session; docker, podman, nerdctl), `engine-api` (the Docker Engine API directly: no process per session, for scale) or `oci` (the OCI runtime directly, like containerd's shim: the process is execd's child, each session has its own cgroup)
     #[arg(
         long,
         env = "EXECD_BACKEND",
@@ -150,7 +152,27 @@ pub struct Cli {
     )]
     pub engine_socket: Option<PathBuf>,
 
-    /// Most open connections at once, over all listeners; further clients wait in the kernel's backlog
+    /// The OCI runtime for --backend oci: runc or crun (a name on PATH, or a path); it needs `exec --cgroup` (runc 1.1+)
+    #[arg(
+        long,
+        env = "EXECD_OCI_RUNTIME",
+        default_value = "runc",
+        value_name = "PROGRAM",
+        help_heading = "Runtime"
+    )]
+    pub oci_runtime: String,
+
+    /// The OCI runtime's state root for --backend oci: Docker's is /run/docker/runtime-runc/moby (under dockerd's --exec-root), containerd's Kubernetes namespace /run/containerd/runc/k8s.io
+    #[arg(
+        long,
+        env = "EXECD_OCI_ROOT",
+        default_value = "/run/docker/runtime-runc/moby",
+        value_name = "DIR",
+        help_heading = "Runtime"
+    )]
+    pub oci_root: PathBuf,
+
+    /// Most open connections at once over all TCP listeners, and as many again over all unix sockets (so a network flood cannot lock out node-local clients); further clients wait in the kernel's backlog
     #[arg(
         long,
         env = "EXECD_MAX_CONNECTIONS",
@@ -158,6 +180,24 @@ pub struct Cli {
         help_heading = "Limits"
     )]
     pub max_connections: usize,
+
+    /// Most TCP connections at once from one client address (IPv6: per /64; all loopback addresses count as one); a new connection over it is closed at once [default: a quarter of --max-connections]
+    #[arg(
+        long,
+        env = "EXECD_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// With --auth-token-file: most TCP connections at once that have not presented a valid token yet; a new one past it closes the oldest of them (GOAWAY) [default: an eighth of --max-connections]
+    #[arg(
+        long,
+        env = "EXECD_MAX_UNAUTHENTICATED_CONNECTIONS",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_unauthenticated_connections: Option<usize>,
 
     /// Most concurrent HTTP/2 streams (calls) per connection
     #[arg(
@@ -177,7 +217,7 @@ pub struct Cli {
     )]
     pub max_pending_starts: usize,
 
-    /// Most concurrent health Watch streams (they need no token)
+    /// Most concurrent health Watch streams (they need no token) from clients that presented a valid token, and as many again from clients that did not
     #[arg(
         long,
         env = "EXECD_MAX_HEALTH_WATCHES",
@@ -189,6 +229,10 @@ pub struct Cli {
     /// Time a new connection has to finish its TLS handshake, or to send its first bytes, and an HTTP/1.1 request its headers
     #[arg(long, env = "EXECD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
     pub handshake_timeout: Duration,
+
+    /// Send GOAWAY to a connection that has had no open request or stream for this long, however it answers keepalive PINGs (0 disables)
+    #[arg(long, env = "EXECD_IDLE_CONNECTION_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
+    pub idle_connection_timeout: Duration,
 
     /// Leave what a session's process started in the background running after it exits (Docker's behaviour); by default execd ends it
     #[arg(
@@ -235,7 +279,7 @@ pub struct Cli {
     )]
     pub max_sessions_per_token: usize,
 
-    /// Largest client message accepted, in bytes; larger ends the session with RESOURCE_EXHAUSTED
+    /// Largest client message accepted, in bytes; larger ends the session with RESOURCE_EXHAUSTED (gRPC) or close 1009 (WebSocket doors)
     #[arg(long, env = "EXECD_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, help_heading = "Limits")]
     pub max_message_size: usize,
 
@@ -350,6 +394,8 @@ pub enum ConfigError {
     },
     #[error("--backend engine-api: {0}")]
     Backend(String),
+    #[error("--backend oci: {0}")]
+    OciBackend(String),
     #[error("refusing to listen on {addr}: a non-loopback address needs both TLS (--tls-cert/--tls-key) and --auth-token-file, or --insecure-allow-remote")]
     InsecureRemote { addr: String },
 }

@@ -39,6 +39,14 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
+    /// TCP connections per client address; `None`: a quarter of
+    /// `max_connections`.
+    pub max_connections_per_ip: Option<usize>,
+    /// With tokens: TCP connections that have not presented one yet;
+    /// `None`: an eighth of `max_connections`.
+    pub max_unauthenticated_connections: Option<usize>,
+    /// GOAWAY to a connection without open requests for this long.
+    pub idle_connection_timeout: Option<Duration>,
     pub max_streams_per_connection: u32,
     pub max_pending_starts: usize,
     pub max_health_watches: usize,
@@ -69,6 +77,9 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_ip: None,
+            max_unauthenticated_connections: None,
+            idle_connection_timeout: Some(Duration::from_secs(60)),
             max_streams_per_connection: 256,
             max_pending_starts: 256,
             max_health_watches: 64,
@@ -138,6 +149,17 @@ impl Cli {
                 };
                 Ok(BackendKind::EngineApi { socket })
             }
+            BackendChoice::Oci if self.host_exec => Err(ConfigError::OciBackend(
+                "host-exec mode has no containers; drop --host-exec or use --backend cli".into(),
+            )),
+            BackendChoice::Oci => {
+                execd_session::backend::oci::check_setup(&self.oci_runtime, &self.oci_root)
+                    .map_err(ConfigError::OciBackend)?;
+                Ok(BackendKind::Oci {
+                    runtime: self.oci_runtime.clone(),
+                    root: self.oci_root.clone(),
+                })
+            }
         }
     }
 
@@ -178,6 +200,10 @@ impl Cli {
             start_timeout: self.start_timeout,
             shutdown_grace: self.shutdown_grace,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_unauthenticated_connections: self.max_unauthenticated_connections,
+            idle_connection_timeout: (!self.idle_connection_timeout.is_zero())
+                .then_some(self.idle_connection_timeout),
             max_streams_per_connection: self.max_streams_per_connection,
             max_pending_starts: self.max_pending_starts,
             max_health_watches: self.max_health_watches,

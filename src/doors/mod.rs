@@ -38,6 +38,9 @@ pub struct DoorContext {
     pub web: web::WebConfig,
     /// `/terminal/ws`: the container label that names instances, if any.
     pub terminal_instance_label: Option<String>,
+    /// `--max-message-size`: the largest WebSocket message (and frame) a
+    /// client may send; larger ones end the stream with close 1009.
+    pub max_message_size: usize,
 }
 
 /// The routes of every HTTP door.
@@ -136,6 +139,22 @@ pub fn log_refusal<B>(
     metrics.record_request_refused(door, reason);
     let path = LogField::with_limit(req.uri().path(), 256);
     tracing::debug!(method = %req.method(), path = %path, door, reason, "request refused");
+}
+
+/// Whether a WebSocket read failed because a message (or frame) was over
+/// `--max-message-size` (the limit set on every door's upgrade).
+pub fn ws_message_too_big(e: &axum::Error) -> bool {
+    // tungstenite's CapacityError::MessageTooLong, the only error it
+    // reports for a size limit; axum does not expose the type.
+    e.to_string().contains("Message too long")
+}
+
+/// The close frame for such a client: 1009 (Message Too Big).
+pub fn ws_too_big_close() -> axum::extract::ws::Message {
+    axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::SIZE,
+        reason: "message larger than --max-message-size".into(),
+    }))
 }
 
 /// An error response with a `{"message": …}` body (Docker's error shape).

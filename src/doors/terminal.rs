@@ -169,23 +169,31 @@ fn parse_query(pairs: Vec<(String, String)>) -> Result<TerminalQuery, TerminalEr
     Ok(q)
 }
 
-/// The token a client presented: `X-Auth`, `token=`, or the first
-/// subprotocol it offered (the bridge's order).
-fn presented_token(headers: &HeaderMap, query: &TerminalQuery) -> Option<Vec<u8>> {
-    if let Some(v) = headers.get("x-auth").filter(|v| !v.is_empty()) {
-        return Some(v.as_bytes().to_vec());
+/// The token a client presented: `Authorization: Bearer` (read like on
+/// every door), else `X-Auth`, `token=`, or the first subprotocol it
+/// offered (the bridge's order). Two `Authorization` or two `X-Auth`
+/// fields are ambiguous.
+fn presented_token(
+    headers: &HeaderMap,
+    query: &TerminalQuery,
+) -> Result<Option<Vec<u8>>, crate::auth::BearerError> {
+    if let Some(token) = crate::auth::bearer_token(headers)? {
+        return Ok(Some(token.to_vec()));
+    }
+    if let Some(v) = crate::auth::single_header(headers, "x-auth")? {
+        return Ok(Some(v.to_vec()));
     }
     if let Some(t) = &query.token {
-        return Some(t.as_bytes().to_vec());
+        return Ok(Some(t.as_bytes().to_vec()));
     }
-    headers
+    Ok(headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .find(|p| !p.is_empty())
-        .map(|p| p.as_bytes().to_vec())
+        .map(|p| p.as_bytes().to_vec()))
 }
 
 /// The container an instance names.
@@ -198,7 +206,13 @@ async fn resolve(ctx: &DoorContext, instance: &str) -> Result<String, TerminalEr
         .manager
         .running_containers()
         .await
-        .map_err(|e| TerminalError::Engine(e.to_string()))?;
+        .map_err(|e| match e {
+            // Busy is a limit (429), not an engine failure.
+            execd_session::ContainerQueryError::Busy { .. } => {
+                TerminalError::Session(e.into_session_error(instance))
+            }
+            e => TerminalError::Engine(e.to_string()),
+        })?;
     running
         .into_iter()
         .find(|c| c.labels.get(label).is_some_and(|v| v == instance))
@@ -214,11 +228,14 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
         let query = parse_query(pairs)?;
         let owner = match &ctx.auth {
             None => String::new(),
-            Some(store) => match presented_token(&parts.headers, &query) {
-                Some(token) if store.accepts(&token) => {
-                    crate::auth::Owner::of_token(&token).into_key()
-                }
-                _ => return Err(TerminalError::Unauthorized),
+            // Counted and logged by the token store.
+            Some(store) => match store.admit(
+                presented_token(&parts.headers, &query),
+                &ctx.metrics,
+                "terminal",
+            ) {
+                Ok(token) => crate::auth::Owner::of_request(&token, &parts.extensions).into_key(),
+                Err(_) => return Err(TerminalError::Unauthorized),
             },
         };
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
@@ -231,9 +248,9 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
     let (query, owner, container_id, ws) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
-            if !matches!(e, TerminalError::Session(_)) {
+            // Credential refusals are counted where they are checked.
+            if !matches!(e, TerminalError::Session(_) | TerminalError::Unauthorized) {
                 let reason = match e {
-                    TerminalError::Unauthorized => "unauthorized",
                     TerminalError::NoInstance(..) => "no-instance",
                     _ => "bad-request",
                 };
@@ -301,7 +318,10 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
         metrics: ctx.metrics.clone(),
         span: span.clone(),
     };
-    let mut response = ws.on_upgrade(move |socket| serve(socket, relay).instrument(span));
+    let mut response = ws
+        .max_message_size(ctx.max_message_size)
+        .max_frame_size(ctx.max_message_size)
+        .on_upgrade(move |socket| serve(socket, relay).instrument(span));
     response.headers_mut().insert(
         http::header::CONNECTION,
         HeaderValue::from_static("Upgrade"),
@@ -368,6 +388,7 @@ async fn serve(socket: WebSocket, relay: Relay) {
     } = relay;
     let (mut sink, source) = socket.split();
     let gone = CancellationToken::new();
+    let too_big = CancellationToken::new();
     let finished = CancellationToken::new();
     if protocol == Protocol::PtyV1
         && sink
@@ -382,6 +403,7 @@ async fn serve(socket: WebSocket, relay: Relay) {
         session.input,
         metrics.clone(),
         gone.clone(),
+        too_big.clone(),
         finished.clone(),
     );
     let writer = async {
@@ -392,6 +414,7 @@ async fn serve(socket: WebSocket, relay: Relay) {
             &session_id,
             &metrics,
             gone.clone(),
+            too_big.clone(),
         )
         .await;
         finished.cancel();
@@ -433,6 +456,7 @@ async fn read_client(
     mut input: SessionInput,
     metrics: Arc<Metrics>,
     gone: CancellationToken,
+    too_big: CancellationToken,
     finished: CancellationToken,
 ) {
     loop {
@@ -454,6 +478,12 @@ async fn read_client(
             next = source.next() => next,
         };
         let msg = match next {
+            Some(Err(e)) if crate::doors::ws_message_too_big(&e) && !finished.is_cancelled() => {
+                tracing::debug!(error = %e, "client message over --max-message-size");
+                too_big.cancel();
+                gone.cancel();
+                return;
+            }
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                 // Closed without the session's end: never stdin EOF.
                 if !finished.is_cancelled() {
@@ -482,12 +512,18 @@ async fn write_events(
     session_id: &str,
     metrics: &Metrics,
     gone: CancellationToken,
+    too_big: CancellationToken,
 ) -> End {
     loop {
         let event = tokio::select! {
             biased;
             // Dropping the receiver (on return) ends or detaches the session.
-            _ = gone.cancelled() => return End::ClientGone,
+            _ = gone.cancelled() => {
+                if too_big.is_cancelled() {
+                    let _ = sink.send(crate::doors::ws_too_big_close()).await;
+                }
+                return End::ClientGone;
+            }
             event = events.recv() => event,
         };
         let end = match event {

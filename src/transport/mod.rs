@@ -5,13 +5,18 @@
 //! Every listener (TCP or unix socket, any number of them) feeds the same
 //! accept loop shape:
 //!
-//! - at most `max_connections` connections at once, across all listeners;
-//!   the loop stops accepting (the kernel backlog holds the rest) instead
-//!   of refusing, and accept errors such as EMFILE back off exponentially
-//!   instead of spinning;
+//! - at most `max_connections` connections at once over all TCP
+//!   listeners, and as many over all unix sockets ([`admission`]: the two
+//!   pools, the per-address cap and the budget of connections that have
+//!   not presented a token); at the cap the loop stops accepting (the
+//!   kernel backlog holds the rest) instead of refusing, and accept errors
+//!   such as EMFILE back off exponentially instead of spinning. A slot is
+//!   held as long as the socket is open, upgraded connections included;
 //! - a connection must complete its TLS handshake and make its first
 //!   request within `handshake_timeout`, so idle sockets (or ones
-//!   trickling a preface) cannot hold slots;
+//!   trickling a preface) cannot hold slots; later, a connection without
+//!   an open request for `idle_timeout` ([`activity`]) is asked to go away
+//!   (GOAWAY), so answering keepalive PINGs does not hold one either;
 //! - hyper-util's `auto` builder tells HTTP/2 (gRPC) from HTTP/1.1 (the REST
 //!   and WebSocket doors) per connection by its preface, with upgrades
 //!   enabled for WebSocket and hijacked streams;
@@ -63,9 +68,13 @@ macro_rules! delegate_async_write {
     };
 }
 
+pub mod activity;
+pub mod admission;
 pub mod h2_authority;
 pub mod tls;
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -77,6 +86,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::Listener;
+use admission::{Admission, Standing, Ticket};
 
 /// HTTP/2 flow-control windows: large enough that one stream can move
 /// hundreds of MiB/s on loopback, small enough to bound per-stream buffering.
@@ -159,7 +169,16 @@ pub async fn acquire_slot(
 #[derive(Clone)]
 pub struct TransportConfig {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Per pool: TCP listeners together, unix sockets together.
     pub max_connections: usize,
+    /// TCP connections per client address.
+    pub max_connections_per_ip: usize,
+    /// With exec tokens: TCP connections that have not presented one.
+    pub max_unauthenticated_connections: usize,
+    /// The tokens that prove a connection.
+    pub credentials: admission::Credentials,
+    /// GOAWAY after this long without an open request; `None`: never.
+    pub idle_timeout: Option<Duration>,
     pub max_streams_per_connection: u32,
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
@@ -171,6 +190,10 @@ pub struct TransportConfig {
 pub struct Connection {
     /// Accepted on a unix socket (not reachable from a browser).
     pub unix: bool,
+    /// The connection has proven itself (see [`admission`]): this request
+    /// or an earlier one carried a valid token, or it came over a unix
+    /// socket, or the server takes every client.
+    pub authenticated: bool,
 }
 
 /// The service every connection gets: one router holding every door.
@@ -186,13 +209,18 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
-    let slots = std::sync::Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let admission = Admission::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+        config.max_unauthenticated_connections,
+        config.credentials.clone(),
+    );
     for listener in listeners {
         tracker.spawn(accept_loop(
             listener,
             app.clone(),
             config.clone(),
-            slots.clone(),
+            admission.clone(),
             tracker.clone(),
             shutdown.clone(),
         ));
@@ -207,10 +235,11 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept_one(listener: &Listener) -> std::io::Result<Accepted> {
+/// The next connection, with its peer's address when it has one.
+async fn accept_one(listener: &Listener) -> std::io::Result<(Accepted, Option<IpAddr>)> {
     match listener {
         Listener::Tcp(l) => {
-            let (stream, _) = l.accept().await?;
+            let (stream, peer) = l.accept().await?;
             // Interactive sessions send keystrokes: no Nagle delay.
             let _ = stream.set_nodelay(true);
             let keepalive = socket2::TcpKeepalive::new()
@@ -220,9 +249,9 @@ async fn accept_one(listener: &Listener) -> std::io::Result<Accepted> {
             if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
                 tracing::debug!(error = %e, "TCP keepalive not set");
             }
-            Ok(Accepted::Tcp(stream))
+            Ok((Accepted::Tcp(stream), Some(peer.ip())))
         }
-        Listener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+        Listener::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), None)),
     }
 }
 
@@ -230,12 +259,15 @@ async fn accept_loop(
     listener: Listener,
     app: AppService,
     config: TransportConfig,
-    slots: std::sync::Arc<Semaphore>,
+    admission: Admission,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut backoff = AcceptBackoff::default();
     let what = listener.local_addr();
+    let slots = admission
+        .pool(matches!(listener, Listener::Unix(..)))
+        .clone();
     loop {
         let Some(permit) = acquire_slot(&slots, &shutdown).await else {
             return;
@@ -245,13 +277,19 @@ async fn accept_loop(
             _ = shutdown.cancelled() => return,
         };
         match accepted {
-            Ok(conn) => {
+            Ok((conn, peer)) => {
                 backoff.reset();
+                let ticket = match admission.admit(permit, peer) {
+                    Ok(ticket) => ticket,
+                    Err(over) => {
+                        // Closed at once (the client sees the connection
+                        // end); at debug, since the client picks the rate.
+                        tracing::debug!(error = %over, "connection refused");
+                        continue;
+                    }
+                };
                 let (app, config, shutdown) = (app.clone(), config.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    handle(conn, app, config, shutdown).await;
-                    drop(permit);
-                });
+                tracker.spawn(handle(conn, ticket, app, config, shutdown));
             }
             Err(e) => {
                 if !backoff.wait(&e, &what, &shutdown).await {
@@ -262,18 +300,29 @@ async fn accept_loop(
     }
 }
 
+/// Serves one connection. Its ticket (slot and counts) travels inside the
+/// I/O stream, so it is freed when the socket closes: at the end of this
+/// function, or later if a door took the connection over (an upgrade).
 async fn handle(
     conn: Accepted,
+    ticket: Ticket,
     app: AppService,
     config: TransportConfig,
     shutdown: CancellationToken,
 ) {
+    let standing = ticket.standing.clone();
+    let serve = Serve {
+        app,
+        config: &config,
+        shutdown,
+        standing,
+    };
     match (conn, config.tls.clone()) {
-        (Accepted::Tcp(stream), None) => serve_io(stream, app, &config, shutdown, false).await,
+        (Accepted::Tcp(stream), None) => serve.io(Held::new(stream, ticket), false).await,
         (Accepted::Tcp(stream), Some(acceptor)) => {
-            let handshake = acceptor.accept(stream);
+            let handshake = acceptor.accept(Held::new(stream, ticket));
             match tokio::time::timeout(config.handshake_timeout, handshake).await {
-                Ok(Ok(tls)) => serve_io(tls, app, &config, shutdown, false).await,
+                Ok(Ok(tls)) => serve.io(tls, false).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -282,11 +331,39 @@ async fn handle(
         // network: it stays plaintext, like Docker's own socket next to a
         // TLS port.
         (Accepted::Unix(stream), _) => {
-            let io = h2_authority::AuthorityFix::new(stream);
-            serve_io(io, app, &config, shutdown, true).await
+            let io = h2_authority::AuthorityFix::new(Held::new(stream, ticket));
+            serve.io(io, true).await
         }
     }
 }
+
+/// A connection's socket with its ticket: the slot is held as long as the
+/// socket is.
+struct Held<T> {
+    inner: T,
+    _ticket: Ticket,
+}
+
+impl<T> Held<T> {
+    fn new(inner: T, ticket: Ticket) -> Self {
+        Held {
+            inner,
+            _ticket: ticket,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Held<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+delegate_async_write!(Held);
 
 fn builder(config: &TransportConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -311,47 +388,116 @@ fn builder(config: &TransportConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_io<I>(
-    io: I,
+/// What serving one connection needs besides its socket.
+struct Serve<'a> {
     app: AppService,
-    config: &TransportConfig,
+    config: &'a TransportConfig,
     shutdown: CancellationToken,
-    unix: bool,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let builder = builder(config);
-    let heard = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = heard.clone();
-    let service = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        req.extensions_mut().insert(Connection { unix });
-        tower::ServiceExt::oneshot(app.clone(), req)
-    });
-    let service = TowerToHyperService::new(service);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // A connection that has not made a request by the handshake timeout is
-    // dropped: otherwise idle sockets (or ones trickling a preface) would
-    // hold connection slots forever. Clients reconnect when they need to.
-    let silent = async {
-        tokio::time::sleep(config.handshake_timeout).await;
-        if heard.load(std::sync::atomic::Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+    standing: Arc<Standing>,
+}
+
+/// Why a connection stopped being served before it ended by itself.
+enum Stop {
+    /// No request within the handshake timeout: dropped at once.
+    Silent,
+    /// Idle, or pushed out by newer unauthenticated connections: GOAWAY,
+    /// then dropped if the client lingers.
+    GoAway(&'static str),
+    Shutdown,
+}
+
+impl Serve<'_> {
+    async fn io<I>(self, io: I, unix: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serve {
+            app,
+            config,
+            shutdown,
+            standing,
+        } = self;
+        let builder = builder(config);
+        let heard = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let activity = activity::Activity::default();
+        let seen = heard.clone();
+        let (requests, proof) = (activity.clone(), standing.clone());
+        let service = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            let authenticated = proof.note_request(req.headers());
+            req.extensions_mut().insert(Connection {
+                unix,
+                authenticated,
+            });
+            let open = requests.open();
+            let (app, proof) = (app.clone(), proof.clone());
+            async move {
+                let response = tower::ServiceExt::oneshot(app, req).await?;
+                // Doors upgrade only what passed their credential check.
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    proof.prove();
+                }
+                Ok::<_, std::convert::Infallible>(
+                    response
+                        .map(|body| axum::body::Body::new(activity::TrackedBody::new(body, open))),
+                )
+            }
+        });
+        let service = TowerToHyperService::new(service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        // A connection that has not made a request by the handshake timeout
+        // is dropped: otherwise idle sockets (or ones trickling a preface)
+        // would hold connection slots forever. Clients reconnect when they
+        // need to.
+        let silent = async {
+            tokio::time::sleep(config.handshake_timeout).await;
+            if heard.load(std::sync::atomic::Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+        // A connection that proved itself just as it was pushed out stays:
+        // its place among the unproven is already gone.
+        let evicted = async {
+            standing.evicted().cancelled().await;
+            if standing.is_proven() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let stop = tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = silent => Stop::Silent,
+            _ = activity.idle_for(config.idle_timeout) => Stop::GoAway("idle"),
+            _ = evicted => Stop::GoAway("unauthenticated, making room"),
+            _ = shutdown.cancelled() => Stop::Shutdown,
+        };
+        let result = match stop {
+            Stop::Silent => {
+                tracing::debug!("connection made no request within the handshake timeout");
+                return;
+            }
+            Stop::GoAway(why) => {
+                tracing::debug!(why, "asking the connection to go away");
+                conn.as_mut().graceful_shutdown();
+                // A client has as long to leave as it had to arrive; what
+                // is still open after that is cut.
+                match tokio::time::timeout(config.handshake_timeout, conn).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+            Stop::Shutdown => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
-    };
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = silent => {
-            tracing::debug!("connection made no request within the handshake timeout");
-            return;
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

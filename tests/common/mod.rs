@@ -219,15 +219,38 @@ pub fn with_test_backend(mut config: ServerConfig) -> ServerConfig {
         &config.manager.mode,
         ExecMode::Container { runtime_cli } if runtime_cli == "docker"
     );
-    if default_cli
-        && config.manager.backend == BackendKind::Cli
-        && std::env::var("EXECD_BACKEND").as_deref() == Ok("engine-api")
-    {
-        config.manager.backend = BackendKind::EngineApi {
-            socket: "/var/run/docker.sock".into(),
-        };
+    if default_cli && config.manager.backend == BackendKind::Cli {
+        match std::env::var("EXECD_BACKEND").as_deref() {
+            Ok("engine-api") => {
+                config.manager.backend = BackendKind::EngineApi {
+                    socket: "/var/run/docker.sock".into(),
+                };
+            }
+            Ok("oci") => {
+                config.manager.backend = BackendKind::Oci {
+                    runtime: "runc".into(),
+                    root: test_oci_root(),
+                };
+            }
+            _ => {}
+        }
     }
     config
+}
+
+/// The runtime root of the engine the tests use: the private dockerd's
+/// (scripts/docker-up, `--exec-root target/dockerd/exec`) if there is
+/// one, else Docker's default. `EXECD_OCI_ROOT` wins.
+pub fn test_oci_root() -> std::path::PathBuf {
+    if let Some(root) = std::env::var_os("EXECD_OCI_ROOT") {
+        return root.into();
+    }
+    let private = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/dockerd/exec/runtime-runc/moby");
+    if private.is_dir() {
+        return private;
+    }
+    "/run/docker/runtime-runc/moby".into()
 }
 
 pub async fn start_server(config: ServerConfig) -> TestServer {
@@ -600,6 +623,9 @@ impl ExecdProcess {
             // Host exec has no engine, and a chosen CLI is what is tested:
             // the suite's backend choice does not apply.
             command.env_remove("EXECD_BACKEND");
+        } else if std::env::var("EXECD_BACKEND").as_deref() == Ok("oci") {
+            // The test engine's runtime root, wherever its dockerd keeps it.
+            command.env("EXECD_OCI_ROOT", test_oci_root());
         }
         if let Some(log) = &log {
             command.stderr(std::fs::File::create(log).expect("create the log file"));

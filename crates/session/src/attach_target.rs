@@ -4,14 +4,14 @@
 //! under a PTY and takes resizes).
 //!
 //! The preflight answers "exists and runs" with the engine's own errors;
-//! this only reads two more fields, through the same two routes (the local
-//! Engine API socket when there is one, else `<cli> container inspect`), so
-//! no door needs to know which runtime is underneath.
-
-use std::process::Stdio;
-use std::time::Duration;
+//! this only reads two more fields of the container's inspect document
+//! ([`SessionManager::container_document`]: the local Engine API socket
+//! when there is one, else `<cli> container inspect`), so no door needs to
+//! know which runtime is underneath. Both questions are asked before any
+//! session exists, so both pass the manager's engine gate.
 
 use crate::command::{ExecMode, ValidationError};
+use crate::containers::ContainerDocument;
 use crate::error::SessionError;
 use crate::manager::SessionManager;
 use crate::preflight::PreflightError;
@@ -22,9 +22,6 @@ pub struct AttachTarget {
     pub open_stdin: bool,
     pub tty: bool,
 }
-
-/// A hung engine must not hold the request forever.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl SessionManager {
     /// Checks that `container_id` is valid, exists and runs (the same
@@ -40,62 +37,34 @@ async fn attach_target(
     container_id: &str,
 ) -> Result<AttachTarget, SessionError> {
     manager.check_container(container_id).await?;
-    let ExecMode::Container { runtime_cli } = manager.mode() else {
+    if matches!(manager.mode(), ExecMode::Host) {
         return Err(ValidationError::AttachInHostMode.into());
-    };
+    }
     let failed = |message: String| {
         SessionError::Preflight(PreflightError::Failed {
             container_id: container_id.to_string(),
             message,
         })
     };
-    if let Some(socket) = manager.engine_api_socket() {
-        // The id is validated (check_container) to [A-Za-z0-9_.-].
-        let path = format!("/containers/{container_id}/json");
-        if let Ok(Ok((200, body))) =
-            tokio::time::timeout(INSPECT_TIMEOUT, crate::engine_api::get(socket, &path)).await
-        {
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let config = &json["Config"];
-            if let (Some(open_stdin), Some(tty)) =
-                (config["OpenStdin"].as_bool(), config["Tty"].as_bool())
-            {
-                return Ok(AttachTarget { open_stdin, tty });
-            }
-        }
-        tracing::debug!("Engine API gave no container config; asking the CLI");
-    }
-    let inspect = tokio::process::Command::new(runtime_cli)
-        .args([
-            "container",
-            "inspect",
-            "--format",
-            "{{.Config.OpenStdin}} {{.Config.Tty}}",
-            container_id,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(INSPECT_TIMEOUT, inspect)
+    let document = manager
+        .container_document(container_id)
         .await
-        .map_err(|_| failed("container inspect did not answer in time".into()))?
-        .map_err(|e| failed(e.to_string()))?;
-    if !output.status.success() {
-        return Err(failed(
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        ));
-    }
-    parse_cli(&String::from_utf8_lossy(&output.stdout))
-        .ok_or_else(|| failed("unexpected container inspect output".into()))
+        .map_err(|e| e.into_session_error(container_id))?;
+    let text = match document {
+        ContainerDocument::Found(text) => text,
+        // Removed since the check a moment ago.
+        ContainerDocument::Missing(message) => return Err(failed(message.to_string())),
+    };
+    parse_document(&text).ok_or_else(|| failed("unexpected container inspect output".into()))
 }
 
-fn parse_cli(line: &str) -> Option<AttachTarget> {
-    let mut fields = line.split_whitespace().map(str::parse::<bool>);
+/// `Config.OpenStdin` and `Config.Tty` of an inspect document.
+fn parse_document(text: &str) -> Option<AttachTarget> {
+    let json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let config = &json["Config"];
     Some(AttachTarget {
-        open_stdin: fields.next()?.ok()?,
-        tty: fields.next()?.ok()?,
+        open_stdin: config["OpenStdin"].as_bool()?,
+        tty: config["Tty"].as_bool()?,
     })
 }
 
@@ -104,14 +73,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cli_answer_parses() {
+    fn inspect_document_parses() {
         assert_eq!(
-            parse_cli("true false\n"),
+            parse_document(r#"{"Config":{"OpenStdin":true,"Tty":false}}"#),
             Some(AttachTarget {
                 open_stdin: true,
                 tty: false
             })
         );
-        assert_eq!(parse_cli("yes"), None);
+        assert_eq!(parse_document(r#"{"Config":{"Tty":true}}"#), None);
+        assert_eq!(parse_document("yes"), None);
     }
 }

@@ -6,8 +6,18 @@
 //! `containers/{id}/attach`. The preflight uses it only for `docker` on a
 //! local unix socket with no context override; everything else goes
 //! through the CLI, which knows its own configuration.
+//!
+//! Every call is bounded in time whatever its caller does: connecting
+//! (with the HTTP handshake) within [`CONNECT_TIMEOUT`], and the answer,
+//! head and body, within [`REQUEST_TIMEOUT`] (for a hijack: until the
+//! engine's `101`; the raw stream after it is the session's). An engine
+//! that accepts and never answers (hung dockerd, a socket whose backlog
+//! is full) thus fails a call instead of holding a session start, a
+//! health check or a listing forever.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -18,6 +28,39 @@ use tokio::net::UnixStream;
 
 /// Largest answer read (container inspect data is a few KiB).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// Connecting to the socket and the HTTP/1.1 handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// From sending a request to having read its whole answer (for a hijack,
+/// to the `101`). Generous: a loaded engine can take seconds to create an
+/// exec; callers with a tighter deadline wrap calls in their own.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bounds of one call.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    request: Duration,
+}
+
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: CONNECT_TIMEOUT,
+    request: REQUEST_TIMEOUT,
+};
+
+/// `f` within `limit`, else a `TimedOut` error naming what took too long.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("Engine API: {what} took longer than {limit:?}"),
+        )),
+    }
+}
 
 /// The Engine API socket, if `runtime_cli` is docker and would talk to a
 /// local unix socket: no other host, no context chosen by environment or in
@@ -53,7 +96,7 @@ fn uses_named_context() -> bool {
 
 /// GETs `path`; returns the status code and body.
 pub async fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
-    request(socket, Method::GET, path, None).await
+    request(socket, Method::GET, path, None, TIMEOUTS).await
 }
 
 /// POSTs `body` as JSON to `path`; returns the status code and body.
@@ -62,7 +105,7 @@ pub async fn post_json(
     path: &str,
     body: &serde_json::Value,
 ) -> std::io::Result<(u16, String)> {
-    request(socket, Method::POST, path, Some(body)).await
+    request(socket, Method::POST, path, Some(body), TIMEOUTS).await
 }
 
 /// Opens one HTTP/1.1 connection to the engine. One connection per call:
@@ -71,11 +114,15 @@ pub async fn post_json(
 async fn connect(
     socket: &Path,
     upgrades: bool,
+    limit: Duration,
 ) -> std::io::Result<http1::SendRequest<Full<Bytes>>> {
-    let stream = UnixStream::connect(socket).await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
+    let (sender, conn) = within(limit, "connecting", async {
+        let stream = UnixStream::connect(socket).await?;
+        http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)
+    })
+    .await?;
     tokio::spawn(async move {
         let result = if upgrades {
             conn.with_upgrades().await
@@ -112,19 +159,24 @@ async fn request(
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
+    timeouts: Timeouts,
 ) -> std::io::Result<(u16, String)> {
-    let mut sender = connect(socket, false).await?;
-    let response = sender
-        .send_request(build(method, path, body)?)
-        .await
-        .map_err(std::io::Error::other)?;
-    let code = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    let mut sender = connect(socket, false, timeouts.connect).await?;
+    let request = build(method, path, body)?;
+    within(timeouts.request, "answering", async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let code = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await
 }
 
 /// A hijacked connection: the raw socket after the engine's `101`, and the
@@ -149,7 +201,20 @@ pub async fn hijack(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> std::io::Result<HijackAnswer> {
-    let mut sender = connect(socket, true).await?;
+    within(
+        TIMEOUTS.request,
+        "answering",
+        hijack_inner(socket, path, body),
+    )
+    .await
+}
+
+async fn hijack_inner(
+    socket: &Path,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<HijackAnswer> {
+    let mut sender = connect(socket, true, TIMEOUTS.connect).await?;
     let mut request = build(Method::POST, path, body)?;
     let headers = request.headers_mut();
     headers.insert(
@@ -197,6 +262,31 @@ pub fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine that accepts and then says nothing fails the call once
+    /// the request timeout passes, instead of holding it forever.
+    #[tokio::test]
+    async fn a_silent_engine_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let short = Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_millis(200),
+        };
+        let err = request(&socket, Method::GET, "/_ping", None, short)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("Engine API"), "{err}");
+        silent.abort();
+    }
 
     #[test]
     fn only_for_plain_local_docker() {

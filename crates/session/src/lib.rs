@@ -77,14 +77,12 @@ pub use command::{
     validate_instance_id, validate_session_id, Door, ExecMode, ExecSpec, SessionKind, TermSize,
     ValidationError,
 };
-pub use containers::{
-    ContainerDocument, ContainerInfo, ContainerQueryError, EngineGate, MAX_ENGINE_CALLS,
-};
+pub use containers::{ContainerDocument, ContainerInfo, ContainerQueryError};
 pub use engine_api::get as engine_api_get;
-pub use procfs::stuck_workers as procfs_stuck_workers;
 pub use error::{EndReason, ErrorKind, RuntimeFailure, SessionError};
 pub use manager::{new_session_id, ManagerConfig, SessionManager};
-pub use preflight::PreflightError;
+pub use preflight::{EngineGate, PreflightError, MAX_ENGINE_CALLS};
+pub use procfs::stuck_workers as procfs_stuck_workers;
 pub use reattach::{ReattachError, ReattachRequest, ReattachTable};
 pub use registry::{
     CloseTarget, InstanceEvent, InstanceEventKind, Limits, ListPage, PageRequest, Registration,

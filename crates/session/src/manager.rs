@@ -11,6 +11,7 @@ use crate::backend::{self, Backend, BackendKind, Process, SpawnRequest};
 use crate::command::{validate_session_id, ExecMode, ExecSpec, SessionKind, TermSize};
 use crate::error::SessionError;
 use crate::preflight;
+use crate::preflight::EngineGate;
 use crate::reaper::{self, ContainerRef};
 use crate::reattach::ReattachTable;
 use crate::registry::{
@@ -57,6 +58,8 @@ pub struct SessionManager {
     registry: Arc<Registry>,
     reattach: Option<Arc<ReattachTable>>,
     shutdown: CancellationToken,
+    /// Bounds the engine calls doors make outside sessions.
+    engine_gate: Arc<EngineGate>,
 }
 
 /// Generates a session id: 128 random bits, hex.
@@ -138,7 +141,8 @@ impl SessionManager {
             (ExecMode::Container { .. }, BackendKind::EngineApi { socket }) => {
                 Some(Arc::from(socket.as_path()))
             }
-            (ExecMode::Container { runtime_cli }, BackendKind::Cli) => {
+            // The OCI backend resolves names through the same engine.
+            (ExecMode::Container { runtime_cli }, BackendKind::Cli | BackendKind::Oci { .. }) => {
                 crate::engine_api::local_socket(runtime_cli).map(Arc::from)
             }
             (ExecMode::Host, _) => {
@@ -150,7 +154,7 @@ impl SessionManager {
         };
         SessionManager {
             engine_api,
-            backend: backend::build(&config.backend),
+            backend: backend::build(&config.backend, &config.lifecycle),
             mode: Arc::new(config.mode),
             lifecycle: Arc::new(config.lifecycle),
             registry: Registry::new(config.limits),
@@ -158,6 +162,7 @@ impl SessionManager {
                 .reattach
                 .map(|c| ReattachTable::new(c, shutdown.clone())),
             shutdown,
+            engine_gate: Arc::new(EngineGate::default()),
         }
     }
 
@@ -172,6 +177,11 @@ impl SessionManager {
     /// The local Engine API socket used for preflights and health, if any.
     pub fn engine_api_socket(&self) -> Option<&std::path::Path> {
         self.engine_api.as_deref()
+    }
+
+    /// The bound on engine calls outside sessions, shared by every door.
+    pub fn engine_gate(&self) -> &Arc<EngineGate> {
+        &self.engine_gate
     }
 
     /// The reattachable sessions, when reattach is on.
@@ -223,7 +233,13 @@ impl SessionManager {
             ..ExecSpec::default()
         };
         spec.validate(&self.mode)?;
-        preflight::check_container(runtime_cli, self.engine_api_socket(), container_id).await?;
+        preflight::check_out_of_session(
+            &self.engine_gate,
+            runtime_cli,
+            self.engine_api_socket(),
+            container_id,
+        )
+        .await?;
         Ok(())
     }
 

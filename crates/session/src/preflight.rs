@@ -12,12 +12,36 @@
 //! no extra process competing with the exec for CPU). Any other runtime CLI,
 //! or an API that cannot be reached, is asked with `<cli> container
 //! inspect`, which knows the CLI's contexts and configuration.
+//!
+//! Doors that check a container before any session exists use
+//! [`check_out_of_session`]: the same question behind the session
+//! manager's [`EngineGate`], which every out-of-session engine query passes
+//! (the `containers` module's too): at most [`MAX_ENGINE_CALLS`] at once,
+//! a permit waited for at most [`PERMIT_WAIT`], then "busy". A session's
+//! own start never waits there.
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::process::Command;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::containers::{ContainerDocument, ContainerQueryError};
 use crate::engine_api;
+use crate::error::SessionError;
+
+/// Most engine calls outside sessions at once, for every door together.
+pub const MAX_ENGINE_CALLS: usize = 64;
+/// How long a query waits for a permit before it is refused as busy.
+pub const PERMIT_WAIT: Duration = Duration::from_secs(1);
+/// How long an answer about a running container is reused.
+pub const CACHE_TTL: Duration = Duration::from_millis(1500);
+/// Most answers remembered per kind, and most bytes of documents.
+const CACHE_ENTRIES: usize = 256;
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The engine's view of the container, as far as execd needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +96,34 @@ pub async fn check_container(
         }
     }
     inspect_container(runtime_cli, container_id).await
+}
+
+/// [`check_container`] for a door that asks before any session exists
+/// (the Docker door's create, CRI Exec and Attach, pod attach): through
+/// the manager's [`EngineGate`], so such checks never run more than its
+/// limit of engine calls at once, and reusing a "running" of the last
+/// moments (its own or an inspect's: the docker CLI inspects right before
+/// it creates, kubectl GETs the pod right before it attaches). Session
+/// starts call [`check_container`] itself: they are not under the gate,
+/// and a container seen running here is checked again by the start.
+pub async fn check_out_of_session(
+    gate: &EngineGate,
+    runtime_cli: &str,
+    api_socket: Option<&std::path::Path>,
+    container_id: &str,
+) -> Result<ContainerState, SessionError> {
+    if let Some(state) = gate.recently_running(container_id) {
+        return Ok(state);
+    }
+    let _permit = gate
+        .enter(1)
+        .await
+        .map_err(|busy| busy.into_session_error(container_id))?;
+    let state = check_container(runtime_cli, api_socket, container_id).await?;
+    // Only "running" is reused: a container that was missing or stopped a
+    // moment ago may have been created or started since.
+    gate.remember_running(container_id, state.clone());
+    Ok(state)
 }
 
 /// The container's state from the Engine API. Transport errors come back
@@ -189,6 +241,189 @@ fn classify_failure(container_id: &str, stderr: &str) -> PreflightError {
             container_id: container_id.to_string(),
             message,
         }
+    }
+}
+
+/// The shared bound on out-of-session engine calls and the answers they
+/// leave for a moment. One per [`crate::SessionManager`], so every door
+/// shares it.
+pub struct EngineGate {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    wait: Duration,
+    /// Out-of-session `check_container` answers that found it running.
+    checks: Recent<ContainerState>,
+    /// Inspect documents of running containers.
+    documents: Recent<ContainerDocument>,
+}
+
+impl Default for EngineGate {
+    fn default() -> Self {
+        EngineGate::new(MAX_ENGINE_CALLS, PERMIT_WAIT)
+    }
+}
+
+impl EngineGate {
+    /// At most `limit` calls at once (at least one); a call waits at most
+    /// `wait` for its permit.
+    pub fn new(limit: usize, wait: Duration) -> Self {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        EngineGate {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            wait,
+            checks: Recent::new(CACHE_TTL, CACHE_ENTRIES, CACHE_BYTES),
+            documents: Recent::new(CACHE_TTL, CACHE_ENTRIES, CACHE_BYTES),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Engine calls running now.
+    pub fn in_use(&self) -> usize {
+        self.limit.saturating_sub(self.permits.available_permits())
+    }
+
+    /// The state of a container seen running in the last moments, by a
+    /// check or in an inspect document.
+    pub(crate) fn recently_running(&self, container_id: &str) -> Option<ContainerState> {
+        if let Some(state) = self.checks.get(container_id) {
+            return Some(state);
+        }
+        let ContainerDocument::Found(text) = self.documents.get(container_id)? else {
+            return None;
+        };
+        let doc: Value = serde_json::from_str(&text).ok()?;
+        let state = &doc["State"];
+        (state["Status"] == "running").then(|| ContainerState {
+            init_pid: state["Pid"]
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+                .unwrap_or(0),
+        })
+    }
+
+    /// A running container's inspect document of the last moments.
+    pub(crate) fn recent_document(&self, reference: &str) -> Option<ContainerDocument> {
+        self.documents.get(reference)
+    }
+
+    /// Remembers a running container's inspect document.
+    pub(crate) fn remember_document(&self, reference: &str, document: ContainerDocument) {
+        let size = document.len();
+        self.documents.put(reference, document, size);
+    }
+
+    /// Remembers that a check found `container_id` running.
+    pub(crate) fn remember_running(&self, container_id: &str, state: ContainerState) {
+        self.checks.put(container_id, state, 0);
+    }
+
+    /// Permits for `calls` engine calls at once, held until dropped; busy
+    /// after [`PERMIT_WAIT`] without them.
+    pub(crate) async fn enter(
+        &self,
+        calls: u32,
+    ) -> Result<OwnedSemaphorePermit, ContainerQueryError> {
+        let calls = calls.clamp(1, u32::try_from(self.limit).unwrap_or(u32::MAX));
+        let busy = ContainerQueryError::Busy { limit: self.limit };
+        match tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(calls)).await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a closed one is busy forever.
+            Ok(Err(_)) | Err(_) => Err(busy),
+        }
+    }
+}
+
+/// Answers kept for a short while, bounded in count and bytes; the oldest
+/// go first.
+struct Recent<V> {
+    ttl: Duration,
+    max_entries: usize,
+    max_bytes: usize,
+    inner: Mutex<RecentInner<V>>,
+}
+
+struct RecentInner<V> {
+    entries: HashMap<String, Remembered<V>>,
+    bytes: usize,
+}
+
+struct Remembered<V> {
+    at: Instant,
+    value: V,
+    bytes: usize,
+}
+
+impl<V: Clone> Recent<V> {
+    fn new(ttl: Duration, max_entries: usize, max_bytes: usize) -> Self {
+        Recent {
+            ttl,
+            max_entries,
+            max_bytes,
+            inner: Mutex::new(RecentInner {
+                entries: HashMap::new(),
+                bytes: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner<V>> {
+        // A panic elsewhere must not take every door down with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        let inner = self.lock();
+        let hit = inner.entries.get(key)?;
+        (hit.at.elapsed() < self.ttl).then(|| hit.value.clone())
+    }
+
+    /// Remembers `value` (of about `size` bytes) under `key`.
+    fn put(&self, key: &str, value: V, size: usize) {
+        // Key, value and the map's own share.
+        let bytes = key.len() + size + 64;
+        if bytes > self.max_bytes / 4 {
+            return;
+        }
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let ttl = self.ttl;
+        inner.entries.retain(|_, e| e.at.elapsed() < ttl);
+        inner.entries.remove(key);
+        inner.bytes = inner.entries.values().map(|e| e.bytes).sum();
+        while !inner.entries.is_empty()
+            && (inner.entries.len() >= self.max_entries || inner.bytes + bytes > self.max_bytes)
+        {
+            let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.at)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = inner.entries.remove(&oldest) {
+                inner.bytes -= gone.bytes;
+            }
+        }
+        inner.bytes += bytes;
+        inner.entries.insert(
+            key.to_string(),
+            Remembered {
+                at: Instant::now(),
+                value,
+                bytes,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
     }
 }
 
@@ -310,5 +545,46 @@ mod tests {
             inspect_container(cli, "other").await,
             Err(PreflightError::EngineUnavailable { .. })
         ));
+    }
+
+    #[test]
+    fn recent_answers_are_bounded_and_expire() {
+        let recent = Recent::new(Duration::from_millis(200), 3, 4096);
+        for key in ["a", "b", "c", "d"] {
+            recent.put(key, key.to_string(), 10);
+        }
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent.get("a"), None, "the oldest goes first");
+        assert_eq!(recent.get("d").as_deref(), Some("d"));
+        // Over a quarter of the byte budget is never kept; bytes bound too.
+        recent.put("huge", "x".into(), 2000);
+        assert_eq!(recent.get("huge"), None);
+        for key in ["e", "f", "g"] {
+            recent.put(key, key.to_string(), 900);
+        }
+        assert!(recent.len() <= 3 && recent.lock().bytes <= 4096);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(recent.get("g"), None);
+    }
+
+    #[tokio::test]
+    async fn the_gate_refuses_when_full_and_frees_with_its_permits() {
+        let gate = EngineGate::new(2, Duration::from_millis(50));
+        let first = gate.enter(1).await.unwrap();
+        let _second = gate.enter(1).await.unwrap();
+        assert_eq!(gate.in_use(), 2);
+        assert!(matches!(
+            gate.enter(1).await,
+            Err(ContainerQueryError::Busy { limit: 2 })
+        ));
+        drop(first);
+        let _third = gate.enter(1).await.unwrap();
+        // A list asks for more than the gate has: it gets the whole gate.
+        drop(_third);
+        drop(_second);
+        let all = gate.enter(8).await.unwrap();
+        assert_eq!((gate.in_use(), all.num_permits()), (2, 2));
+        let err = ContainerQueryError::Busy { limit: 2 }.into_session_error("c");
+        assert_eq!(err.kind(), crate::ErrorKind::ResourceExhausted);
     }
 }

@@ -3,10 +3,15 @@
 //!
 //! A session is in the table from its launch (with reattach on) until its
 //! relay ends: when its last event was delivered, or when the grace after
-//! a detach ran out. A reattach must name the same container and instance
-//! as the start did and come from the same owner (bearer token or client
-//! certificate); a session whose client is still attached is refused as
-//! taken, exactly as a second start with its id is.
+//! a detach ran out. A reattach must come from the same owner (bearer
+//! token, with mutual TLS together with the client certificate), which is
+//! checked first, so another client learns nothing about the session (not
+//! its container, instance or whether a client is attached) whatever
+//! door started it; then it must name the same container and instance as
+//! the start did. A session whose client is still attached is refused as
+//! taken, exactly as a second start with its id is, and of reattaches
+//! racing for a detached session exactly one claims it: an attachment is
+//! never replaced under its client.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -35,6 +40,8 @@ pub enum ReattachError {
         expected: String,
         given: String,
     },
+    // The same words whatever state the session is in, and nothing of
+    // what it runs: the asker is not the client that started it.
     #[error("session {0} was started by another client")]
     NotOwner(String),
 }
@@ -153,6 +160,7 @@ impl ReattachTable {
             info,
             shutdown: self.shutdown.clone(),
             session_id: parts.session_id.clone(),
+            owner: parts.entry.owner.clone(),
         };
         let table = self.clone();
         let id = parts.session_id;
@@ -183,14 +191,16 @@ impl ReattachTable {
         let Some(d) = self.lock().get(&request.session_id).cloned() else {
             return Ok(None);
         };
+        let id = &request.session_id;
+        // Owner first: to anyone else the session looks the same whatever
+        // its state, and nothing it runs is named.
+        if d.owner != request.owner {
+            return Err(ReattachError::NotOwner(id.clone()));
+        }
         if d.info.is_abandoned() {
             // Being ended: a start with its id is refused as taken until
             // it is gone.
             return Ok(None);
-        }
-        let id = &request.session_id;
-        if d.info.detached_at_ms().is_none() {
-            return Err(ReattachError::Attached(id.clone()));
         }
         for (field, expected, given) in [
             ("container", &d.container_id, &request.container_id),
@@ -205,8 +215,10 @@ impl ReattachTable {
                 });
             }
         }
-        if d.owner != request.owner {
-            return Err(ReattachError::NotOwner(id.clone()));
+        // Checked and taken in one step: of two reattaches racing here,
+        // the second finds the session attached.
+        if !d.info.claim() {
+            return Err(ReattachError::Attached(id.clone()));
         }
         let (door_tx, door_rx) = mpsc::channel(ATTACHED_DEPTH);
         let taken = Arc::new(AtomicU64::new(0));

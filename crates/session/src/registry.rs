@@ -171,6 +171,8 @@ pub enum CloseTarget {
 pub struct PageRequest<'a> {
     /// Only sessions of this instance.
     pub instance_id: Option<&'a str>,
+    /// Only sessions of this owner (a caller that may see its own only).
+    pub owner: Option<&'a str>,
     /// Only sessions whose id sorts after this one (the previous page's last).
     pub after: Option<&'a str>,
     /// Most sessions on the page.
@@ -414,6 +416,7 @@ impl Registry {
                 .range::<str, _>((from, Bound::Unbounded))
                 .map(|(_, e)| e)
                 .filter(|e| request.instance_id.is_none_or(|i| e.instance_id == i))
+                .filter(|e| request.owner.is_none_or(|o| e.owner == o))
                 .take(request.limit.saturating_add(1))
                 .cloned()
                 .collect()
@@ -444,9 +447,29 @@ impl Registry {
         ListPage { sessions, more }
     }
 
+    /// Active sessions per instance, counting only `owner`'s sessions:
+    /// what a caller that may see its own sessions only is shown.
+    pub fn active_per_instance_of(&self, owner: &str) -> HashMap<String, u32> {
+        let state = self.state();
+        let mut counts = HashMap::new();
+        for e in state.sessions.values() {
+            if e.owner == owner && !e.instance_id.is_empty() {
+                *counts.entry(e.instance_id.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Ends matching sessions with `EndReason::Closed`; returns how many were
     /// asked to end (sessions already ending are not counted again).
     pub fn close(&self, target: &CloseTarget, reason: &str) -> usize {
+        self.close_of(target, reason, None)
+    }
+
+    /// Like [`Registry::close`], touching only `owner`'s sessions when
+    /// given: another client's session is left alone, as if unknown.
+    pub fn close_of(&self, target: &CloseTarget, reason: &str, owner: Option<&str>) -> usize {
+        let mine = |e: &&Arc<SessionEntry>| owner.is_none_or(|o| e.owner == o);
         // Collect first: never hold the lock while poking sessions.
         let controls: Vec<Arc<SessionControl>> = {
             let state = self.state();
@@ -454,12 +477,14 @@ impl Registry {
                 CloseTarget::Session(id) => state
                     .sessions
                     .get(id)
+                    .filter(mine)
                     .map(|e| vec![e.control.clone()])
                     .unwrap_or_default(),
                 CloseTarget::Instance(instance) => state
                     .sessions
                     .values()
                     .filter(|e| !instance.is_empty() && &e.instance_id == instance)
+                    .filter(mine)
                     .map(|e| e.control.clone())
                     .collect(),
             }

@@ -14,12 +14,15 @@
 //!   holds the process back. If nobody reattaches within the grace, the
 //!   session is ended as a client-gone session always was.
 //!
-//! All rings together stay under one budget (`total`): past it, the ring
-//! that grows drops its own oldest bytes.
+//! All rings together stay under one budget (`total`), and the rings of
+//! one owner (the credential that started their sessions) under a share of
+//! it (`total / OWNER_SHARE_DIVISOR`), so one client flooding many detached
+//! sessions cannot squeeze every other client's replay out: past either,
+//! the ring that grows drops its own oldest bytes.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,15 +40,24 @@ pub struct ReattachConfig {
     pub grace: Duration,
     /// Output kept per session while detached (and for replay), bytes.
     pub buffer: usize,
-    /// Output kept by all sessions together, bytes.
+    /// Output kept by all sessions together, bytes; the sessions of one
+    /// owner keep at most `total / OWNER_SHARE_DIVISOR` of it.
     pub total: usize,
 }
 
-/// The bytes every ring holds, against the configured total.
+/// One owner may hold at most `total / OWNER_SHARE_DIVISOR` replay bytes
+/// over all its sessions: at least this many owners always find room.
+pub const OWNER_SHARE_DIVISOR: usize = 4;
+
+/// The bytes every ring holds, against the configured total, and per owner
+/// against its share.
 #[derive(Debug)]
 pub(crate) struct ReplayBudget {
     used: AtomicUsize,
     total: usize,
+    per_owner: usize,
+    /// Owners with at least one ring; an entry goes with its last ring.
+    owners: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl ReplayBudget {
@@ -53,12 +65,52 @@ impl ReplayBudget {
         Arc::new(ReplayBudget {
             used: AtomicUsize::new(0),
             total,
+            per_owner: (total / OWNER_SHARE_DIVISOR).max(1),
+            owners: Mutex::new(HashMap::new()),
         })
     }
 
     /// Bytes held by all rings now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held by the rings of `owner` now.
+    #[cfg(test)]
+    fn owner_used(&self, owner: &str) -> usize {
+        self.lock_owners()
+            .get(owner)
+            .map_or(0, |u| u.load(Ordering::Relaxed))
+    }
+
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AtomicUsize>>> {
+        // Plain counters: a panic elsewhere cannot leave the map torn.
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counter a new ring of `owner` adds to. Sessions without an
+    /// owner (no tokens: every client is the same anonymous one) have no
+    /// share of their own and are bounded by the total only.
+    fn share(&self, owner: &str) -> Option<Arc<AtomicUsize>> {
+        if owner.is_empty() {
+            return None;
+        }
+        Some(
+            self.lock_owners()
+                .entry(owner.to_string())
+                .or_default()
+                .clone(),
+        )
+    }
+
+    /// A ring of `owner` is gone: forget the owner with its last ring.
+    /// Clones are made under the lock only, so the count is exact here.
+    fn release(&self, owner: &str, share: &Arc<AtomicUsize>) {
+        let mut owners = self.lock_owners();
+        if Arc::strong_count(share) <= 2 && owners.get(owner).is_some_and(|s| Arc::ptr_eq(s, share))
+        {
+            owners.remove(owner);
+        }
     }
 }
 
@@ -75,15 +127,33 @@ struct Ring {
     end: u64,
     held: usize,
     budget: Arc<ReplayBudget>,
+    owner: String,
+    /// What the owner's rings hold together; `None` without an owner.
+    share: Option<Arc<AtomicUsize>>,
 }
 
 impl Ring {
+    fn new(budget: Arc<ReplayBudget>, owner: &str) -> Ring {
+        Ring {
+            chunks: VecDeque::new(),
+            start: 0,
+            end: 0,
+            held: 0,
+            share: budget.share(owner),
+            owner: owner.to_string(),
+            budget,
+        }
+    }
+
     fn push(&mut self, stream: OutputStream, data: Bytes) {
         let len = data.len();
         self.chunks.push_back((self.end, stream, data));
         self.end += len as u64;
         self.held += len;
         self.budget.used.fetch_add(len, Ordering::Relaxed);
+        if let Some(share) = &self.share {
+            share.fetch_add(len, Ordering::Relaxed);
+        }
     }
 
     /// Drops the oldest chunk; returns the range it covered.
@@ -92,8 +162,46 @@ impl Ring {
         let len = data.len();
         self.held -= len;
         self.budget.used.fetch_sub(len, Ordering::Relaxed);
+        if let Some(share) = &self.share {
+            share.fetch_sub(len, Ordering::Relaxed);
+        }
         self.start = offset + len as u64;
         Some((offset, self.start))
+    }
+
+    /// Whether this ring must give bytes back: it holds some, and all
+    /// rings together are over the total, or its owner's over their share.
+    fn over_budget(&self) -> bool {
+        self.held > 0
+            && (self.budget.used() > self.budget.total
+                || self
+                    .share
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Relaxed) > self.budget.per_owner))
+    }
+
+    /// Keeps the ring within `limit` bytes and the budgets; bytes no
+    /// client took (below `taken`) are added to `dropped`. With a client
+    /// attached, what it has not been handed yet (from `unsent`) stays,
+    /// even past the limits: an attached session never loses output.
+    fn trim(&mut self, limit: usize, taken: u64, unsent: Option<u64>, dropped: &AtomicU64) {
+        while self.held > limit || self.over_budget() {
+            let front_end = self
+                .chunks
+                .front()
+                .map(|(offset, _, data)| offset + data.len() as u64);
+            if let (Some(end), Some(unsent)) = (front_end, unsent) {
+                if end > unsent {
+                    break;
+                }
+            }
+            let Some((from, to)) = self.pop() else {
+                break;
+            };
+            if to > taken {
+                dropped.fetch_add(to - from.max(taken), Ordering::Relaxed);
+            }
+        }
     }
 
     /// The chunk holding `offset`, cut to start there.
@@ -110,6 +218,10 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+        if let Some(share) = &self.share {
+            share.fetch_sub(self.held, Ordering::Relaxed);
+            self.budget.release(&self.owner, share);
+        }
     }
 }
 
@@ -163,8 +275,21 @@ impl DetachInfo {
     }
 
     fn set_detached(&self, at: Option<i64>) {
-        self.detached_at_ms
-            .store(at.unwrap_or(0), Ordering::Relaxed);
+        // 0 means attached: a clock before 1970 still reads as detached.
+        let stored = at.map_or(0, |t| t.max(1));
+        self.detached_at_ms.store(stored, Ordering::SeqCst);
+    }
+
+    /// Claims a detached session for one returning client: of several
+    /// reattaches racing for it, exactly one gets true (the others find
+    /// it attached), so no attachment is ever replaced under a client.
+    pub(crate) fn claim(&self) -> bool {
+        let at = self.detached_at_ms.load(Ordering::SeqCst);
+        at != 0
+            && self
+                .detached_at_ms
+                .compare_exchange(at, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
     }
 }
 
@@ -177,6 +302,8 @@ pub(crate) struct Relay {
     pub info: Arc<DetachInfo>,
     pub shutdown: CancellationToken,
     pub session_id: String,
+    /// Whose replay share the ring counts against (empty: none).
+    pub owner: String,
 }
 
 struct Current {
@@ -190,13 +317,7 @@ struct Current {
 
 impl Relay {
     pub(crate) async fn run(mut self, first: Attachment) {
-        let mut ring = Ring {
-            chunks: VecDeque::new(),
-            start: 0,
-            end: 0,
-            held: 0,
-            budget: self.budget.clone(),
-        };
+        let mut ring = Ring::new(self.budget.clone(), &self.owner);
         let mut current = Some(Current {
             events: first.events,
             taken: first.taken,
@@ -278,7 +399,7 @@ impl Relay {
                         // keep alive for as long as the ring holds it.
                         ring.push(stream, Bytes::copy_from_slice(&data));
                         let taken = current.as_ref().map(|c| c.base + c.taken.load(Ordering::Relaxed)).unwrap_or(last_taken);
-                        self.trim(&mut ring, taken, current.as_ref().map(|c| c.next));
+                        ring.trim(self.config.buffer, taken, current.as_ref().map(|c| c.next), &self.info.dropped);
                     }
                     Some(event) => {
                         final_event = Some(event);
@@ -311,33 +432,6 @@ impl Relay {
         *grace_until = Some(tokio::time::Instant::now() + self.config.grace);
         tracing::info!(session_id = %self.session_id, grace = ?self.config.grace, "client gone; session detached");
     }
-
-    /// Keeps the ring within its own size and the shared budget; bytes no
-    /// client took before they went are counted as dropped. With a client
-    /// attached, what it has not been handed yet (from `unsent`) stays,
-    /// even past the size: an attached session never loses output.
-    fn trim(&self, ring: &mut Ring, taken: u64, unsent: Option<u64>) {
-        while ring.held > self.config.buffer
-            || (self.budget.used() > self.budget.total && ring.held > 0)
-        {
-            let front_end = ring
-                .chunks
-                .front()
-                .map(|(offset, _, data)| offset + data.len() as u64);
-            if let (Some(end), Some(unsent)) = (front_end, unsent) {
-                if end > unsent {
-                    break;
-                }
-            }
-            let Some((from, to)) = ring.pop() else {
-                break;
-            };
-            if to > taken {
-                let lost = to - from.max(taken);
-                self.info.dropped.fetch_add(lost, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 async fn reserve_opt(
@@ -368,13 +462,7 @@ mod tests {
     use super::*;
 
     fn ring_in(budget: Arc<ReplayBudget>) -> Ring {
-        Ring {
-            chunks: VecDeque::new(),
-            start: 0,
-            end: 0,
-            held: 0,
-            budget,
-        }
+        Ring::new(budget, "")
     }
 
     fn ring() -> Ring {
@@ -411,5 +499,50 @@ mod tests {
             assert_eq!(budget.used(), 7);
         }
         assert_eq!(budget.used(), 0, "a ring gives its bytes back when dropped");
+    }
+
+    /// One owner's rings together stay within a quarter of the total, so
+    /// another owner's ring keeps everything it may hold.
+    #[test]
+    fn one_owner_cannot_take_the_whole_budget() {
+        let budget = ReplayBudget::new(400);
+        let dropped = AtomicU64::new(0);
+        let mut greedy: Vec<Ring> = (0..8).map(|_| Ring::new(budget.clone(), "a")).collect();
+        for ring in &mut greedy {
+            ring.push(OutputStream::Stdout, Bytes::from(vec![0u8; 60]));
+            ring.trim(1000, 0, None, &dropped);
+        }
+        assert!(budget.owner_used("a") <= 100, "{}", budget.owner_used("a"));
+        assert!(dropped.load(Ordering::Relaxed) >= 380);
+        let mut other = Ring::new(budget.clone(), "b");
+        for _ in 0..5 {
+            other.push(OutputStream::Stdout, Bytes::from(vec![0u8; 20]));
+            other.trim(1000, 0, None, &dropped);
+        }
+        assert_eq!(other.held, 100, "the other owner keeps its whole share");
+        // Anonymous sessions (no tokens) are bounded by the total only.
+        let mut anonymous = Ring::new(budget.clone(), "");
+        anonymous.push(OutputStream::Stdout, Bytes::from(vec![0u8; 150]));
+        anonymous.trim(1000, 0, None, &dropped);
+        assert_eq!(anonymous.held, 150);
+        drop(greedy);
+        assert_eq!(budget.owner_used("a"), 0);
+        assert!(
+            budget.lock_owners().get("a").is_none(),
+            "forgotten with its last ring"
+        );
+        drop((other, anonymous));
+        assert_eq!(budget.used(), 0);
+    }
+
+    /// Of two reattaches racing for one detached session, one wins.
+    #[test]
+    fn a_detached_session_is_claimed_once() {
+        let info = DetachInfo::default();
+        assert!(!info.claim(), "attached: nothing to claim");
+        info.set_detached(Some(1234));
+        assert!(info.claim());
+        assert!(!info.claim(), "the second finds it attached");
+        assert_eq!(info.detached_at_ms(), None);
     }
 }

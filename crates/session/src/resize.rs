@@ -59,7 +59,9 @@ pub(crate) async fn resize_terminal(
     done: CancellationToken,
 ) {
     let checks = resizer.needs_checks();
-    let mut target = *sizes.borrow_and_update();
+    // Not marked seen: a size asked for between the spawn (which applied
+    // the first size) and this task's first poll must still be applied.
+    let mut target = *sizes.borrow();
     let mut changed_at = Instant::now();
     let mut step = 0usize;
     let mut inner: Option<ProcHandle> = None;

@@ -8,14 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use execd_session::PreflightError;
-use execd_session::{new_session_id, Door, ExecSpec, SessionError, SessionKind};
+use execd_session::{new_session_id, ContainerDocument, Door, ExecSpec, SessionKind};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use tracing::Instrument;
@@ -27,11 +25,6 @@ use super::{runtime_cli, DockerError, DockerState};
 use crate::doors::DoorContext;
 
 type Shared = Arc<DockerState>;
-
-/// How long the engine gets for a container inspect.
-const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest inspect answer passed on.
-const MAX_INSPECT: usize = 4 * 1024 * 1024;
 
 #[derive(Deserialize)]
 pub struct IdPath {
@@ -68,10 +61,11 @@ fn created(id: String) -> Response {
 }
 
 /// Validates `config`, asks the engine about its container and remembers
-/// the exec under `id`.
+/// the exec under `id` as `owner`'s.
 async fn create(
     state: &DockerState,
     id: String,
+    owner: &str,
     config: ExecConfig,
 ) -> Result<Response, DockerError> {
     let mode = state.ctx.manager.mode();
@@ -86,7 +80,7 @@ async fn create(
         state.ctx.metrics.record_refused(Door::Docker, &err);
         return Err(err.into());
     }
-    state.table.create(id.clone(), config)?;
+    state.table.create(id.clone(), owner, config)?;
     Ok(created(id))
 }
 
@@ -94,12 +88,13 @@ async fn create(
 pub async fn engine_create(
     State(state): State<Shared>,
     Path(p): Path<IdPath>,
-    body: Body,
+    req: Request,
 ) -> Response {
     let result = async {
-        let body = read_body(body).await?;
+        let owner = owner_of(&req);
+        let body = read_body(req.into_body()).await?;
         let config = api::parse_json::<EngineExecConfig>(&body)?.into_config(&p.id)?;
-        create(&state, engine_exec_id(), config).await
+        create(&state, engine_exec_id(), &owner, config).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -121,27 +116,30 @@ pub async fn pod_exec_post(
         // the Kubernetes door claims WebSocket upgrades here
         return super::super::fallback(state.ctx.metrics.clone(), req).await;
     }
+    let owner = owner_of(&req);
     create_pod_exec(
         &state,
         &p.pod,
         query.get("container").map(String::as_str),
+        &owner,
         req.into_body(),
     )
     .await
 }
 
 /// The pod API's create: container from `container` or else the pod,
-/// counted under the pod as its instance.
+/// counted under the pod as its instance; the exec is `owner`'s.
 pub async fn create_pod_exec(
     state: &DockerState,
     pod: &str,
     container: Option<&str>,
+    owner: &str,
     body: Body,
 ) -> Response {
     let result = async {
         let body = read_body(body).await?;
         let config = api::parse_json::<PodExecConfig>(&body)?.into_config(pod, container)?;
-        create(state, pod_exec_id(), config).await
+        create(state, pod_exec_id(), owner, config).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -178,7 +176,7 @@ async fn start_exec(state: Shared, id: String, mut req: Request) -> Result<Respo
     if request.detach {
         return Err(DockerError::Detach);
     }
-    let claimed = state.table.claim(&id)?;
+    let claimed = state.table.claim(&id, &owner)?;
     let mut config = claimed.config;
     if let Some(size) = request.console_size.filter(|(h, w)| *h > 0 && *w > 0) {
         config.size = Some(size);
@@ -229,8 +227,8 @@ pub async fn engine_attach(
             ..ExecConfig::default()
         };
         let id = format!("attach-{}", new_session_id());
-        state.table.create(id.clone(), config.clone())?;
-        let claimed = state.table.claim(&id)?;
+        state.table.create(id.clone(), &owner, config.clone())?;
+        let claimed = state.table.claim(&id, &owner)?;
         let mut spec = config.spec();
         spec.kind = SessionKind::Attach;
         spec.attach_stdin = config.attach_stdin;
@@ -244,12 +242,15 @@ pub async fn engine_attach(
 /// The owner key the token check put on the request (empty without
 /// tokens).
 fn owner_of(req: &Request) -> String {
-    req.extensions()
-        .get::<crate::auth::Owner>()
-        .cloned()
-        .map(crate::auth::Owner::into_key)
-        .unwrap_or_default()
+    owner_key(req.extensions().get::<crate::auth::Owner>().cloned())
 }
+
+fn owner_key(owner: Option<crate::auth::Owner>) -> String {
+    owner.map(crate::auth::Owner::into_key).unwrap_or_default()
+}
+
+/// The owner key as an extractor, for handlers that take no body.
+type OwnerOf = Option<axum::Extension<crate::auth::Owner>>;
 
 /// Marks a claimed exec finished when dropped while still armed.
 struct Unfinished {
@@ -363,11 +364,13 @@ fn stream_response(started: Started, upgrade: Option<hyper::upgrade::OnUpgrade>)
 pub async fn resize(
     State(state): State<Shared>,
     Path(p): Path<IdPath>,
+    owner: OwnerOf,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
+    let owner = owner_key(owner.map(|axum::Extension(o)| o));
     let result = (|| {
         // Unknown ids first: a 404 says more than a 400 about the query.
-        state.table.inspect(&p.id)?;
+        state.table.inspect(&p.id, &owner)?;
         let Query(query) =
             query.map_err(|e| DockerError::BadRequest(format!("invalid query: {e}")))?;
         let dim = |name: &str| -> Result<i32, DockerError> {
@@ -381,7 +384,7 @@ pub async fn resize(
             })
         };
         let (h, w) = (dim("h")?, dim("w")?);
-        state.table.resize(&p.id, (h, w))
+        state.table.resize(&p.id, &owner, (h, w))
     })();
     match result {
         Ok(()) => StatusCode::OK.into_response(),
@@ -390,16 +393,17 @@ pub async fn resize(
 }
 
 /// `GET /exec/{id}/json`: the engine's `ExecInspect` shape.
-pub async fn inspect(State(state): State<Shared>, Path(p): Path<IdPath>) -> Response {
-    let i = match state.table.inspect(&p.id) {
+pub async fn inspect(
+    State(state): State<Shared>,
+    Path(p): Path<IdPath>,
+    owner: OwnerOf,
+) -> Response {
+    let owner = owner_key(owner.map(|axum::Extension(o)| o));
+    let i = match state.table.inspect(&p.id, &owner) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
-    let c = &i.config;
-    let (entrypoint, arguments) = match c.cmd.split_first() {
-        Some((first, rest)) => (first.clone(), rest.to_vec()),
-        None => (String::new(), Vec::new()),
-    };
+    let c = &i.shown;
     axum::Json(serde_json::json!({
         "ID": p.id,
         "Running": i.running,
@@ -412,8 +416,8 @@ pub async fn inspect(State(state): State<Shared>, Path(p): Path<IdPath>) -> Resp
         "DetachKeys": "",
         "ProcessConfig": {
             "tty": c.tty,
-            "entrypoint": entrypoint,
-            "arguments": arguments,
+            "entrypoint": c.entrypoint,
+            "arguments": c.arguments,
             "user": c.user,
             "privileged": false,
         },
@@ -423,11 +427,12 @@ pub async fn inspect(State(state): State<Shared>, Path(p): Path<IdPath>) -> Resp
 }
 
 /// The engine's `GET /containers/{id}/json` answer, from the local Engine
-/// API or else `<cli> container inspect`.
+/// API or else `<cli> container inspect`, through the session manager (and
+/// so its engine gate and its short reuse of a running container's answer).
 pub async fn engine_inspect(ctx: &DoorContext, id: &str) -> Result<String, DockerError> {
     let mode = ctx.manager.mode();
-    let cli = runtime_cli(mode)?;
-    // Only names and ids go into the URL or onto the command line.
+    runtime_cli(mode)?;
+    // The session's own words for a name that is no container reference.
     let probe = execd_session::ExecSpec {
         container_id: id.to_string(),
         ..Default::default()
@@ -435,76 +440,12 @@ pub async fn engine_inspect(ctx: &DoorContext, id: &str) -> Result<String, Docke
     probe
         .validate(mode)
         .map_err(|e| DockerError::Session(e.into()))?;
-    if let Some(socket) = ctx.manager.engine_api_socket() {
-        let asked = tokio::time::timeout(
-            ENGINE_TIMEOUT,
-            execd_session::engine_api_get(socket, &format!("/containers/{id}/json")),
-        )
-        .await;
-        if let Ok(Ok((code, body))) = asked {
-            return engine_answer(code, body);
-        }
+    match ctx.manager.container_document(id).await {
+        Ok(ContainerDocument::Found(body)) => Ok(body.to_string()),
+        Ok(ContainerDocument::Missing(message)) => Err(DockerError::Engine {
+            status: StatusCode::NOT_FOUND,
+            message: message.to_string(),
+        }),
+        Err(e) => Err(e.into()),
     }
-    cli_inspect(cli, id).await
-}
-
-fn engine_answer(code: u16, body: String) -> Result<String, DockerError> {
-    if code == 200 {
-        return Ok(body);
-    }
-    let message = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or(body);
-    Err(DockerError::Engine {
-        status: StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        message,
-    })
-}
-
-async fn cli_inspect(cli: &str, id: &str) -> Result<String, DockerError> {
-    let run = tokio::process::Command::new(cli)
-        .args(["container", "inspect", "--", id])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(ENGINE_TIMEOUT, run).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => {
-            return Err(SessionError::from(PreflightError::CliNotFound {
-                program: format!("{cli} ({e})"),
-            })
-            .into())
-        }
-        Err(_) => {
-            return Err(SessionError::from(PreflightError::EngineUnavailable {
-                message: format!("{cli} container inspect did not answer in time"),
-            })
-            .into())
-        }
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = stderr.trim().trim_start_matches("Error: ").to_string();
-        let status = if message.contains("No such") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        return Err(DockerError::Engine { status, message });
-    }
-    let list: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).map_err(|e| DockerError::Engine {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("{cli} container inspect printed no JSON: {e}"),
-        })?;
-    let first = list.into_iter().next().unwrap_or_default();
-    let text = first.to_string();
-    if text.len() > MAX_INSPECT {
-        return Err(DockerError::Engine {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "container inspect answer too large".into(),
-        });
-    }
-    Ok(text)
 }

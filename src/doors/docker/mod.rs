@@ -21,6 +21,8 @@ pub mod exec;
 mod stream;
 mod table;
 
+pub use table::{MAX_CREATED_PER_OWNER, SHOWN_COMMAND};
+
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
@@ -55,6 +57,8 @@ pub enum DockerError {
     Detach,
     #[error("more than {0} execs are created and not started; start or let them expire")]
     TooManyCreated(usize),
+    #[error("this client has {0} execs created and not started; start them or let them expire")]
+    TooManyCreatedByClient(usize),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("client version {0} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version")]
@@ -64,6 +68,24 @@ pub enum DockerError {
     Engine { status: StatusCode, message: String },
     #[error("{}", crate::error_text::ClientText(.0))]
     Session(#[from] SessionError),
+}
+
+/// Container queries outside a session: busy is a limit reached (429),
+/// an engine that failed or did not answer a server error, as the engine's
+/// own 500.
+impl From<execd_session::ContainerQueryError> for DockerError {
+    fn from(e: execd_session::ContainerQueryError) -> Self {
+        use execd_session::ContainerQueryError as E;
+        let status = match &e {
+            E::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            E::BadReference(_) | E::HostMode => StatusCode::BAD_REQUEST,
+            E::TimedOut | E::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        DockerError::Engine {
+            status,
+            message: e.to_string(),
+        }
+    }
 }
 
 /// The one mapping of session failures onto HTTP statuses.
@@ -93,7 +115,9 @@ impl DockerError {
             DockerError::NoSuchExec(_) => StatusCode::NOT_FOUND,
             DockerError::AlreadyStarted(_) => StatusCode::CONFLICT,
             DockerError::Privileged => StatusCode::FORBIDDEN,
-            DockerError::TooManyCreated(_) => StatusCode::TOO_MANY_REQUESTS,
+            DockerError::TooManyCreated(_) | DockerError::TooManyCreatedByClient(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             DockerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             DockerError::Engine { status, .. } => *status,
             DockerError::Session(e) => status_of(e.kind()),
@@ -219,26 +243,19 @@ async fn require_token(State(state): State<Shared>, req: Request, next: Next) ->
     let Some(tokens) = &state.ctx.auth else {
         return next.run(req).await;
     };
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return DockerError::Unauthorized("missing Authorization header (Bearer token)")
-            .into_response();
-    };
-    let value = value.as_bytes();
-    let Some(token) = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))
-    else {
-        return DockerError::Unauthorized("Authorization must be \"Bearer <token>\"")
-            .into_response();
-    };
-    if !tokens.accepts(token) {
-        return DockerError::Unauthorized("invalid token").into_response();
-    }
+    let presented = crate::auth::bearer_token(req.headers());
     // Sessions count against --max-sessions-per-token, as on every door.
-    let owner = crate::auth::Owner::of_token(token);
-    let mut req = req;
-    req.extensions_mut().insert(owner);
-    next.run(req).await
+    let owner = tokens
+        .admit(presented, &state.ctx.metrics, "docker")
+        .map(|token| crate::auth::Owner::of_request(token, req.extensions()));
+    match owner {
+        Ok(owner) => {
+            let mut req = req;
+            req.extensions_mut().insert(owner);
+            next.run(req).await
+        }
+        Err(failure) => DockerError::Unauthorized(failure.message()).into_response(),
+    }
 }
 
 /// Headers the engine puts on `_ping` and that clients negotiate with.

@@ -78,11 +78,11 @@ fn typed(content_type: &'static str, body: Value) -> Response {
     resp
 }
 
-/// The token check of the stream paths, as a `Status` refusal.
-fn admit(ctx: &DoorContext, req: &Request) -> Result<(), Response> {
+/// The token check of the stream paths: the `Status` refusal, if any.
+fn refusal(ctx: &DoorContext, req: &Request) -> Option<Response> {
     check_auth(ctx, req.headers())
-        .map(|_| ())
-        .map_err(|e| super::refuse(ctx, execd_session::Door::Kube, e))
+        .err()
+        .map(|e| super::refuse(ctx, execd_session::Door::Kube, e))
 }
 
 fn pods_resource() -> Value {
@@ -101,7 +101,7 @@ fn pods_resource() -> Value {
 }
 
 async fn api(State(ctx): State<DoorContext>, req: Request) -> Response {
-    if let Err(refused) = admit(&ctx, &req) {
+    if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
     if wants_aggregated(req.headers()) {
@@ -123,7 +123,7 @@ async fn api(State(ctx): State<DoorContext>, req: Request) -> Response {
 
 /// No API groups besides the core one.
 async fn apis(State(ctx): State<DoorContext>, req: Request) -> Response {
-    if let Err(refused) = admit(&ctx, &req) {
+    if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
     if wants_aggregated(req.headers()) {
@@ -136,7 +136,7 @@ async fn apis(State(ctx): State<DoorContext>, req: Request) -> Response {
 }
 
 async fn api_v1(State(ctx): State<DoorContext>, req: Request) -> Response {
-    if let Err(refused) = admit(&ctx, &req) {
+    if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
     let sub = |name: &str, kind: &str| json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["create", "get"]});
@@ -171,6 +171,8 @@ fn engine_error(e: execd_session::ContainerQueryError) -> Response {
         E::BadReference(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
         E::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         E::Engine(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        // Too many engine queries at once: the API server's 429.
+        E::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
     };
     status::response(code, reason, &e.to_string())
 }
@@ -187,7 +189,7 @@ fn not_found(pod: &str) -> Response {
 }
 
 async fn pod(State(ctx): State<DoorContext>, Path(p): Path<PodPath>, req: Request) -> Response {
-    if let Err(refused) = admit(&ctx, &req) {
+    if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
     let info = match ctx.manager.inspect_container(&p.pod).await {
@@ -218,7 +220,7 @@ async fn all_pods(State(ctx): State<DoorContext>, req: Request) -> Response {
 
 /// The running containers as pods.
 async fn list(ctx: DoorContext, namespace: &str, req: Request) -> Response {
-    if let Err(refused) = admit(&ctx, &req) {
+    if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
     let containers = match ctx.manager.running_containers().await {

@@ -168,39 +168,33 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, KubeError> {
     }
 }
 
-/// The bearer token of a request: `Authorization: Bearer …`, or the
-/// base64url subprotocol.
+/// The bearer token of a request: exactly one `Authorization: Bearer …`,
+/// or else one base64url subprotocol ([`crate::auth::bearer_or_subprotocol`]);
+/// none when it is missing, malformed or ambiguous.
 fn bearer(headers: &HeaderMap) -> Option<Vec<u8>> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-        let value = value.as_bytes();
-        let prefix = b"Bearer ";
-        if value.len() > prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            return Some(value[prefix.len()..].trim_ascii().to_vec());
-        }
-        return None;
-    }
-    headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL))
-        .and_then(|b64| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(b64.trim_end_matches('='))
-                .ok()
-        })
+    crate::auth::bearer_or_subprotocol(headers, BEARER_PROTOCOL, |b64| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .ok()
+    })
+    .ok()
+    .flatten()
 }
 
 /// Admits the request and names its owner (the token's key; empty
-/// without tokens).
+/// without tokens). Refusals are counted and logged by the token store.
 fn check_auth(ctx: &DoorContext, headers: &HeaderMap) -> Result<String, KubeError> {
     let Some(store) = &ctx.auth else {
         return Ok(String::new());
     };
-    match bearer(headers) {
-        Some(token) if store.accepts(&token) => Ok(crate::auth::Owner::of_token(&token).into_key()),
-        _ => Err(KubeError::Unauthorized),
+    let presented = match bearer(headers) {
+        Some(token) => Ok(Some(token)),
+        // Why there is none (missing, malformed, ambiguous), for the log.
+        None => crate::auth::bearer_or_subprotocol(headers, BEARER_PROTOCOL, |_| None),
+    };
+    match store.admit(presented, &ctx.metrics, "kube") {
+        Ok(token) => Ok(crate::auth::Owner::of_token(&token).into_key()),
+        Err(_) => Err(KubeError::Unauthorized),
     }
 }
 
@@ -351,12 +345,20 @@ async fn token_stream(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
-    // The upgrade is checked before the token is spent: a prefetcher or a
-    // proxy's plain GET must not use up the client's single-use URL.
+    // The upgrade and its subprotocol are checked before the token is
+    // spent: a prefetcher's or a proxy's plain GET, or a client offering
+    // only protocols execd does not speak, must not use up the single-use
+    // URL. (`upgrade` negotiates again, with the same outcome.)
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
         Err(e) => return refuse(&ctx, Door::Cri, KubeError::BadRequest(e.body_text())),
     };
+    let ws = match negotiate(ws) {
+        Ok((ws, _)) => ws,
+        Err(e) => return refuse(&ctx, Door::Cri, e),
+    };
+    // Removed under the store's lock: of concurrent upgrades of one URL,
+    // exactly one gets the request.
     let Some(request) = ctx.streams.redeem(kind.as_str(), &token) else {
         return refuse(&ctx, Door::Cri, KubeError::UnknownToken);
     };
@@ -461,7 +463,10 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
     };
     // If the upgrade never completes the callback is dropped with the
     // session in it, which ends the session like a client leaving.
-    let mut response = ws.on_upgrade(move |socket| stream::serve(socket, relay).instrument(span));
+    let mut response = ws
+        .max_message_size(ctx.max_message_size)
+        .max_frame_size(ctx.max_message_size)
+        .on_upgrade(move |socket| stream::serve(socket, relay).instrument(span));
     // kube-rs and others compare this header exactly.
     response.headers_mut().insert(
         http::header::CONNECTION,

@@ -117,6 +117,7 @@ pub async fn serve(socket: WebSocket, relay: Relay) {
     } = relay;
     let (sink, source) = socket.split();
     let gone = CancellationToken::new();
+    let too_big = CancellationToken::new();
     let finished = CancellationToken::new();
     let mut input = session.input;
     if !streams.stdin && !streams.tty && streams.kind == SessionKind::Exec {
@@ -131,6 +132,7 @@ pub async fn serve(socket: WebSocket, relay: Relay) {
         streams,
         metrics.clone(),
         gone.clone(),
+        too_big.clone(),
         finished.clone(),
     );
     let writer = async {
@@ -141,6 +143,7 @@ pub async fn serve(socket: WebSocket, relay: Relay) {
             streams,
             &metrics,
             gone.clone(),
+            too_big.clone(),
         )
         .await;
         finished.cancel();
@@ -198,6 +201,7 @@ struct TermSize {
     height: u16,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_client(
     mut source: futures_util::stream::SplitStream<WebSocket>,
     mut input: SessionInput,
@@ -205,6 +209,7 @@ async fn read_client(
     streams: Streams,
     metrics: Arc<Metrics>,
     gone: CancellationToken,
+    too_big: CancellationToken,
     finished: CancellationToken,
 ) {
     loop {
@@ -230,6 +235,12 @@ async fn read_client(
             Some(Ok(Message::Text(t))) => Bytes::from(t),
             // tungstenite answers pings itself.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Err(e)) if crate::doors::ws_message_too_big(&e) && !finished.is_cancelled() => {
+                tracing::debug!(error = %e, "client message over --max-message-size");
+                too_big.cancel();
+                gone.cancel();
+                return;
+            }
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                 if !finished.is_cancelled() {
                     tracing::debug!("client closed the stream before the end");
@@ -300,6 +311,7 @@ async fn write_events(
     streams: Streams,
     metrics: &Metrics,
     gone: CancellationToken,
+    too_big: CancellationToken,
 ) -> End {
     // kubelet's greeting: an empty frame on the first output channel tells
     // the client the streams are ready.
@@ -319,7 +331,12 @@ async fn write_events(
         let event = tokio::select! {
             biased;
             // Dropping the receiver (on return) ends the session.
-            _ = gone.cancelled() => return End::ClientGone,
+            _ = gone.cancelled() => {
+                if too_big.is_cancelled() {
+                    let _ = sink.send(crate::doors::ws_too_big_close()).await;
+                }
+                return End::ClientGone;
+            }
             event = events.recv() => event,
         };
         let (end, status) = match event {

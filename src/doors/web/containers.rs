@@ -1,20 +1,17 @@
 //! The container picker's list: running containers with name, image and
-//! status, from the Engine API socket when execd talks to a local Docker
-//! engine, else from `<runtime cli> ps --format '{{json .}}'`.
+//! status, read through the session manager
+//! ([`SessionManager::running_containers`]), so the list passes the same
+//! engine gate as every other out-of-session query and the web door never
+//! runs the runtime CLI or asks the engine itself.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use execd_session::{ExecMode, SessionManager};
+use axum::response::{IntoResponse, Response};
+use execd_session::{ContainerInfo, ContainerQueryError, SessionManager};
+use http::StatusCode;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::WebError;
-
-/// How long the engine gets to answer; the page shows the failure after.
-const LIST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most containers listed: the picker is for people, not inventories.
-const MAX_LISTED: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Container {
@@ -23,98 +20,64 @@ pub struct Container {
     pub status: String,
 }
 
-/// The running containers, sorted by name.
-pub async fn list(manager: &SessionManager) -> Result<Vec<Container>, WebError> {
-    let runtime_cli = match manager.mode() {
-        ExecMode::Container { runtime_cli } => runtime_cli.clone(),
-        ExecMode::Host => return Err(WebError::HostMode),
-    };
-    let socket = manager.engine_api_socket().map(|s| s.to_path_buf());
-    let ask = async {
-        match socket {
-            Some(socket) => from_engine_api(&socket).await,
-            None => from_cli(&runtime_cli).await,
-        }
-    };
-    let mut list = tokio::time::timeout(LIST_TIMEOUT, ask)
-        .await
-        .map_err(|_| WebError::Engine("the container engine did not answer in time".into()))??;
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    list.truncate(MAX_LISTED);
-    Ok(list)
-}
-
-async fn from_engine_api(socket: &std::path::Path) -> Result<Vec<Container>, WebError> {
-    let (code, body) = execd_session::engine_api_get(socket, "/containers/json")
-        .await
-        .map_err(|e| WebError::Engine(format!("asking the engine for containers: {e}")))?;
-    if code != 200 {
-        return Err(WebError::Engine(format!(
-            "the engine answered {code} to the container list"
-        )));
-    }
-    let items: Vec<Value> = serde_json::from_str(&body)
-        .map_err(|e| WebError::Engine(format!("unreadable container list: {e}")))?;
-    Ok(items.iter().map(engine_item).collect())
-}
-
-/// One `GET /containers/json` item; names come with a leading slash.
-fn engine_item(item: &Value) -> Container {
-    let name = item["Names"]
-        .as_array()
-        .and_then(|n| n.first())
-        .and_then(Value::as_str)
-        .map(|n| n.trim_start_matches('/').to_string())
-        .unwrap_or_else(|| short_id(item["Id"].as_str().unwrap_or_default()));
-    Container {
-        name,
-        image: text(&item["Image"]),
-        status: text(&item["Status"]),
-    }
-}
-
-async fn from_cli(runtime_cli: &str) -> Result<Vec<Container>, WebError> {
-    let out = tokio::process::Command::new(runtime_cli)
-        .args(["ps", "--no-trunc", "--format", "{{json .}}"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| WebError::Engine(format!("running {runtime_cli} ps: {e}")))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(WebError::Engine(format!(
-            "{runtime_cli} ps: {}",
-            stderr.trim()
-        )));
-    }
-    Ok(parse_cli_lines(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// `docker ps --format '{{json .}}'` prints one object per line; Names is
-/// comma-separated there.
-fn parse_cli_lines(output: &str) -> Vec<Container> {
-    output
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .map(|item| Container {
-            name: text(&item["Names"])
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-            image: text(&item["Image"]),
-            status: text(&item["Status"]),
+/// The running containers, sorted by name (at most 500).
+pub async fn list(manager: &SessionManager) -> Result<Vec<Container>, ContainerQueryError> {
+    let now = SystemTime::now();
+    Ok(manager
+        .running_containers()
+        .await?
+        .iter()
+        .map(|c| Container {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            status: status(c, now),
         })
-        .filter(|c| !c.name.is_empty())
-        .collect()
+        .collect())
 }
 
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
+/// The answer for a list that failed: busy is a limit (429), the rest the
+/// page's usual errors.
+pub fn refusal(e: ContainerQueryError) -> Response {
+    match e {
+        ContainerQueryError::HostMode => WebError::HostMode.into_response(),
+        ContainerQueryError::Busy { .. } => {
+            crate::doors::json_error(StatusCode::TOO_MANY_REQUESTS, &e.to_string())
+        }
+        e => WebError::Engine(e.to_string()).into_response(),
+    }
 }
 
-fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
+/// `docker ps`'s status column: "Up 5 minutes" for a running container.
+fn status(c: &ContainerInfo, now: SystemTime) -> String {
+    match humantime::parse_rfc3339_weak(c.started_at.trim_end_matches('Z')) {
+        // A start "in the future" is clock skew between engine and execd.
+        Ok(started) => format!(
+            "Up {}",
+            human_duration(now.duration_since(started).unwrap_or_default())
+        ),
+        Err(_) => "Up".into(),
+    }
+}
+
+/// Docker's `units.HumanDuration`, which `docker ps` uses.
+fn human_duration(d: Duration) -> String {
+    let seconds = d.as_secs();
+    let minutes = seconds / 60;
+    // Docker rounds hours to the nearest one.
+    let hours = (d.as_secs_f64() / 3600.0 + 0.5) as u64;
+    match () {
+        _ if seconds < 1 => "Less than a second".into(),
+        _ if seconds == 1 => "1 second".into(),
+        _ if seconds < 60 => format!("{seconds} seconds"),
+        _ if minutes == 1 => "About a minute".into(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", hours / 24 / 365),
+    }
 }
 
 #[cfg(test)]
@@ -122,24 +85,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn engine_and_cli_shapes() {
-        let item = serde_json::json!({
-            "Id": "0123456789abcdef", "Names": ["/web-1"], "Image": "busybox",
-            "Status": "Up 2 minutes", "State": "running"
-        });
-        assert_eq!(
-            engine_item(&item),
-            Container {
-                name: "web-1".into(),
-                image: "busybox".into(),
-                status: "Up 2 minutes".into()
-            }
-        );
-        let unnamed = serde_json::json!({"Id": "0123456789abcdef"});
-        assert_eq!(engine_item(&unnamed).name, "0123456789ab");
-        let lines = "{\"Names\":\"a,b/link\",\"Image\":\"i\",\"Status\":\"Up\"}\nnot json\n";
-        let list = parse_cli_lines(lines);
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].name, "a");
+    fn status_reads_like_docker_ps() {
+        let info = ContainerInfo {
+            started_at: "2026-01-01T00:00:00.123456789Z".into(),
+            status: "running".into(),
+            ..ContainerInfo::default()
+        };
+        let started = humantime::parse_rfc3339("2026-01-01T00:00:00.123456789Z").unwrap();
+        let at = |secs| started + Duration::from_secs(secs);
+        assert_eq!(status(&info, at(0)), "Up Less than a second");
+        assert_eq!(status(&info, at(1)), "Up 1 second");
+        assert_eq!(status(&info, at(45)), "Up 45 seconds");
+        assert_eq!(status(&info, at(90)), "Up About a minute");
+        assert_eq!(status(&info, at(600)), "Up 10 minutes");
+        assert_eq!(status(&info, at(3_600)), "Up About an hour");
+        assert_eq!(status(&info, at(5 * 3_600)), "Up 5 hours");
+        assert_eq!(status(&info, at(3 * 86_400)), "Up 3 days");
+        let never = ContainerInfo::default();
+        assert_eq!(status(&never, at(0)), "Up");
     }
 }

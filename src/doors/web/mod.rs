@@ -123,34 +123,24 @@ async fn style() -> Response {
     asset("text/css; charset=utf-8", assets::APP_CSS)
 }
 
-/// Same token rule as sessions: with tokens configured, a valid
+/// Same token rule as sessions: with tokens configured, exactly one valid
 /// `Authorization: Bearer` is required.
 fn check_auth(ctx: &DoorContext, headers: &HeaderMap) -> Result<(), WebError> {
     let Some(store) = &ctx.auth else {
         return Ok(());
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        .and_then(|v| {
-            let prefix = b"Bearer ";
-            (v.len() > prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix))
-                .then(|| v[prefix.len()..].trim_ascii())
-        });
-    match token {
-        Some(token) if store.accepts(token) => Ok(()),
-        _ => Err(WebError::Unauthorized),
-    }
+    store
+        .admit(crate::auth::bearer_token(headers), &ctx.metrics, "web")
+        .map(|_| ())
+        .map_err(|_| WebError::Unauthorized)
 }
 
 async fn list_containers(State(ctx): State<DoorContext>, headers: HeaderMap) -> Response {
-    let result = async {
-        check_auth(&ctx, &headers)?;
-        containers::list(&ctx.manager).await
+    if let Err(e) = check_auth(&ctx, &headers) {
+        return e.into_response();
     }
-    .await;
-    match result {
+    match containers::list(&ctx.manager).await {
         Ok(list) => axum::Json(serde_json::json!({ "containers": list })).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => containers::refusal(e),
     }
 }

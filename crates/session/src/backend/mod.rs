@@ -8,19 +8,28 @@
 //! writer, resizer) drive only these, so neither they nor any front door
 //! know which backend runs.
 //!
-//! Two backends:
+//! Three backends:
 //!
 //! - [`cli`]: a `docker exec` child (or podman, nerdctl: same flags) under a
 //!   pseudo-terminal or with pipes, and the host-exec mode's plain child.
 //! - [`engine`]: the Docker Engine API over its unix socket; no process per
 //!   session in execd's host, one hijacked connection instead.
+//! - [`oci`]: the OCI runtime (runc, crun) directly, as containerd's shim
+//!   does: the exec'd process becomes execd's own child, its terminal's
+//!   master or its pipes are execd's, and the session gets a cgroup of its
+//!   own inside the container's.
 //!
 //! Ending what runs *inside* the container is not a backend's job: every
 //! backend marks the process with the session's marker and the reaper
-//! finds it by that, whichever backend started it.
+//! finds it by that, whichever backend started it. The OCI backend also
+//! kills the session's cgroup when the session is over, which catches
+//! what hid from the marker.
 
 pub mod cli;
 pub mod engine;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod oci;
 mod output;
 
 use std::future::Future;
@@ -44,6 +53,16 @@ pub enum BackendKind {
     Cli,
     /// The Docker Engine API on this unix socket.
     EngineApi { socket: std::path::PathBuf },
+    /// The OCI runtime `runtime` (`runc`, `crun`; a name on `PATH` or a
+    /// path) with its container state under `root`: Docker's is
+    /// [`oci::DOCKER_ROOT`] (`/run/docker/runtime-runc/moby`), containerd's
+    /// Kubernetes namespace [`oci::CONTAINERD_K8S_ROOT`]
+    /// (`/run/containerd/runc/k8s.io`). Container names still resolve
+    /// through the engine the runtime CLI reaches.
+    Oci {
+        runtime: String,
+        root: std::path::PathBuf,
+    },
 }
 
 /// What a backend needs to start one session's process.
@@ -128,12 +147,22 @@ pub enum WaitError {
     EngineGone(String),
 }
 
-/// Builds the backend `kind` names.
-pub fn build(kind: &BackendKind) -> std::sync::Arc<dyn Backend> {
+/// Builds the backend `kind` names. `lifecycle` tells the OCI backend,
+/// which owns the session's cgroup, whether an exited process's leftovers
+/// are to be kept (`keep_background_processes`).
+pub fn build(
+    kind: &BackendKind,
+    lifecycle: &crate::session::LifecycleConfig,
+) -> std::sync::Arc<dyn Backend> {
     match kind {
         BackendKind::Cli => std::sync::Arc::new(cli::CliBackend),
         BackendKind::EngineApi { socket } => {
             std::sync::Arc::new(engine::EngineBackend::new(socket.clone()))
         }
+        BackendKind::Oci { runtime, root } => std::sync::Arc::new(oci::OciBackend::new(
+            runtime,
+            root,
+            lifecycle.keep_background_processes,
+        )),
     }
 }

@@ -200,6 +200,7 @@ fn pages_follow_session_id_order_and_shorten_commands() {
     }
     let request = |after, limit| PageRequest {
         instance_id: None,
+        owner: None,
         after,
         limit,
         max_command_bytes: 100,
@@ -232,6 +233,43 @@ fn pages_follow_session_id_order_and_shorten_commands() {
         ..request(None, 10)
     });
     assert_eq!(ids(&only_y), ["c", "d", "e"]);
+}
+
+/// A caller limited to one owner's sessions lists, counts and closes
+/// those only; someone else's session is as if unknown.
+#[test]
+fn an_owner_sees_and_closes_its_own_sessions_only() {
+    let reg = Registry::new(Limits::default());
+    let _g: Vec<Registration> = [("a1", "a"), ("b1", "b"), ("a2", "a"), ("x", "")]
+        .into_iter()
+        .map(|(id, owner)| reg.register(owned(id, "shared", owner)).unwrap())
+        .collect();
+    let page = reg.page(&PageRequest {
+        instance_id: None,
+        owner: Some("a"),
+        after: None,
+        limit: 10,
+        max_command_bytes: 100,
+    });
+    let ids: Vec<&str> = page
+        .sessions
+        .iter()
+        .map(|s| s.session_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a1", "a2"]);
+    assert_eq!(reg.active_per_instance_of("a").get("shared"), Some(&2));
+    assert_eq!(reg.active_per_instance().get("shared"), Some(&4));
+    let shared = CloseTarget::Instance("shared".into());
+    assert_eq!(
+        reg.close_of(&CloseTarget::Session("b1".into()), "no", Some("a")),
+        0
+    );
+    assert_eq!(reg.close_of(&shared, "mine", Some("a")), 2);
+    assert_eq!(
+        reg.close_of(&shared, "rest", None),
+        2,
+        "b1 and x were left alone"
+    );
 }
 
 #[test]

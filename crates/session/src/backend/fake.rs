@@ -1,0 +1,130 @@
+//! A backend for the session core's unit tests: no Docker, no process.
+//! The test holds the other ends — what the session wrote to stdin (a
+//! `tokio::io::duplex`), the output to feed, the exit to report, the sizes
+//! applied — and drives the session's tasks (pump, stdin writer, resizer)
+//! exactly as a real backend's process would.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::io::DuplexStream;
+use tokio::sync::{mpsc, watch};
+
+use super::{BoxFuture, OutputChunk, Process, ProcessControl, ProcessOutput, Resizer, WaitError};
+use crate::command::TermSize;
+use crate::session::OutputStream;
+
+/// The test's side of one fake process.
+pub(crate) struct FakeHandle {
+    /// What the session wrote to the process's stdin; EOF when the session
+    /// closed it.
+    pub stdin: DuplexStream,
+    output: mpsc::Sender<Option<(OutputStream, Bytes)>>,
+    exit: watch::Sender<Option<i32>>,
+    pub killed: Arc<AtomicBool>,
+    pub sizes: Arc<Mutex<Vec<TermSize>>>,
+}
+
+impl FakeHandle {
+    /// The process prints `data`.
+    pub async fn print(&self, stream: OutputStream, data: &'static [u8]) {
+        let _ = self
+            .output
+            .send(Some((stream, Bytes::from_static(data))))
+            .await;
+    }
+
+    /// Every output stream ends.
+    pub async fn close_output(&self) {
+        let _ = self.output.send(None).await;
+    }
+
+    /// The process exits with `code`.
+    pub fn exit(&self, code: i32) {
+        self.exit.send_replace(Some(code));
+    }
+}
+
+/// A fake process: pipes, or a terminal (EOF character ^D, sizes recorded).
+/// `stdin_buffer` is how much the process's stdin holds before the writer
+/// has to wait (a process that does not read).
+pub(crate) fn process(tty: bool, stdin_buffer: usize) -> (Process, FakeHandle) {
+    let (ours, theirs) = tokio::io::duplex(stdin_buffer);
+    let (output_tx, output_rx) = mpsc::channel(64);
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let killed = Arc::new(AtomicBool::new(false));
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let process = Process {
+        stdin: Box::new(ours),
+        output: Box::new(FakeOutput { rx: output_rx }),
+        eof_char: tty.then_some(4),
+        resizer: tty.then(|| Box::new(FakeResizer(sizes.clone())) as Box<dyn Resizer>),
+        control: Box::new(FakeControl {
+            exit: exit_rx,
+            killed: killed.clone(),
+        }),
+    };
+    let handle = FakeHandle {
+        stdin: theirs,
+        output: output_tx,
+        exit: exit_tx,
+        killed,
+        sizes,
+    };
+    (process, handle)
+}
+
+struct FakeOutput {
+    rx: mpsc::Receiver<Option<(OutputStream, Bytes)>>,
+}
+
+impl ProcessOutput for FakeOutput {
+    fn next_chunk(&mut self) -> BoxFuture<'_, std::io::Result<OutputChunk>> {
+        Box::pin(async move {
+            Ok(match self.rx.recv().await {
+                Some(Some((stream, data))) => OutputChunk::Data(stream, data),
+                Some(None) | None => OutputChunk::End,
+            })
+        })
+    }
+}
+
+struct FakeResizer(Arc<Mutex<Vec<TermSize>>>);
+
+impl Resizer for FakeResizer {
+    fn resize(&self, size: TermSize) -> BoxFuture<'_, std::io::Result<()>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(size);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn needs_checks(&self) -> bool {
+        false
+    }
+}
+
+struct FakeControl {
+    exit: watch::Receiver<Option<i32>>,
+    killed: Arc<AtomicBool>,
+}
+
+impl ProcessControl for FakeControl {
+    fn wait(&mut self) -> BoxFuture<'_, Result<i32, WaitError>> {
+        Box::pin(async move {
+            match self.exit.wait_for(Option::is_some).await {
+                Ok(code) => Ok(code.unwrap_or_default()),
+                // The test dropped its handle: the process is gone.
+                Err(_) => Ok(137),
+            }
+        })
+    }
+
+    fn has_exited(&mut self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        self.killed.store(true, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
