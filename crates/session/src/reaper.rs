@@ -167,28 +167,34 @@ pub async fn reap_session(
 ) -> ReapReport {
     // Under heavy load (a busy 2-core node at a load average of 60) a scan
     // can miss its time budget, and a pass that could not look everywhere
-    // may leave the session's processes running. A failed or incomplete
-    // pass is therefore tried again, with backoff, until one completes or
-    // PERSIST_FOR has passed: the session's end waits for that, since its
-    // processes are its own until they are gone.
-    let deadline = Instant::now() + PERSIST_FOR;
-    let mut backoff = Duration::from_millis(100);
-    let mut total = ReapReport::default();
-    loop {
-        let pass = reap_pass(marker, polite, grace, container).await;
-        let settled = pass.used_fallback || (!pass.scan_failed && pass.complete);
-        total.found = total.found.max(pass.found);
-        total.killed = total.killed.max(pass.killed);
-        total.used_fallback |= pass.used_fallback;
-        total.scan_failed = pass.scan_failed;
-        total.complete = pass.complete;
-        if settled || Instant::now() + backoff >= deadline {
-            return total;
-        }
-        tracing::debug!(marker, ?pass, "reap pass incomplete; trying again");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+    // may leave the session's processes running. The first pass decides
+    // what the client is told, at once; a failed or incomplete one is then
+    // tried again in the background, with backoff, until a pass completes
+    // or PERSIST_FOR has passed.
+    let first = reap_pass(marker, polite, grace, container).await;
+    if !settled(&first) {
+        let (marker, container) = (marker.to_string(), container.cloned());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + PERSIST_FOR;
+            let mut backoff = Duration::from_millis(100);
+            while Instant::now() + backoff < deadline {
+                tokio::time::sleep(backoff).await;
+                let pass = reap_pass(&marker, polite, grace, container.as_ref()).await;
+                tracing::debug!(marker, ?pass, "reap pass tried again");
+                if settled(&pass) {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            tracing::warn!(marker, "the session's processes could not all be looked at");
+        });
     }
+    first
+}
+
+/// Whether a pass looked everywhere it had to.
+fn settled(pass: &ReapReport) -> bool {
+    pass.used_fallback || (!pass.scan_failed && pass.complete)
 }
 
 /// How long [`reap_session`] keeps trying when its scans fail.
