@@ -74,6 +74,9 @@ pub struct Metrics {
     /// CRI streaming: URLs handed out by Exec/Attach and not yet used or
     /// expired (see [`Metrics::stream_tokens_pending`]).
     stream_tokens_pending: Gauge,
+    /// `/proc` worker threads abandoned inside a stuck read (read at
+    /// scrape time).
+    procfs_stuck_workers: Gauge,
     /// HTTP requests answered with a refusal before any session: unserved
     /// paths, refused upgrades, guard refusals, auth failures.
     requests_refused: Family<RefusalLabels, Counter>,
@@ -169,7 +172,14 @@ impl Metrics {
             "HTTP requests refused before any session (unserved path, refused upgrade, guard, auth), by door and reason",
             requests_refused.clone(),
         );
+        let procfs_stuck_workers = Gauge::default();
+        registry.register(
+            "procfs_stuck_workers",
+            "Threads abandoned inside a /proc read that never returned (replaced by fresh ones)",
+            procfs_stuck_workers.clone(),
+        );
         Metrics {
+            procfs_stuck_workers,
             stream_tokens_pending,
             requests_refused,
             registry,
@@ -187,6 +197,9 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        let stuck = execd_session::procfs_stuck_workers();
+        self.procfs_stuck_workers
+            .set(i64::try_from(stuck).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -314,5 +314,10 @@ async fn unserved_paths_are_counted() {
     let scraped = scrape_metrics(metrics).await;
     let key = "execd_requests_refused_total{door=\"http\",reason=\"unserved\"}";
     assert_eq!(scraped.get(key).copied(), Some(1.0), "{scraped:?}");
+    // Stuck /proc workers are shown (none here).
+    assert_eq!(
+        scraped.get("execd_procfs_stuck_workers").copied(),
+        Some(0.0)
+    );
     server.stop().await;
 }
