@@ -162,3 +162,24 @@ pub fn json_error(status: http::StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "message": message });
     (status, axum::Json(body)).into_response()
 }
+
+/// How long a WebSocket door waits for the client's answer to its close
+/// frame.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After a WebSocket door sent its close frame: reads (and drops) what the
+/// client still sends until its close answer, for at most [`CLOSE_WAIT`],
+/// since closing the TCP connection first looks like an error to clients.
+pub(crate) async fn await_close_reply(
+    source: &mut futures_util::stream::SplitStream<axum::extract::ws::WebSocket>,
+) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(msg)) = source.next().await {
+            if matches!(msg, axum::extract::ws::Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -34,7 +34,6 @@
 //!   and a RESIZE that follows is applied before any input after it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, Request, State};
@@ -61,8 +60,6 @@ const V1: &str = "sandbox.pty.v1";
 const EXITED_TEXT: &str = "\r\n[Process exited]\r\n";
 /// The bridge's default shell, where the container has one.
 const DEFAULT_SHELL: &str = "if [ -x /bin/bash ]; then exec /bin/bash; else exec /bin/sh; fi";
-/// How long to wait for the client's answer to our close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TerminalError {
@@ -463,15 +460,7 @@ async fn read_client(
         let next = tokio::select! {
             biased;
             _ = finished.cancelled() => {
-                // Our close frame is out: give the client a moment to answer.
-                let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                    while let Some(Ok(msg)) = source.next().await {
-                        if matches!(msg, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                crate::doors::await_close_reply(&mut source).await;
                 return;
             }
             _ = gone.cancelled() => return,

@@ -16,7 +16,6 @@
 //! written by another, so input never waits for output or vice versa.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use base64::Engine as _;
@@ -37,9 +36,6 @@ const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
-
-/// How long to wait for the client's answer to our close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The subprotocols execd speaks, newest first (the order of preference).
 pub const PROTOCOLS: [&str; 4] = [
@@ -216,16 +212,7 @@ async fn read_client(
         let next = tokio::select! {
             biased;
             _ = finished.cancelled() => {
-                // Our close frame is out: give the client a moment to answer
-                // it (closing the TCP connection first looks like an error).
-                let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                    while let Some(Ok(msg)) = source.next().await {
-                        if matches!(msg, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                crate::doors::await_close_reply(&mut source).await;
                 return;
             }
             next = source.next() => next,
