@@ -25,6 +25,7 @@
 //! one client cannot take every slot, and which a reattach must match.
 
 mod bearer;
+mod certificate;
 mod refusals;
 
 use std::hash::BuildHasher;
@@ -36,6 +37,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 pub use bearer::{bearer_or_subprotocol, bearer_token, parse_bearer, single_header, BearerError};
+pub use certificate::ClientCertificate;
 pub use refusals::{record_failure, AuthFailure, MAX_LINES_PER_SECOND};
 
 use crate::metrics::Metrics;
@@ -198,24 +200,6 @@ fn grpc_bearer<T>(request: &Request<T>) -> Result<&[u8], AuthFailure> {
     parse_bearer(fields.iter().map(|v| v.as_bytes()))?.ok_or(AuthFailure::Missing)
 }
 
-/// The client certificate of a mutual-TLS connection (the leaf, DER), as
-/// the transport puts it on every request of that connection (a request
-/// extension). Part of the request's [`Owner`].
-#[derive(Clone)]
-pub struct ClientCertificate(Arc<[u8]>);
-
-impl ClientCertificate {
-    pub fn from_der(der: &[u8]) -> ClientCertificate {
-        ClientCertificate(der.into())
-    }
-}
-
-impl std::fmt::Debug for ClientCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientCertificate({} bytes)", self.0.len())
-    }
-}
-
 /// Who started a session, as the registry counts it and a reattach must
 /// match: a hash of the bearer token (with mutual TLS, together with the
 /// client certificate) keyed with a random per-process key, so it names
@@ -238,7 +222,7 @@ impl Owner {
         // sessions' count) across SIGHUP reloads; two of them for 128 bits.
         static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
         let keys = KEYS.get_or_init(Default::default);
-        let credential = (token, cert.map(|c| &c.0[..]));
+        let credential = (token, cert.map(ClientCertificate::fingerprint));
         let (a, b) = (keys[0].hash_one(credential), keys[1].hash_one(credential));
         Owner(format!("token-{a:016x}{b:016x}"))
     }

@@ -9,6 +9,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
 use super::{Cli, ConfigError, LogFormat};
+use crate::transport::admission;
 
 fn toml_to_args(
     path: &std::path::Path,
@@ -156,6 +157,11 @@ impl Cli {
                 format!("{:?}", socket.display().to_string()),
             );
         }
+        line("oci-runtime", format!("{:?}", self.oci_runtime));
+        line(
+            "oci-root",
+            format!("{:?}", self.oci_root.display().to_string()),
+        );
         line(
             "keep-background-processes",
             self.keep_background_processes.to_string(),
@@ -174,6 +180,15 @@ impl Cli {
         line("replay-buffer", self.replay_buffer.to_string());
         line("replay-buffer-total", self.replay_buffer_total.to_string());
         line("max-connections", self.max_connections.to_string());
+        // The derived defaults are printed as the numbers they come to.
+        let per_ip = self
+            .max_connections_per_ip
+            .unwrap_or(admission::default_max_per_peer(self.max_connections));
+        line("max-connections-per-ip", per_ip.to_string());
+        let unproven = self
+            .max_unauthenticated_connections
+            .unwrap_or(admission::default_max_unproven(self.max_connections));
+        line("max-unauthenticated-connections", unproven.to_string());
         line(
             "max-streams-per-connection",
             self.max_streams_per_connection.to_string(),
@@ -183,6 +198,10 @@ impl Cli {
         line(
             "handshake-timeout",
             format!("{:?}", d(&self.handshake_timeout)),
+        );
+        line(
+            "idle-connection-timeout",
+            format!("{:?}", d(&self.idle_connection_timeout)),
         );
         line("idle-timeout", format!("{:?}", d(&self.idle_timeout)));
         line("start-timeout", format!("{:?}", d(&self.start_timeout)));
@@ -208,6 +227,9 @@ impl Cli {
                 .collect();
             line("web-allowed-origins", format!("[{}]", origins.join(", ")));
         }
+        if let Some(label) = &self.terminal_instance_label {
+            line("terminal-instance-label", format!("{label:?}"));
+        }
         let format = match self.log_format {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
@@ -215,5 +237,82 @@ impl Cli {
         line("log-format", format!("{format:?}"));
         line("log-level", format!("{:?}", self.log_level));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// The keys of a printed configuration.
+    fn keys(toml: &str) -> BTreeSet<String> {
+        let table: toml::Table = toml.parse().expect("--print-config prints TOML");
+        table.keys().cloned().collect()
+    }
+
+    /// Every flag a config file can set appears in `--print-config`: those
+    /// with a value always, the optional ones when given; each printed
+    /// value reads back as itself. A flag added without its line fails.
+    #[test]
+    fn print_config_shows_every_flag_and_reads_back() {
+        let settable: BTreeSet<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|long| !["config", "print-config", "help", "version"].contains(long))
+            .map(str::to_string)
+            .collect();
+        let defaults = Cli::try_parse_from(["execd"]).unwrap();
+        // Every optional flag without a default, given.
+        let given = Cli::try_parse_from([
+            "execd",
+            "--auth-token-file=/etc/execd/tokens",
+            "--admin-token-file=/etc/execd/admin",
+            "--tls-cert=/etc/execd/cert.pem",
+            "--tls-key=/etc/execd/key.pem",
+            "--tls-client-ca=/etc/execd/ca.pem",
+            "--engine-socket=/run/docker.sock",
+            "--metrics-listen=127.0.0.1:9100",
+            "--stream-base-url=https://node-1:50051",
+            "--web-allowed-origins=https://ops.example:8443",
+            "--terminal-instance-label=app",
+            "--max-connections-per-ip=9",
+            "--max-unauthenticated-connections=5",
+        ])
+        .unwrap();
+        let mut shown = keys(&defaults.effective_toml());
+        shown.extend(keys(&given.effective_toml()));
+        let missing: Vec<&String> = settable.difference(&shown).collect();
+        assert!(missing.is_empty(), "--print-config omits {missing:?}");
+        let unknown: Vec<&String> = shown.difference(&settable).collect();
+        assert!(unknown.is_empty(), "--print-config prints {unknown:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        for cli in [defaults, given] {
+            let printed = cli.effective_toml();
+            let file = dir.path().join("execd.toml");
+            std::fs::write(&file, &printed).unwrap();
+            let again = Cli::load_from(["execd", "--config", file.to_str().unwrap()]).unwrap();
+            assert_eq!(again.effective_toml(), printed);
+        }
+    }
+
+    /// Unset connection caps print the numbers they come to.
+    #[test]
+    fn derived_connection_caps_are_printed_as_numbers() {
+        let cli = Cli::try_parse_from(["execd", "--max-connections=800"]).unwrap();
+        let toml = cli.effective_toml();
+        assert!(toml.contains("max-connections-per-ip = 200\n"), "{toml}");
+        assert!(
+            toml.contains("max-unauthenticated-connections = 100\n"),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("idle-connection-timeout = \"1m\"\n"),
+            "{toml}"
+        );
     }
 }

@@ -35,6 +35,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenStore;
 
+/// `--max-connections-per-ip` when not given: a quarter of
+/// `--max-connections`.
+pub fn default_max_per_peer(max_connections: usize) -> usize {
+    max_connections / 4
+}
+
+/// `--max-unauthenticated-connections` when not given: an eighth of
+/// `--max-connections`.
+pub fn default_max_unproven(max_connections: usize) -> usize {
+    max_connections / 8
+}
+
 /// A client address over its connection cap.
 #[derive(Debug, thiserror::Error)]
 #[error("{peer} already holds {max} connections (--max-connections-per-ip)")]
@@ -88,19 +100,15 @@ impl Credentials {
         self.exec.is_some()
     }
 
-    /// Whether `headers` carry `authorization: Bearer <t>` with a token of
-    /// either file. Only a proof for slot accounting: the doors still run
-    /// their own checks.
+    /// Whether `headers` carry a token of either file, read by the one
+    /// bearer parser every door uses ([`crate::auth::bearer_token`]): what
+    /// a door would refuse (two `Authorization` fields, another scheme)
+    /// proves nothing here either. Only a proof for slot accounting: the
+    /// doors still run their own checks.
     fn presented(&self, headers: &http::HeaderMap) -> bool {
-        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        let Ok(Some(token)) = crate::auth::bearer_token(headers) else {
             return false;
         };
-        let value = value.as_bytes();
-        let prefix = b"bearer ";
-        if value.len() <= prefix.len() || !value[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            return false;
-        }
-        let token = value[prefix.len()..].trim_ascii();
         [&self.exec, &self.admin]
             .into_iter()
             .flatten()
@@ -399,8 +407,15 @@ mod tests {
         assert!(first.standing.evicted().is_cancelled(), "oldest goes");
         assert!(!refused.standing.evicted().is_cancelled());
         assert!(!third.standing.evicted().is_cancelled());
-        // An admin token proves a connection too, case-insensitively.
-        headers.insert("authorization", "bEaReR  admin-token ".parse().unwrap());
+        // What the doors refuse proves nothing: two fields (one of them
+        // right), another scheme.
+        headers.append("authorization", "Bearer exec-token".parse().unwrap());
+        assert!(!refused.standing.note_request(&headers));
+        headers.insert("authorization", "Basic exec-token".parse().unwrap());
+        assert!(!refused.standing.note_request(&headers));
+        // An admin token proves a connection too, read as every door reads
+        // it (any case, any whitespace).
+        headers.insert("authorization", "bEaReR\tadmin-token ".parse().unwrap());
         assert!(refused.standing.note_request(&headers));
         for _ in 0..5 {
             drop(admission.admit(slot(&pool), ip).unwrap());

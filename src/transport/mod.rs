@@ -21,7 +21,10 @@
 //!   and WebSocket doors) per connection by its preface, with upgrades
 //!   enabled for WebSocket and hijacked streams;
 //! - on a unix socket, [`h2_authority`] makes requests whose `:authority`
-//!   is the socket path acceptable to h2.
+//!   is the socket path acceptable to h2;
+//! - under mutual TLS, every request of a connection carries its client
+//!   certificate ([`ClientCertificate`], a request extension), so that a
+//!   session's owner is the token *and* the certificate on every door.
 //!
 //! On shutdown every connection is asked to finish gracefully (GOAWAY);
 //! the caller bounds how long it waits through the returned tracker.
@@ -85,6 +88,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::ClientCertificate;
 use crate::listener::Listener;
 use admission::{Admission, Standing, Ticket};
 
@@ -318,11 +322,14 @@ async fn handle(
         standing,
     };
     match (conn, config.tls.clone()) {
-        (Accepted::Tcp(stream), None) => serve.io(Held::new(stream, ticket), false).await,
+        (Accepted::Tcp(stream), None) => serve.io(Held::new(stream, ticket), false, None).await,
         (Accepted::Tcp(stream), Some(acceptor)) => {
             let handshake = acceptor.accept(Held::new(stream, ticket));
             match tokio::time::timeout(config.handshake_timeout, handshake).await {
-                Ok(Ok(tls)) => serve.io(tls, false).await,
+                Ok(Ok(tls)) => {
+                    let cert = client_certificate(tls.get_ref().1);
+                    serve.io(tls, false, cert).await
+                }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -332,9 +339,17 @@ async fn handle(
         // TLS port.
         (Accepted::Unix(stream), _) => {
             let io = h2_authority::AuthorityFix::new(Held::new(stream, ticket));
-            serve.io(io, true).await
+            serve.io(io, true, None).await
         }
     }
+}
+
+/// The client certificate the peer presented in the handshake (the leaf;
+/// only with `--tls-client-ca`, which makes one mandatory), as every
+/// request of the connection carries it.
+fn client_certificate(tls: &rustls::ServerConnection) -> Option<ClientCertificate> {
+    let leaf = tls.peer_certificates()?.first()?;
+    Some(ClientCertificate::from_der(leaf.as_ref()))
 }
 
 /// A connection's socket with its ticket: the slot is held as long as the
@@ -407,7 +422,10 @@ enum Stop {
 }
 
 impl Serve<'_> {
-    async fn io<I>(self, io: I, unix: bool)
+    /// Serves `io`; every request gets the [`Connection`] extension and,
+    /// with mutual TLS, the connection's [`ClientCertificate`], which the
+    /// doors derive a session's owner from.
+    async fn io<I>(self, io: I, unix: bool, cert: Option<ClientCertificate>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -429,6 +447,11 @@ impl Serve<'_> {
                 unix,
                 authenticated,
             });
+            // Every request of the connection, HTTP/1.1 or HTTP/2: the
+            // handshake vouched for all of them.
+            if let Some(cert) = cert {
+                req.extensions_mut().insert(cert);
+            }
             let open = requests.open();
             let (app, proof) = (app.clone(), proof.clone());
             async move {

@@ -60,3 +60,53 @@ impl ServerPki {
             .expect("TLS connection to execd")
     }
 }
+
+/// A WebSocket over mutual TLS: `GET path` on `127.0.0.1:port` (HTTP/1.1),
+/// offering subprotocol `protocol`, with `authorization: Bearer token`,
+/// presenting `identity`'s client certificate and trusting `server`'s CA.
+/// Panics unless execd answers 101.
+pub async fn wss_connect(
+    port: u16,
+    path: &str,
+    protocol: &str,
+    token: &str,
+    server: &ServerPki,
+    identity: &ServerPki,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(identity.client_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(identity.client_key_pem.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to execd");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("mutual TLS handshake");
+    let mut request = format!("wss://localhost:{port}{path}")
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("sec-websocket-protocol", protocol.parse().unwrap());
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _response) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .expect("a 101 answer");
+    ws
+}
