@@ -15,9 +15,15 @@
 //! comes back to the same session, telling execd how much output it already
 //! has (`execd-output-offset`), so nothing is lost or repeated.
 //! `--reattach ID` comes back to a session an earlier client left.
+//!
+//! Output is written in large pieces and flushed as soon as no further
+//! message is immediately ready, never held while the client waits; the
+//! channel takes frames and windows large enough for bulk output.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -28,7 +34,6 @@ use execd_proto::exec_service::exec_output_data::StreamType;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use execd_proto::exec_service::{ExecMessage, ExecStartRequest};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
@@ -37,6 +42,14 @@ use tonic::Streaming;
 
 /// Exit status for failures of execd or the client itself (as docker uses).
 const EXIT_ERROR: i32 = 125;
+/// Largest piece of stdin read (and sent) at once: one message per read,
+/// well under execd's default `--max-message-size` (4 MiB).
+const STDIN_PIECE: usize = 256 * 1024;
+/// Local output buffer per stream: small messages (a terminal's) are
+/// gathered into one write; larger ones are written straight through.
+const OUTPUT_BUFFER: usize = 128 * 1024;
+/// The pipe size asked for when local output is a pipe.
+const PIPE_SIZE: i32 = 1024 * 1024;
 
 type Client = ExecServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -127,6 +140,7 @@ async fn connect(args: &Args) -> Result<Client> {
         (None, None) => Bearer::default(),
     };
     let channel = Connector::new(&addr, tls.as_ref())?
+        .large_windows()
         .tune(|endpoint| {
             endpoint
                 .connect_timeout(Duration::from_secs(5))
@@ -184,26 +198,31 @@ fn reattach_message(args: &Args, session_id: &str, local_tty: bool) -> Result<Ex
 }
 
 /// Forwards local stdin as input; its end (or a read error) becomes
-/// `stdin_eof`.
-fn forward_stdin(tx: mpsc::Sender<ExecMessage>) {
-    tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(message::eof()).await;
+/// `stdin_eof`. A thread of its own reads with plain blocking reads, each
+/// as large as what is there (up to [`STDIN_PIECE`]), and waits on the
+/// channel when execd takes no more (backpressure reaches the writer of
+/// stdin); it goes with the process.
+fn forward_stdin(tx: mpsc::Sender<ExecMessage>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; STDIN_PIECE];
+            loop {
+                let msg = match stdin.read(&mut buf) {
+                    Ok(0) => message::eof(),
+                    Ok(n) => message::input(bytes::Bytes::copy_from_slice(&buf[..n])),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => message::eof(),
+                };
+                let end = matches!(msg.payload, Some(Payload::StdinEof(_)));
+                if tx.blocking_send(msg).is_err() || end {
                     return;
                 }
-                Ok(n) => {
-                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
-                    if tx.send(message::input(data)).await.is_err() {
-                        return;
-                    }
-                }
             }
-        }
-    });
+        })
+        .map_err(|e| anyhow!("cannot start reading stdin: {e}"))?;
+    Ok(())
 }
 
 /// Sends the local terminal's size on every SIGWINCH.
@@ -274,16 +293,110 @@ async fn open_stream(
     Ok((tx, response.into_inner(), grace))
 }
 
-/// Writes one output message locally; false if local output is closed.
-fn write_output(out: &execd_proto::exec_service::ExecOutputData) -> bool {
-    let result = if out.stream_type == StreamType::Stderr as i32 {
-        let mut stderr = std::io::stderr();
-        stderr.write_all(&out.data).and_then(|_| stderr.flush())
-    } else {
-        let mut stdout = std::io::stdout();
-        stdout.write_all(&out.data).and_then(|_| stdout.flush())
-    };
-    result.is_ok()
+/// Local stdout and stderr, buffered (std's stdout is line-buffered and
+/// was flushed per message). The relay flushes whenever no further message
+/// is immediately ready, and before anything else is printed; a switch from
+/// one stream to the other flushes the first, so their order is kept.
+struct LocalOutput {
+    stdout: Option<BufWriter<File>>,
+    stderr: Option<BufWriter<File>>,
+}
+
+impl LocalOutput {
+    fn new() -> LocalOutput {
+        // Own handles on fds 1 and 2, written with plain writes; none (a
+        // closed fd) is output that is closed.
+        let open = |fd: std::os::fd::BorrowedFd<'_>| {
+            grow_pipe(fd);
+            let file = File::from(fd.try_clone_to_owned().ok()?);
+            Some(BufWriter::with_capacity(OUTPUT_BUFFER, file))
+        };
+        LocalOutput {
+            stdout: open(std::io::stdout().as_fd()),
+            stderr: open(std::io::stderr().as_fd()),
+        }
+    }
+
+    /// Writes one output message; false if local output is closed.
+    fn write(&mut self, out: &execd_proto::exec_service::ExecOutputData) -> bool {
+        let stderr = out.stream_type == StreamType::Stderr as i32;
+        let (this, other) = if stderr {
+            (&mut self.stderr, &mut self.stdout)
+        } else {
+            (&mut self.stdout, &mut self.stderr)
+        };
+        if let Some(other) = other {
+            if !other.buffer().is_empty() && other.flush().is_err() {
+                return false;
+            }
+        }
+        this.as_mut()
+            .is_some_and(|w| w.write_all(&out.data).is_ok())
+    }
+
+    /// Something written is still in a buffer.
+    fn pending(&self) -> bool {
+        [&self.stdout, &self.stderr]
+            .into_iter()
+            .flatten()
+            .any(|w| !w.buffer().is_empty())
+    }
+
+    /// Writes out what is buffered; false if local output is closed.
+    fn flush(&mut self) -> bool {
+        [&mut self.stdout, &mut self.stderr]
+            .into_iter()
+            .flatten()
+            .all(|w| w.buffer().is_empty() || w.flush().is_ok())
+    }
+}
+
+/// When local output is a pipe, asks for a larger one (as execd does for
+/// a process's output), so that a 256 KiB message goes into it in one
+/// write rather than four with the reader woken in between. Never
+/// shrinks it; anything but a pipe, or a refusal (the system's
+/// `pipe-max-size`, the user's pipe quota), leaves it as it is.
+fn grow_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_raw_fd();
+    if fcntl(fd, FcntlArg::F_GETPIPE_SZ).is_ok_and(|size| size < PIPE_SIZE) {
+        let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
+}
+
+/// What the relay does next.
+enum Step {
+    /// A message of the session (output, a status) or the stream's end.
+    Response(Result<Option<ExecMessage>, tonic::Status>),
+    /// Input to send (None: no more input).
+    Input(Option<ExecMessage>),
+    /// Input went onto the stream, or the stream's request side is gone.
+    Sent,
+}
+
+/// Waits for whichever comes first: a message from execd, local input,
+/// or room on the stream for the input in hand. Every branch is
+/// cancel-safe, so the relay may poll it once and drop it.
+async fn next_step(
+    tx: &mpsc::Sender<ExecMessage>,
+    responses: &mut Streaming<ExecMessage>,
+    inputs: &mut mpsc::Receiver<ExecMessage>,
+    pending: &mut Option<ExecMessage>,
+    inputs_open: bool,
+) -> Step {
+    tokio::select! {
+        msg = inputs.recv(), if pending.is_none() && inputs_open => Step::Input(msg),
+        permit = tx.reserve(), if pending.is_some() => {
+            // The stream's request side is gone: the response side
+            // says why.
+            if let (Ok(permit), Some(msg)) = (permit, pending.take()) {
+                permit.send(msg);
+            }
+            Step::Sent
+        }
+        msg = responses.message() => Step::Response(msg),
+    }
 }
 
 /// Relays input to the stream and output to the terminal until the final
@@ -293,30 +406,39 @@ async fn relay(
     tx: mpsc::Sender<ExecMessage>,
     responses: &mut Streaming<ExecMessage>,
     inputs: &mut mpsc::Receiver<ExecMessage>,
+    output: &mut LocalOutput,
     progress: &mut Progress,
     reattaching: bool,
 ) -> Result<Ending> {
     let mut pending: Option<ExecMessage> = None;
     let mut inputs_open = true;
     loop {
-        tokio::select! {
-            msg = inputs.recv(), if pending.is_none() && inputs_open => match msg {
-                Some(msg) => pending = Some(msg),
-                None => inputs_open = false,
-            },
-            permit = tx.reserve(), if pending.is_some() => {
-                // The stream's request side is gone: the response side
-                // says why.
-                if let (Ok(permit), Some(msg)) = (permit, pending.take()) {
-                    permit.send(msg);
+        let step = next_step(&tx, responses, inputs, &mut pending, inputs_open);
+        let step = tokio::select! {
+            // What is ready now first; once nothing is, the buffered
+            // output goes out before the relay waits.
+            biased;
+            step = step => step,
+            _ = std::future::ready(()), if output.pending() => {
+                if !output.flush() {
+                    return Ok(Ending::Exited(EXIT_ERROR));
                 }
+                continue;
             }
-            msg = responses.message() => {
+        };
+        match step {
+            Step::Input(Some(msg)) => pending = Some(msg),
+            Step::Input(None) => inputs_open = false,
+            Step::Sent => {}
+            Step::Response(msg) => {
                 let msg = match msg {
                     Ok(Some(msg)) => msg,
                     Ok(None) => bail!("execd ended the stream without a final status"),
-                    Err(status) if progress.session_id.is_some() && status.code() != tonic::Code::Ok
-                        && !is_session_error(&status) => {
+                    Err(status)
+                        if progress.session_id.is_some()
+                            && status.code() != tonic::Code::Ok
+                            && !is_session_error(&status) =>
+                    {
                         return Ok(Ending::Dropped(anyhow!("{}", status.message())));
                     }
                     Err(status) => bail!("{}", status.message()),
@@ -324,7 +446,7 @@ async fn relay(
                 match msg.payload {
                     Some(Payload::OutputData(out)) => {
                         progress.received += out.data.len() as u64;
-                        if !write_output(&out) {
+                        if !output.write(&out) {
                             // Local output closed (e.g. piped into `head`): stop.
                             return Ok(Ending::Exited(EXIT_ERROR));
                         }
@@ -412,32 +534,42 @@ async fn session(args: Args) -> Result<i32> {
 
     let _raw = if local_tty { RawMode::enable() } else { None };
     if args.interactive {
-        forward_stdin(input_tx.clone());
+        forward_stdin(input_tx.clone())?;
     }
     if local_tty {
         forward_resizes(input_tx.clone());
     }
     drop(input_tx);
-    let mut first = true;
-    loop {
-        let expect_running = reattaching || !first;
-        let ending = relay(
-            tx,
-            &mut responses,
-            &mut inputs,
-            &mut progress,
-            expect_running,
-        )
-        .await?;
-        first = false;
-        match (ending, progress.grace) {
-            (Ending::Exited(code), _) => return Ok(code),
-            (Ending::Dropped(e), None) => return Err(e),
-            (Ending::Dropped(_), Some(grace)) => {
-                (tx, responses) = reconnect(&args, local_tty, &progress, grace).await?;
+    let mut output = LocalOutput::new();
+    let result = async {
+        let mut first = true;
+        loop {
+            let expect_running = reattaching || !first;
+            let ending = relay(
+                tx,
+                &mut responses,
+                &mut inputs,
+                &mut output,
+                &mut progress,
+                expect_running,
+            )
+            .await?;
+            first = false;
+            match (ending, progress.grace) {
+                (Ending::Exited(code), _) => return Ok(code),
+                (Ending::Dropped(e), None) => return Err(e),
+                (Ending::Dropped(_), Some(grace)) => {
+                    output.flush();
+                    (tx, responses) = reconnect(&args, local_tty, &progress, grace).await?;
+                }
             }
         }
     }
+    .await;
+    // What is buffered goes out before an error is printed and while the
+    // terminal is still raw.
+    output.flush();
+    result
 }
 
 /// The error and its causes on one line, each said once: transport errors

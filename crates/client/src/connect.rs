@@ -192,6 +192,14 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// [`Connector::large_windows`]: the HTTP/2 stream window.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// [`Connector::large_windows`]: the HTTP/2 connection window (several
+/// streams at full speed).
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// [`Connector::large_windows`]: the largest frame accepted (execd's own).
+pub const MAX_FRAME: u32 = 1024 * 1024;
+
 /// A channel to be: the address with its TLS settings, tunable before
 /// connecting (windows, timeouts, keepalive).
 #[derive(Clone, Debug)]
@@ -235,6 +243,21 @@ impl Connector {
         Ok(Connector {
             addr: addr.clone(),
             endpoint,
+        })
+    }
+
+    /// HTTP/2 settings for a client that takes bulk output: frames as
+    /// large as execd sends, so that a 256 KiB output message is one frame
+    /// instead of sixteen (the default limit is 16 KiB), and windows twice
+    /// the defaults, so that execd rarely waits for this side's window
+    /// updates. The stream window bounds what the client buffers per
+    /// stream (4 MiB).
+    pub fn large_windows(self) -> Connector {
+        self.tune(|endpoint| {
+            endpoint
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
         })
     }
 

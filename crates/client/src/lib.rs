@@ -3,7 +3,9 @@
 //!
 //! - [`connect`]: `--addr` parsing (`host:port`, `http(s)://host:port`,
 //!   `unix:/path`), TLS material and the bearer-token interceptor, turned
-//!   into a tonic [`Channel`](tonic::transport::Channel).
+//!   into a tonic [`Channel`](tonic::transport::Channel); for clients that
+//!   take bulk output, [`Connector::large_windows`] (large HTTP/2 frames
+//!   and windows).
 //! - [`message`]: builders for the client → server `ExecMessage`s (start,
 //!   input, stdin EOF, resize).
 

@@ -4,7 +4,13 @@
 //! The master fd is registered with [`AsyncFd`], so a tty session costs no
 //! thread: reads and writes park on epoll like any socket. When every holder
 //! of the slave side has gone, Linux reports `EIO` on the master; that is the
-//! terminal's end-of-file, not an error.
+//! terminal's end-of-file, not an error. A master opened elsewhere (the OCI
+//! runtime's, received over its console socket) is taken as it is
+//! ([`PtyMaster::from_fd`]) and read and written by the same code.
+//!
+//! Reads go straight into the caller's spare buffer: a terminal hands out
+//! at most 4 KiB per read, and zeroing a large buffer first for each one
+//! would cost more than the read.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -31,6 +37,8 @@ pub enum PtyError {
     DupSlave(#[source] io::Error),
     #[error("setting the terminal size failed: {0}")]
     Resize(#[source] io::Error),
+    #[error("the descriptor is not a pseudo-terminal master")]
+    NotAMaster,
 }
 
 fn winsize(size: TermSize) -> Winsize {
@@ -84,15 +92,8 @@ pub fn open(size: TermSize) -> Result<PtyPair, PtyError> {
         )
     };
     set_size(master.as_raw_fd(), size).map_err(PtyError::Resize)?;
-    let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::NonBlocking)?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(PtyError::NonBlocking)?;
-    // SAFETY: `master` is an OwnedFd that the AsyncFd takes ownership of; it
-    // stays open and unchanged until the AsyncFd is dropped.
-    let fd =
-        unsafe { AsyncFd::register(master) }.map_err(|e| PtyError::Register(e.into_parts().1))?;
     Ok(PtyPair {
-        master: PtyMaster { fd: Arc::new(fd) },
+        master: PtyMaster::register(master)?,
         slave,
     })
 }
@@ -105,6 +106,40 @@ pub struct PtyMaster {
 }
 
 impl PtyMaster {
+    /// Takes a master opened elsewhere (the OCI runtime's), after checking
+    /// that it is one: `TIOCGPTN` answers only on a pty master.
+    pub fn from_fd(fd: OwnedFd) -> Result<PtyMaster, PtyError> {
+        let mut number: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int to the pointer, a live
+        // local; it fails on anything but a pty master.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut number) } == -1 {
+            return Err(PtyError::NotAMaster);
+        }
+        PtyMaster::register(fd)
+    }
+
+    /// Makes the master non-blocking and registers it with the reactor.
+    fn register(master: OwnedFd) -> Result<PtyMaster, PtyError> {
+        use nix::fcntl::OFlag;
+        let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(PtyError::NonBlocking)?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(PtyError::NonBlocking)?;
+        // SAFETY: `master` is an OwnedFd that the AsyncFd takes ownership
+        // of; it stays open and unchanged until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register(master) }
+            .map_err(|e| PtyError::Register(e.into_parts().1))?;
+        Ok(PtyMaster { fd: Arc::new(fd) })
+    }
+
+    /// The byte the terminal's line discipline turns into end-of-file
+    /// (VEOF, normally ^D).
+    pub fn eof_char(&self) -> u8 {
+        use nix::sys::termios::{tcgetattr, SpecialCharacterIndices};
+        tcgetattr(self.fd.get_ref())
+            .map(|t| t.control_chars[SpecialCharacterIndices::VEOF as usize])
+            .unwrap_or(0x04)
+    }
+
     /// Applies a new window size. The kernel sends SIGWINCH to the terminal's
     /// foreground process group if the size changed.
     pub fn resize(&self, size: TermSize) -> Result<(), PtyError> {
@@ -246,28 +281,62 @@ pub struct PtyReader {
 }
 
 impl AsyncRead for PtyReader {
+    /// Reads what the terminal has, up to the buffer's room. The line
+    /// discipline hands out at most 4 KiB per read(2) and refills behind
+    /// it, so reads repeat while data is there: a process writing fast
+    /// yields large chunks (fewer wake-ups and messages downstream), while
+    /// a keystroke's echo still goes out at once (the repeat meets an
+    /// empty terminal and stops).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let fd = self.master.raw_fd();
         loop {
             let mut guard = ready!(self.master.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
-            }) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let mut got = false;
+            while buf.remaining() > 0 {
+                match read_into(fd, buf) {
+                    Ok(0) => return Poll::Ready(Ok(())),
+                    Ok(_) => got = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    // The last slave holder closed: end of output (after
+                    // what came before it, which goes first).
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) if got => return Poll::Ready(Ok(())),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                // The last slave holder closed: end of output.
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
+            }
+            if got || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
             }
         }
     }
+}
+
+/// One read(2) into the buffer's spare room, straight into it (no zeroing
+/// first).
+fn read_into(fd: RawFd, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: the spare part of the buffer is only written, by read(2),
+    // never read; exactly the `n` bytes read(2) reports are then marked
+    // initialized.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    // SAFETY: read(2) writes at most `unfilled.len()` bytes to the start
+    // of `unfilled`, a live, writable region.
+    let n = unsafe { libc::read(fd, unfilled.as_mut_ptr().cast(), unfilled.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: read(2) initialized these `n` bytes.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
 }
 
 /// Input of the terminal (what the user types).
@@ -363,6 +432,48 @@ mod tests {
         drop(pair.slave);
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).await.unwrap();
+    }
+
+    /// Reads repeat while the terminal has data; nothing is lost or
+    /// reordered by that, and the end comes after the last byte.
+    #[tokio::test]
+    async fn everything_written_arrives_in_order_before_the_end() {
+        let pair = open(TermSize::default()).unwrap();
+        // No newlines: the slave's output processing leaves the rest alone.
+        let data: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let expected = data.clone();
+        let slave = pair.slave;
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            std::fs::File::from(slave).write_all(&data).unwrap();
+        });
+        let mut reader = pair.master.reader();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.join().unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes reordered or changed");
+    }
+
+    #[tokio::test]
+    async fn only_a_master_is_taken_from_elsewhere() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(matches!(
+            PtyMaster::from_fd(file.into()),
+            Err(PtyError::NotAMaster)
+        ));
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let master = PtyMaster::from_fd(pair.master).unwrap();
+        master.resize(TermSize { rows: 3, cols: 4 }).unwrap();
+        assert_eq!(master.size().unwrap(), TermSize { rows: 3, cols: 4 });
+        assert_eq!(master.eof_char(), 0x04);
     }
 
     /// Opens seen on `path` through inotify since `watch` was set up.

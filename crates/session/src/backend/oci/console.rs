@@ -1,6 +1,5 @@
 //! The exec'd process's terminal: the runtime's `--console-socket`, over
-//! which it hands execd the pty master it opened inside the container, and
-//! non-blocking I/O on that master through the tokio reactor.
+//! which it hands execd the pty master it opened inside the container.
 //!
 //! The socket lives in the start's private directory (0700, root's) and
 //! takes one connection: from the runtime, which sends the master with
@@ -9,23 +8,18 @@
 //! `uio` feature, which this crate does not enable, so the one call is
 //! made through libc.
 //!
-//! The master behaves like the CLI backend's: reads and writes park on
-//! epoll, and `EIO` (every holder of the slave gone) is end-of-file.
+//! The master is then a [`PtyMaster`] like the one the CLI backend opens:
+//! the same non-blocking reads and writes on epoll, `EIO` (every holder of
+//! the slave gone) as end-of-file, sizes set on it directly.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::pty::Winsize;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::UnixListener;
 
-use crate::command::TermSize;
+use crate::pty::{PtyError, PtyMaster};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -56,7 +50,7 @@ impl ConsoleSocket {
 
     /// Accepts the runtime's connection and receives the master from it.
     /// Cancel-safe until a connection was accepted.
-    pub async fn receive(&self) -> Result<Master, ConsoleError> {
+    pub async fn receive(&self) -> Result<PtyMaster, ConsoleError> {
         let (stream, _) = self.listener.accept().await.map_err(ConsoleError::Socket)?;
         // Only a process of execd's own user can have reached the private
         // directory; check anyway, it costs nothing.
@@ -76,7 +70,10 @@ impl ConsoleSocket {
                 Err(e) => return Err(ConsoleError::Socket(e)),
             }
         };
-        Master::new(fd)
+        PtyMaster::from_fd(fd).map_err(|e| match e {
+            PtyError::NotAMaster => ConsoleError::NotAMaster,
+            other => ConsoleError::Setup(io::Error::other(other)),
+        })
     }
 }
 
@@ -133,150 +130,10 @@ fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     Ok(fds.into_iter().next())
 }
 
-fn winsize(size: TermSize) -> Winsize {
-    Winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
-}
-
-/// The pty master of the exec'd process's terminal. Cheap to clone.
-#[derive(Clone)]
-pub struct Master {
-    fd: Arc<AsyncFd<OwnedFd>>,
-}
-
-impl Master {
-    fn new(fd: OwnedFd) -> Result<Master, ConsoleError> {
-        let mut number: libc::c_uint = 0;
-        // SAFETY: TIOCGPTN writes one unsigned int to the pointer, a live
-        // local; it fails on anything but a pty master.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut number) } == -1 {
-            return Err(ConsoleError::NotAMaster);
-        }
-        let flags =
-            fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| ConsoleError::Setup(e.into()))?;
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))
-            .map_err(|e| ConsoleError::Setup(e.into()))?;
-        // SAFETY: the AsyncFd takes ownership of the master, which stays
-        // open and unchanged until the AsyncFd is dropped.
-        let fd =
-            unsafe { AsyncFd::register(fd) }.map_err(|e| ConsoleError::Setup(e.into_parts().1))?;
-        Ok(Master { fd: Arc::new(fd) })
-    }
-
-    fn raw(&self) -> RawFd {
-        self.fd.get_ref().as_raw_fd()
-    }
-
-    /// Sets the size; the kernel sends SIGWINCH to the terminal's
-    /// foreground process group inside the container.
-    pub fn resize(&self, size: TermSize) -> io::Result<()> {
-        let ws = winsize(size);
-        // SAFETY: TIOCSWINSZ reads a winsize struct from the pointer, a
-        // live local of exactly that type.
-        let rc = unsafe { libc::ioctl(self.raw(), libc::TIOCSWINSZ, &ws as *const Winsize) };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// The size the kernel holds.
-    #[cfg(test)]
-    pub fn size(&self) -> io::Result<TermSize> {
-        let mut ws = winsize(TermSize::default());
-        // SAFETY: TIOCGWINSZ writes a winsize struct to the pointer, a
-        // live, writable local of exactly that type.
-        let rc = unsafe { libc::ioctl(self.raw(), libc::TIOCGWINSZ, &mut ws as *mut Winsize) };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(TermSize {
-            rows: ws.ws_row,
-            cols: ws.ws_col,
-        })
-    }
-
-    /// The byte the terminal's line discipline turns into end-of-file.
-    pub fn eof_char(&self) -> u8 {
-        use nix::sys::termios::{tcgetattr, SpecialCharacterIndices};
-        tcgetattr(self.fd.get_ref())
-            .map(|t| t.control_chars[SpecialCharacterIndices::VEOF as usize])
-            .unwrap_or(0x04)
-    }
-
-    pub fn reader(&self) -> MasterReader {
-        MasterReader(self.clone())
-    }
-
-    pub fn writer(&self) -> MasterWriter {
-        MasterWriter(self.clone())
-    }
-}
-
-/// The terminal's output (the process's stdout and stderr, merged).
-pub struct MasterReader(Master);
-
-impl AsyncRead for MasterReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.0.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
-            }) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // The last holder of the slave closed it: end of output.
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-/// The terminal's input.
-pub struct MasterWriter(Master);
-
-impl AsyncWrite for MasterWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.0.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
-            {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::TermSize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// What the runtime does: connect and send the master with SCM_RIGHTS.

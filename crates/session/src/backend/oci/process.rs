@@ -10,11 +10,11 @@ use nix::sys::signal::Signal;
 
 use super::cgroup::SessionCgroup;
 use super::child::Child;
-use super::console::Master;
 use super::REAP_WITHIN;
 use crate::backend::WaitError;
 use crate::backend::{BoxFuture, OutputChunk, Process, ProcessControl, ProcessOutput, Resizer};
 use crate::command::TermSize;
+use crate::pty::{PtyError, PtyMaster};
 use crate::session::OutputStream;
 
 /// A session whose process never started: the message on its output, then
@@ -76,11 +76,15 @@ impl ProcessControl for Exited {
 
 /// Sizes the terminal on its master, which execd holds: applied at once,
 /// nothing to check later.
-pub(super) struct MasterResizer(pub(super) Master);
+pub(super) struct MasterResizer(pub(super) PtyMaster);
 
 impl Resizer for MasterResizer {
     fn resize(&self, size: TermSize) -> BoxFuture<'_, std::io::Result<()>> {
-        Box::pin(std::future::ready(self.0.resize(size)))
+        let resized = self.0.resize(size).map_err(|e| match e {
+            PtyError::Resize(e) => e,
+            other => std::io::Error::other(other),
+        });
+        Box::pin(std::future::ready(resized))
     }
 
     fn needs_checks(&self) -> bool {
