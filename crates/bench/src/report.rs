@@ -133,14 +133,29 @@ pub fn machine_description() -> String {
     format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}; Docker engine {engine}")
 }
 
-/// The markdown report: machine, how it was made, the table, the notes.
-pub fn render(rows: &[Row], notes: &[String], machine: &str, quick: bool) -> String {
+/// The markdown report: machine, how it was made (the bench's arguments,
+/// `--out` left out), the table, the notes.
+pub fn render(rows: &[Row], notes: &[String], machine: &str, invocation: &[String]) -> String {
     let mut out = String::new();
     out.push_str("# execd benchmarks\n\n");
     out.push_str(&format!("Machine: {machine}.\n\n"));
-    out.push_str("Produced by `cargo run --release -p execd-bench`");
-    if quick {
-        out.push_str(" `--quick` (reduced sizes: a smoke run)");
+    out.push_str("Produced by `cargo run --release -p execd-bench");
+    let mut args = invocation.iter();
+    let mut shown = Vec::new();
+    while let Some(arg) = args.next() {
+        if arg == "--out" {
+            args.next();
+        } else if !arg.starts_with("--out=") {
+            shown.push(arg.as_str());
+        }
+    }
+    if !shown.is_empty() {
+        out.push_str(" -- ");
+        out.push_str(&shown.join(" "));
+    }
+    out.push('`');
+    if invocation.iter().any(|a| a == "--quick") {
+        out.push_str(" (reduced sizes: a smoke run)");
     }
     out.push_str(". Each scenario runs through execd and through plain `docker exec` in the same run, on the same container; ratio = execd ÷ docker exec.\n\n");
     out.push_str("| scenario | metric | execd | docker exec | unit | ratio | target | |\n|---|---|---:|---:|---|---:|---|---|\n");

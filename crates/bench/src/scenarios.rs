@@ -7,27 +7,54 @@ use std::pin::Pin;
 use anyhow::Result;
 use tonic::transport::Channel;
 
+use crate::churn;
 use crate::measure;
 use crate::report::{Row, Samples};
 use crate::session::open;
 use crate::system::Execd;
+use crate::throughput;
+
+/// The backends the bench measures, in the order their rows appear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Cli,
+    EngineApi,
+    Oci,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Cli, Kind::EngineApi, Kind::Oci];
+
+    /// `--backend`'s value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cli => "cli",
+            Kind::EngineApi => "engine-api",
+            Kind::Oci => "oci",
+        }
+    }
+}
 
 /// One execd under test, with the backend it runs.
 pub struct Backend {
-    /// `--backend`'s value.
-    pub name: &'static str,
+    pub kind: Kind,
     pub execd: Execd,
     pub channel: Channel,
 }
 
 impl Backend {
-    fn is_engine(&self) -> bool {
-        self.name == "engine-api"
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// No process in execd's host per session (no `docker exec` child).
+    fn hostless(&self) -> bool {
+        self.kind != Kind::Cli
     }
 
     /// The scenario's label in the table, with this backend.
-    fn label(&self, scenario: &str) -> String {
-        format!("{scenario} · {}", self.name)
+    pub fn label(&self, scenario: &str) -> String {
+        format!("{scenario} · {}", self.name())
     }
 }
 
@@ -37,12 +64,15 @@ pub struct Bench {
     pub backends: Vec<Backend>,
     /// The execd binary, for scenarios that need one of their own.
     pub binary: std::path::PathBuf,
+    /// The example client, for the throughput rows it drives.
+    pub client: Option<std::path::PathBuf>,
     /// Smaller sample counts and sizes: a smoke run.
     pub quick: bool,
+    pub churn: churn::Options,
 }
 
 impl Bench {
-    fn size<T>(&self, quick: T, full: T) -> T {
+    pub fn size<T>(&self, quick: T, full: T) -> T {
         if self.quick {
             quick
         } else {
@@ -87,12 +117,12 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pipe",
         measures: "pipe throughput",
-        run: |b| Box::pin(throughput(b, false)),
+        run: |b| Box::pin(throughput::scenario(b, false)),
     },
     Scenario {
         name: "tty",
         measures: "tty throughput",
-        run: |b| Box::pin(throughput(b, true)),
+        run: |b| Box::pin(throughput::scenario(b, true)),
     },
     Scenario {
         name: "keys",
@@ -106,8 +136,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "churn",
-        measures: "churn: exit, error and cancel mid-output",
-        run: |b| Box::pin(churn(b)),
+        measures: "churn: exit, error, cancel mid-output (and escaped double-forks), then what is left once the load drops",
+        run: |b| Box::pin(churn::scenario(b)),
     },
     Scenario {
         name: "replay",
@@ -123,10 +153,12 @@ pub const SCENARIOS: &[Scenario] = &[
 
 /// Notes that hold for every run.
 pub const NOTES: &[&str] = &[
-    "RSS per idle session is the growth of execd's VmRSS from before opening the sessions to after, divided by their number; the `docker exec` children (CLI backend) are reported separately. The engine-api backend has none.",
-    "`· cli` rows run execd with `--backend cli` (a `docker exec` child per session), `· engine-api` rows with `--backend engine-api` (the Engine API directly); the docker exec column is the same baseline for both.",
+    "RSS per idle session is the growth of execd's VmRSS from before opening the sessions to after, divided by their number. Processes in execd's host are its direct children in its own pid namespace (the CLI backend's `docker exec` children, reported separately with their RSS); the OCI backend's session processes are execd's children too (it is their subreaper) but live in the container, so they are not counted. The engine-api and oci backends have none.",
+    "`· cli` rows run execd with `--backend cli` (a `docker exec` child per session), `· engine-api` rows with `--backend engine-api` (the Engine API directly), `· oci` rows with `--backend oci` (runc directly, `--oci-root` of the engine's runtime state); the docker exec column is the same baseline for all.",
+    "How rows are driven: rows whose scenario says `exec client` spawn the example client (`examples/exec.rs`, built as the `exec` example) once per run as a separate process, read its stdout pipe to the end (pipe) or the PTY it runs under with `-i -t` (tty), and time spawn → exit; their docker exec column is `docker exec` (`-i -t` under the same PTY code for tty) driven the same way at the same size. Every other row is driven by the bench's in-process tonic client with 4 MiB stream and 16 MiB connection windows. The OCI issue's throughput targets sit on the `exec client` rows.",
     "Detached sessions: execd's RSS growth divided by their number, after each printed more than its ring holds; it includes the ring (`--replay-buffer`, 1 MiB) and the session's engine read buffer (256 KiB, touched by the flood).",
     "Terminal baselines drive `docker exec -t` under a PTY opened by the bench with the same code execd uses.",
+    "Churn: the leftovers are checked once nothing is left, or once the 1-minute load average is below the core count (after at least 30 s) or the settle limit (`--churn-settle`) has passed, whichever comes first. Processes left in the container are those beyond its init and `sleep infinity`, found from the host by pid namespace (markerless escapes included); marked ones are those of them that still carry `EXECD_SESSION_ID` (only the bench container is looked at: other containers on the host are not the bench's). The escaped double-fork sessions run `env -u EXECD_SESSION_ID sleep 1000 &` (holding the session's stdout) and `(setsid env -u EXECD_SESSION_ID sleep 1001 </dev/null >/dev/null 2>&1 &)` (double-forked, reparented to the container's init), then `echo x`; they are part of the mix on oci always, on the other backends with `--churn-escapes` (where only the marker reaper runs, so they are expected to stay); the bench kills what the churn left after the check.",
 ];
 
 /// Warms both paths (CLI binaries in the page cache, engine caches), so
@@ -162,7 +194,11 @@ async fn start(b: &Bench) -> Result<Outcome> {
         let (e_first, e_exit) = (Samples(first), Samples(exit));
         let (ef, df) = (e_first.median(), d_first.median());
         let (ef99, df99) = (e_first.p99(), d_first.p99());
-        let median_target = if backend.is_engine() { 0.95 } else { 1.05 };
+        let median_target = match backend.kind {
+            Kind::Cli => 1.05,
+            Kind::EngineApi => 0.95,
+            Kind::Oci => 0.6,
+        };
         rows.extend([
             row("first byte, median", ef, df).target(
                 &format!("ratio ≤ {median_target}"),
@@ -172,47 +208,6 @@ async fn start(b: &Bench) -> Result<Outcome> {
             row("exit, median", e_exit.median(), d_exit.median()),
             row("exit, p99", e_exit.p99(), d_exit.p99()),
         ]);
-    }
-    Ok(rows.into())
-}
-
-/// Throughput through execd and through plain `docker exec`, median of 3
-/// alternating runs each.
-async fn throughput(b: &Bench, tty: bool) -> Result<Outcome> {
-    let count = match tty {
-        false => b.size(1024, 8192),
-        true => b.size(512, 2048),
-    };
-    let mut execd: Vec<Vec<f64>> = vec![Vec::new(); b.backends.len()];
-    let mut d = Vec::new();
-    for _ in 0..3 {
-        for (backend, rates) in b.backends.iter().zip(execd.iter_mut()) {
-            rates.push(measure::throughput_execd(&backend.channel, tty, count).await?);
-        }
-        d.push(if tty {
-            measure::throughput_docker_tty(count).await?
-        } else {
-            measure::throughput_docker_pipe(count).await?
-        });
-    }
-    let d = Samples(d).median();
-    let kind = if tty { "tty" } else { "pipe" };
-    let mut rows = Vec::new();
-    for (backend, rates) in b.backends.iter().zip(execd) {
-        let e = Samples(rates).median();
-        let scenario = backend.label(&format!(
-            "{kind} throughput ({} MiB, median of 3)",
-            count / 16
-        ));
-        let floor = match (backend.is_engine(), tty) {
-            (true, false) => 1.10,
-            (true, true) => 1.0,
-            (false, _) => 0.95,
-        };
-        rows.push(
-            Row::compared(&scenario, "rate", e, d, "MiB/s")
-                .target(&format!("ratio ≥ {floor}"), e / d >= floor),
-        );
     }
     Ok(rows.into())
 }
@@ -241,8 +236,8 @@ async fn concurrency(b: &Bench) -> Result<Outcome> {
     let mut rows = Vec::new();
     for backend in &b.backends {
         // The CLI backend pays ~25 MB and a process per session, so it
-        // stops at 200; the engine backend is held to 1,000.
-        let levels: &[usize] = match (backend.is_engine(), b.quick) {
+        // stops at 200; the engine-api and oci backends are held to 1,000.
+        let levels: &[usize] = match (backend.hostless(), b.quick) {
             (false, true) => &[20, 50],
             (false, false) => &[50, 100, 200],
             (true, true) => &[50, 200],
@@ -264,12 +259,12 @@ async fn concurrency(b: &Bench) -> Result<Outcome> {
                 children / r.sessions as f64,
                 "processes",
             );
-            if backend.is_engine() {
+            if backend.hostless() {
                 children_row = children_row.target("0", r.children == 0);
             }
             let p99 = r.rtt_p99_ms;
             let mut rtt_row = row("keystroke p99 on one session", p99, "ms");
-            if backend.is_engine() {
+            if backend.hostless() {
                 rtt_row = rtt_row.target("≤ 5 ms", p99 <= 5.0);
             }
             rows.extend([
@@ -282,59 +277,13 @@ async fn concurrency(b: &Bench) -> Result<Outcome> {
                 .target("no growth per session", after <= before + 2),
                 children_row,
                 row(
-                    "their RSS (the docker exec children)",
+                    "their RSS (host processes: docker exec children)",
                     r.children_rss_mib,
                     "MiB",
                 ),
                 rtt_row,
             ]);
         }
-    }
-    Ok(rows.into())
-}
-
-async fn churn(b: &Bench) -> Result<Outcome> {
-    let mut rows = Vec::new();
-    for backend in &b.backends {
-        // A process per session makes the CLI backend ~10× slower to churn.
-        let n = match (backend.is_engine(), b.quick) {
-            (_, true) => 300,
-            (false, false) => 2_000,
-            (true, false) => 10_000,
-        };
-        let r = measure::churn(&backend.execd, &backend.channel, n, 8).await?;
-        let scenario = backend.label(&format!(
-            "churn ({} sessions: exit, error, cancel mid-output)",
-            r.sessions
-        ));
-        let row =
-            |metric: &str, value: f64, unit: &str| Row::execd_only(&scenario, metric, value, unit);
-        rows.extend([
-            row(
-                "sessions per second (8 clients)",
-                r.per_second,
-                "sessions/s",
-            ),
-            row(
-                "sessions not ending as they should",
-                r.failures as f64,
-                "sessions",
-            )
-            .target("0", r.failures == 0),
-            row(
-                "execd fds after",
-                r.fds_after as f64,
-                &format!("fds (from {})", r.fds_before),
-            )
-            .target("back to baseline", r.fds_after <= r.fds_before),
-            row(
-                "execd threads after",
-                r.threads_after as f64,
-                &format!("threads (from {})", r.threads_before),
-            )
-            .target("back to baseline", r.threads_after <= r.threads_before),
-            row("session processes left", r.left as f64, "processes").target("0", r.left == 0),
-        ]);
     }
     Ok(rows.into())
 }
@@ -386,7 +335,7 @@ async fn slow(b: &Bench) -> Result<Outcome> {
             Row::execd_only(&scenario, "execd RSS growth", growth, "MiB")
                 .target("< 16 MiB", growth < 16.0),
         );
-        outcome.notes.push(format!("slow reader ({}): the client actually read {rate:.2} MiB/s; the process was held back by backpressure, not killed.", backend.name));
+        outcome.notes.push(format!("slow reader ({}): the client actually read {rate:.2} MiB/s; the process was held back by backpressure, not killed.", backend.name()));
     }
     Ok(outcome)
 }
