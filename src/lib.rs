@@ -6,13 +6,10 @@
 //! - [`transport`]: the connection layer under every door: accept loops,
 //!   connection and stream bounds, TLS, HTTP/1.1 vs HTTP/2, and the
 //!   `:authority` fix for gRPC clients on unix sockets.
-//! - [`doors`]: the HTTP front doors, beside gRPC on every listener.
+//! - [`doors`]: every door onto the session manager (gRPC `ExecStream`,
+//!   CRI, Kubernetes, Docker, the terminals), one shape for all of them.
 //! - [`stream_limit`]: caps concurrent streaming calls of a gRPC service.
-//! - [`door_session`]: starting a session and recording its end, for
-//!   every door alike.
 //! - [`error_text`]: session errors as clients read them (flag hints).
-//! - [`protocol`]: mapping between `exec_service` messages and sessions.
-//! - [`exec_service`] serves `ExecService/ExecStream`, one session per stream.
 //! - [`health`]: `grpc.health.v1` status that follows the engine.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`admin_service`] serves `execd.admin.v1.SessionAdmin`.
@@ -22,14 +19,11 @@
 pub mod admin_service;
 pub mod auth;
 pub mod config;
-pub mod door_session;
 pub mod doors;
 pub mod error_text;
-pub mod exec_service;
 pub mod health;
 pub mod listener;
 pub mod metrics;
-pub mod protocol;
 pub mod stream_limit;
 pub mod transport;
 
@@ -93,7 +87,7 @@ pub async fn run_on(
         .filter_map(|l| l.socket_file().cloned())
         .collect();
     let addresses: Vec<String> = listeners.iter().map(Listener::local_addr).collect();
-    tracing::info!(listen = ?addresses, mode = ?manager.mode(), "execd serving");
+    tracing::info!(listen = ?addresses, backend = ?manager.backend_config(), "execd serving");
     let connections = transport::serve(listeners, app, transport_config, shutdown.clone());
     shutdown.cancelled().await;
     drain(&connections, &manager, config.shutdown_grace).await;
@@ -171,12 +165,12 @@ fn transport_config(config: &ServerConfig) -> Result<transport::TransportConfig,
             .map(transport::tls::acceptor)
             .transpose()?,
         max_connections: config.max_connections,
-        max_connections_per_ip: config
-            .max_connections_per_ip
-            .unwrap_or(config.max_connections / 4),
-        max_unauthenticated_connections: config
-            .max_unauthenticated_connections
-            .unwrap_or(config.max_connections / 8),
+        max_connections_per_ip: config.max_connections_per_ip.unwrap_or(
+            transport::admission::default_max_per_peer(config.max_connections),
+        ),
+        max_unauthenticated_connections: config.max_unauthenticated_connections.unwrap_or(
+            transport::admission::default_max_unproven(config.max_connections),
+        ),
         credentials: transport::admission::Credentials {
             exec: config.auth.clone(),
             admin: config.admin_auth.clone(),
@@ -225,11 +219,11 @@ async fn grpc_routes(
     shutdown: &CancellationToken,
     door_ctx: &doors::DoorContext,
 ) -> Result<Routes, ServerError> {
-    let exec = ExecServiceServer::new(exec_service::ExecServiceImpl::new(
+    let exec = ExecServiceServer::new(doors::grpc::ExecServiceImpl::new(
         manager.clone(),
         config.start_timeout,
         config.max_pending_starts,
-        metrics,
+        metrics.clone(),
     ))
     .max_decoding_message_size(config.max_message_size);
     let admin = SessionAdminServer::new(admin_service::SessionAdminImpl::new(manager.clone()));
@@ -258,23 +252,21 @@ async fn grpc_routes(
     // With tokens configured, the services sit behind their checks (the
     // admin API behind admin tokens when given); health and reflection stay
     // open for probes and tooling. The CRI RuntimeService (ExecSync, Exec,
-    // Attach) starts sessions, so it takes the exec tokens.
+    // Attach) starts sessions, so it takes the exec tokens. Each check
+    // counts its refusals under its own door, like the HTTP doors' checks.
     let cri = RuntimeServiceServer::new(doors::cri::CriRuntime::new(door_ctx.clone()));
+    let exec_guard = |tokens: &auth::TokenStore, door| {
+        auth::ExecGuard::new(tokens.clone()).reporting(metrics.clone(), door)
+    };
     routes = match &config.auth {
         None => routes.add_service(exec).add_service(cri),
         Some(tokens) => routes
-            .add_service(InterceptedService::new(
-                exec,
-                auth::ExecGuard::new(tokens.clone()),
-            ))
-            .add_service(InterceptedService::new(
-                cri,
-                auth::ExecGuard::new(tokens.clone()),
-            )),
+            .add_service(InterceptedService::new(exec, exec_guard(tokens, "grpc")))
+            .add_service(InterceptedService::new(cri, exec_guard(tokens, "cri"))),
     };
     routes = match auth::AdminGuard::new(config.auth.as_ref(), config.admin_auth.as_ref()) {
         None => routes.add_service(admin),
-        Some(guard) => routes.add_service(InterceptedService::new(admin, guard)),
+        Some(guard) => routes.add_service(InterceptedService::new(admin, guard.reporting(metrics))),
     };
     Ok(routes)
 }

@@ -1,10 +1,10 @@
 //! Prometheus metrics, served at `/metrics` on `--metrics-listen`.
 //!
-//! Recorded by the ExecStream handler at the points the protocol defines:
-//! STARTED (started, start latency, active), every output/input chunk
-//! (bytes), and the terminal status (ended by outcome, exit code class).
-//! An RAII [`ActiveSession`] makes sure a session that vanishes without a
-//! terminal status (client gone) still leaves the gauge and counts right.
+//! Sessions are recorded for every door alike, by `doors::session`: the
+//! start (started, start latency, active), every output/input chunk
+//! (bytes), and the end (ended by outcome, exit code class). An RAII
+//! [`ActiveSession`] makes sure a session that vanishes without a recorded
+//! end (client gone) still leaves the gauge and counts right.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -349,10 +349,6 @@ impl ActiveSession {
                 .inc();
         }
         true
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 }
 

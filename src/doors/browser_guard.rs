@@ -48,7 +48,7 @@ struct Allowed {
 
 /// Wraps `app` (every route and the fallback) with the guard, when the
 /// server has no tokens.
-pub fn guard(
+pub(crate) fn guard(
     app: axum::Router,
     tokens: bool,
     allowed_origins: &[String],

@@ -22,14 +22,12 @@ use execd_proto::cri::runtime_service_server::RuntimeService;
 use execd_proto::cri::{
     AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
 };
-use execd_session::{
-    Door, EndReason, ExecSpec, OutputStream, SessionError, SessionEvent, SessionKind,
-};
+use execd_session::{Door, EndReason, ExecSpec, OutputStream, SessionError, SessionKind};
 use tonic::{Request, Response, Status};
 
 use super::kube::{StreamRequest, TokenError};
+use super::session::{self as door_session, DoorInput, DoorSession, End, Ending, Next};
 use super::DoorContext;
-use crate::door_session::{self, Ending, Opened};
 use crate::error_text::ClientText;
 
 /// Most bytes of each of stdout and stderr that one ExecSync returns. Both
@@ -50,7 +48,7 @@ const FIRST_ALLOCATION: usize = 64 * 1024;
 const KILL_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
-pub enum CriError {
+pub(crate) enum CriError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -140,14 +138,14 @@ impl From<CriError> for Status {
 }
 
 /// The RuntimeService implementation.
-pub struct CriRuntime {
+pub(crate) struct CriRuntime {
     ctx: DoorContext,
     /// What the ExecSync calls running at once may hold.
     budget: OutputBudget,
 }
 
 impl CriRuntime {
-    pub fn new(ctx: DoorContext) -> Self {
+    pub(crate) fn new(ctx: DoorContext) -> Self {
         CriRuntime {
             ctx,
             budget: OutputBudget::new(OUTPUT_BUDGET),
@@ -209,16 +207,14 @@ enum Collected {
 /// Gathers the session's output (each stream capped, all of it within the
 /// budget) until its end: the exit code, or why it ended without one.
 async fn collect_output(
-    events: &mut execd_session::SessionEvents,
-    metrics: &crate::metrics::Metrics,
+    session: &mut DoorSession,
     hold: &mut BudgetHold,
     stdout: &mut Vec<u8>,
     stderr: &mut Vec<u8>,
 ) -> Collected {
     loop {
-        match events.recv().await {
-            Some(SessionEvent::Output { stream, data }) => {
-                metrics.record_output(stream, data.len());
+        match session.next().await {
+            Next::Output(stream, data) => {
                 let buf = match stream {
                     OutputStream::Stdout => &mut *stdout,
                     OutputStream::Stderr => &mut *stderr,
@@ -227,20 +223,15 @@ async fn collect_output(
                     return Collected::OverBudget;
                 }
             }
-            Some(SessionEvent::Exited { code }) => return Collected::Exited(code),
-            Some(SessionEvent::Failed(e)) => return Collected::Failed(e),
-            None => {
-                return Collected::Failed(SessionError::Wait(std::io::Error::other(
-                    "session ended without a final status",
-                )))
-            }
+            Next::End(End::Exited(code)) => return Collected::Exited(code),
+            Next::End(End::Failed(e) | End::Lost(e)) => return Collected::Failed(e),
         }
     }
 }
 
 /// Ends a session execd gives up on and waits for the kill, so the
 /// process is gone in the container when the caller hears why.
-async fn end_and_wait(input: &execd_session::SessionInput, reason: EndReason) -> SessionError {
+async fn end_and_wait(input: &DoorInput, reason: EndReason) -> SessionError {
     input.end(reason.clone());
     let _ = tokio::time::timeout(KILL_WAIT, input.finished()).await;
     SessionError::Ended(reason)
@@ -270,13 +261,9 @@ impl CriRuntime {
             session_id = tracing::field::Empty,
             container_id = %execd_session::log_field::LogField::new(&spec.container_id),
         );
-        // A refusal is counted and logged by the start itself.
-        let Opened {
-            session,
-            active,
-            requested_at,
-            ..
-        } = door_session::open(
+        // A refusal is counted and logged by the start itself. ExecSync has
+        // no frames to serve: the answer is one message after the end.
+        let (mut session, mut input) = door_session::open(
             &self.ctx.manager,
             &self.ctx.metrics,
             None,
@@ -285,29 +272,18 @@ impl CriRuntime {
             &span,
         )
         .await?;
-        span.record("session_id", session.id.as_str());
-        let stats = session.stats.clone();
-        let record =
-            |ending| door_session::record_end(&active, &span, requested_at, &stats, ending);
-        let mut input = session.input;
+        span.record("session_id", session.id());
         input.close_stdin().await;
-        let mut events = session.output.into_receiver();
         let mut hold = self.budget.hold();
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let collect = collect_output(
-            &mut events,
-            &self.ctx.metrics,
-            &mut hold,
-            &mut stdout,
-            &mut stderr,
-        );
+        let collect = collect_output(&mut session, &mut hold, &mut stdout, &mut stderr);
         let outcome = if req.timeout > 0 {
             let limit = Duration::from_secs(req.timeout.unsigned_abs());
             match tokio::time::timeout(limit, collect).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
                     let reason = EndReason::Closed(format!("timeout after {}s", req.timeout));
-                    record(Ending::Failed(&end_and_wait(&input, reason).await));
+                    session.finish(Ending::Failed(&end_and_wait(&input, reason).await));
                     return Err(CriError::Timeout(req.timeout));
                 }
             }
@@ -316,7 +292,7 @@ impl CriRuntime {
         };
         match outcome {
             Collected::Exited(exit_code) => {
-                record(Ending::Exited(exit_code));
+                session.finish(Ending::Exited(exit_code));
                 Ok(ExecSyncResponse {
                     stdout: stdout.into(),
                     stderr: stderr.into(),
@@ -324,7 +300,7 @@ impl CriRuntime {
                 })
             }
             Collected::Failed(e) => {
-                record(Ending::Failed(&e));
+                session.finish(Ending::Failed(&e));
                 Err(e.into())
             }
             Collected::OverBudget => {
@@ -332,7 +308,7 @@ impl CriRuntime {
                 drop((stdout, stderr, hold));
                 let reason = EndReason::TooLarge(self.budget.exceeded());
                 let e = end_and_wait(&input, reason).await;
-                record(Ending::Failed(&e));
+                session.finish(Ending::Failed(&e));
                 Err(e.into())
             }
         }
@@ -415,7 +391,7 @@ impl CriRuntime {
             owner: request.owner.clone(),
             ..ExecSpec::default()
         };
-        spec.validate(self.ctx.manager.mode())
+        spec.validate(self.ctx.manager.backend_config())
             .map_err(|e| CriError::Session(e.into()))
     }
 }

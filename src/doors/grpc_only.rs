@@ -24,7 +24,7 @@ use http::{header, HeaderValue, StatusCode, Version};
 use crate::metrics::Metrics;
 
 /// Wraps the gRPC services' router with the check.
-pub fn guard(grpc: axum::Router, metrics: Arc<Metrics>) -> axum::Router {
+pub(crate) fn guard(grpc: axum::Router, metrics: Arc<Metrics>) -> axum::Router {
     grpc.layer(axum::middleware::from_fn_with_state(metrics, check))
 }
 
@@ -60,7 +60,7 @@ async fn check(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
 }
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc; …`.
-pub fn is_grpc(content_type: &str) -> bool {
+pub(crate) fn is_grpc(content_type: &str) -> bool {
     let lower = content_type.trim().to_ascii_lowercase();
     match lower.strip_prefix("application/grpc") {
         Some(rest) => rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'),

@@ -1,18 +1,31 @@
-//! The HTTP front doors: every door that is not gRPC, on the same
-//! listeners and connections as gRPC (the transport tells HTTP/1.1 from
-//! HTTP/2 per connection), onto the same session manager.
+//! The front doors: every way in to the session manager, on the same
+//! listeners and connections (the transport tells HTTP/1.1 from HTTP/2
+//! per connection).
 //!
-//! Each door is one module that maps its protocol onto session events and
-//! nothing else; what they share (the session manager, metrics, tokens)
-//! travels in [`DoorContext`]. Requests no door claims get a 404 with a JSON
-//! body, or gRPC UNIMPLEMENTED when they are gRPC calls.
+//! - `grpc`: `ExecService/ExecStream`; [`cri`]: `runtime.v1` ExecSync,
+//!   Exec and Attach (both tonic services, routed beside the others);
+//! - [`kube`]: pod exec/attach WebSockets and CRI streaming URLs;
+//!   [`docker`]: the Engine exec API; [`web`]: the browser terminal;
+//!   `terminal`: `/terminal/ws`;
+//! - `grpc_only`, `browser_guard`, [`web::origin`]: the guards in front
+//!   of them.
+//!
+//! Each door maps its protocol onto session events and nothing else. What
+//! they share: `session` (a session from its start to its one recorded
+//! end, bytes counted), `serve` (the reader/writer loop every streaming
+//! door runs), and `DoorContext` (the session manager, metrics, tokens).
+//! Requests no door claims get a 404 with a JSON body, or gRPC
+//! UNIMPLEMENTED when they are gRPC calls.
 
-pub mod browser_guard;
+pub(crate) mod browser_guard;
 pub mod cri;
 pub mod docker;
-pub mod grpc_only;
+pub(crate) mod grpc;
+pub(crate) mod grpc_only;
 pub mod kube;
-pub mod terminal;
+pub(crate) mod serve;
+pub(crate) mod session;
+pub(crate) mod terminal;
 pub mod web;
 
 use std::sync::Arc;
@@ -26,25 +39,25 @@ use crate::metrics::Metrics;
 
 /// What every door needs from the server.
 #[derive(Clone)]
-pub struct DoorContext {
-    pub manager: SessionManager,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct DoorContext {
+    pub(crate) manager: SessionManager,
+    pub(crate) metrics: Arc<Metrics>,
     /// Bearer tokens; `None` when the server runs without them.
-    pub auth: Option<TokenStore>,
+    pub(crate) auth: Option<TokenStore>,
     /// CRI streaming URLs: issued by the CRI service, redeemed by the kube
     /// door.
-    pub streams: kube::StreamTokens,
+    pub(crate) streams: kube::StreamTokens,
     /// The browser terminal (`--web`) and the WebSocket origin guard.
-    pub web: web::WebConfig,
+    pub(crate) web: web::WebConfig,
     /// `/terminal/ws`: the container label that names instances, if any.
-    pub terminal_instance_label: Option<String>,
+    pub(crate) terminal_instance_label: Option<String>,
     /// `--max-message-size`: the largest WebSocket message (and frame) a
     /// client may send; larger ones end the stream with close 1009.
-    pub max_message_size: usize,
+    pub(crate) max_message_size: usize,
 }
 
 /// The routes of every HTTP door.
-pub fn router(ctx: DoorContext) -> axum::Router {
+pub(crate) fn router(ctx: DoorContext) -> axum::Router {
     // The pod exec path is shared: the Kubernetes door claims WebSocket
     // upgrades there and hands every other request (the Docker-style
     // create) to the Docker door's method router.
@@ -61,7 +74,7 @@ pub fn router(ctx: DoorContext) -> axum::Router {
 /// The whole application: the gRPC services (reachable by gRPC only), the
 /// HTTP doors, the 404 for the rest, and in front of all of them, on a
 /// token-less TCP listener, the guard against web pages.
-pub fn app(grpc: axum::Router, ctx: DoorContext) -> axum::Router {
+pub(crate) fn app(grpc: axum::Router, ctx: DoorContext) -> axum::Router {
     let metrics = ctx.metrics.clone();
     let unserved = metrics.clone();
     let app = grpc_only::guard(grpc, metrics.clone())
@@ -100,7 +113,7 @@ pub(crate) async fn fallback(metrics: Arc<Metrics>, req: axum::extract::Request)
 /// counted in `execd_requests_refused` by door and reason, and answered
 /// with a JSON body — or, to a gRPC call, with the gRPC status a client
 /// library can read.
-pub fn refuse<B>(
+pub(crate) fn refuse<B>(
     metrics: &Metrics,
     req: &http::Request<B>,
     door: &'static str,
@@ -130,7 +143,7 @@ pub fn refuse<B>(
 
 /// The log line and the count of [`refuse`], for doors that answer in
 /// their own shape.
-pub fn log_refusal<B>(
+pub(crate) fn log_refusal<B>(
     metrics: &Metrics,
     req: &http::Request<B>,
     door: &'static str,
@@ -143,14 +156,14 @@ pub fn log_refusal<B>(
 
 /// Whether a WebSocket read failed because a message (or frame) was over
 /// `--max-message-size` (the limit set on every door's upgrade).
-pub fn ws_message_too_big(e: &axum::Error) -> bool {
+pub(crate) fn ws_message_too_big(e: &axum::Error) -> bool {
     // tungstenite's CapacityError::MessageTooLong, the only error it
     // reports for a size limit; axum does not expose the type.
     e.to_string().contains("Message too long")
 }
 
 /// The close frame for such a client: 1009 (Message Too Big).
-pub fn ws_too_big_close() -> axum::extract::ws::Message {
+pub(crate) fn ws_too_big_close() -> axum::extract::ws::Message {
     axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
         code: axum::extract::ws::close_code::SIZE,
         reason: "message larger than --max-message-size".into(),
@@ -158,7 +171,7 @@ pub fn ws_too_big_close() -> axum::extract::ws::Message {
 }
 
 /// An error response with a `{"message": …}` body (Docker's error shape).
-pub fn json_error(status: http::StatusCode, message: &str) -> Response {
+pub(crate) fn json_error(status: http::StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "message": message });
     (status, axum::Json(body)).into_response()
 }

@@ -33,27 +33,23 @@
 //!   first RESIZE is not copied: the session starts at the query's size
 //!   and a RESIZE that follows is applied before any input after it.
 
-use std::sync::Arc;
-
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use execd_session::log_field::LogField;
-use execd_session::{
-    deliver, ClientEvent, Door, ExecSpec, ReplayFrom, SessionError, SessionEvent, SessionInput,
-};
+use execd_session::{ClientEvent, Door, ExecSpec, OutputStream, ReplayFrom, SessionError};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::serve::{Inbound, ReadUntil, WireReader, WireWriter};
+use super::session::{DoorInput, DoorSession, End};
 use super::DoorContext;
-use crate::door_session::{record_end, Ending, Opened};
 use crate::error_text::ClientText;
-use crate::metrics::Metrics;
 
 const V1: &str = "sandbox.pty.v1";
 /// What legacy clients wait for before they trust an upload.
@@ -62,7 +58,7 @@ const EXITED_TEXT: &str = "\r\n[Process exited]\r\n";
 const DEFAULT_SHELL: &str = "if [ -x /bin/bash ]; then exec /bin/bash; else exec /bin/sh; fi";
 
 #[derive(Debug, thiserror::Error)]
-pub enum TerminalError {
+pub(crate) enum TerminalError {
     #[error("{0}")]
     BadRequest(String),
     #[error(
@@ -90,7 +86,7 @@ impl IntoResponse for TerminalError {
     }
 }
 
-pub fn router(ctx: DoorContext) -> axum::Router {
+pub(crate) fn router(ctx: DoorContext) -> axum::Router {
     axum::Router::new()
         .route("/terminal/ws", get(terminal))
         .with_state(ctx)
@@ -284,10 +280,10 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
     };
     // Only a client that is told its session id can come back to it.
     let reattach = (query.protocol == Protocol::PtyV1).then_some(ReplayFrom::Undelivered);
-    let opened = match crate::door_session::open(
+    let (session, input) = match super::session::open(
         &ctx.manager,
         &ctx.metrics,
-        Some(session_id.clone()),
+        Some(session_id),
         spec,
         reattach,
         &span,
@@ -308,30 +304,16 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
         Some(p) => ws.protocols([p]),
         None => ws,
     };
-    let relay = Relay {
-        protocol: query.protocol,
-        session_id,
-        opened,
-        metrics: ctx.metrics.clone(),
-        span: span.clone(),
-    };
+    let protocol = query.protocol;
     let mut response = ws
         .max_message_size(ctx.max_message_size)
         .max_frame_size(ctx.max_message_size)
-        .on_upgrade(move |socket| serve(socket, relay).instrument(span));
+        .on_upgrade(move |socket| serve(socket, protocol, session, input).instrument(span));
     response.headers_mut().insert(
         http::header::CONNECTION,
         HeaderValue::from_static("Upgrade"),
     );
     response
-}
-
-struct Relay {
-    protocol: Protocol,
-    session_id: String,
-    opened: Opened,
-    metrics: Arc<Metrics>,
-    span: tracing::Span,
 }
 
 /// A `sandbox.pty.v1` control event, as the SDK parses it.
@@ -363,67 +345,14 @@ fn control(
     Message::Text(serde_json::to_string(&event).unwrap_or_default().into())
 }
 
-enum End {
-    Exited(i32),
-    Failed(SessionError),
-    ClientGone,
-}
-
-async fn serve(socket: WebSocket, relay: Relay) {
-    let Relay {
+async fn serve(socket: WebSocket, protocol: Protocol, session: DoorSession, input: DoorInput) {
+    let (sink, source) = socket.split();
+    let writer = Writer {
+        sink,
         protocol,
-        session_id,
-        opened:
-            Opened {
-                session,
-                active,
-                requested_at,
-                ..
-            },
-        metrics,
-        span,
-    } = relay;
-    let (mut sink, source) = socket.split();
-    let gone = CancellationToken::new();
-    let too_big = CancellationToken::new();
-    let finished = CancellationToken::new();
-    if protocol == Protocol::PtyV1
-        && sink
-            .send(control("started", &session_id, None, None))
-            .await
-            .is_err()
-    {
-        gone.cancel();
-    }
-    let reader = read_client(
-        source,
-        session.input,
-        metrics.clone(),
-        gone.clone(),
-        too_big.clone(),
-        finished.clone(),
-    );
-    let writer = async {
-        let end = write_events(
-            sink,
-            session.output.into_receiver(),
-            protocol,
-            &session_id,
-            &metrics,
-            gone.clone(),
-            too_big.clone(),
-        )
-        .await;
-        finished.cancel();
-        end
+        session_id: session.id().to_string(),
     };
-    let ((), end) = tokio::join!(reader, writer);
-    let ending = match &end {
-        End::Exited(code) => Ending::Exited(*code),
-        End::Failed(err) => Ending::Failed(err),
-        End::ClientGone => Ending::ClientGone,
-    };
-    record_end(&active, &span, requested_at, &session.stats, ending);
+    super::serve::serve(session, input, Reader { source }, writer).await;
 }
 
 /// What one client frame means.
@@ -448,107 +377,88 @@ fn client_event(msg: Message) -> Option<ClientEvent> {
     }
 }
 
-async fn read_client(
-    mut source: futures_util::stream::SplitStream<WebSocket>,
-    mut input: SessionInput,
-    metrics: Arc<Metrics>,
-    gone: CancellationToken,
-    too_big: CancellationToken,
-    finished: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = finished.cancelled() => {
-                crate::doors::await_close_reply(&mut source).await;
-                return;
-            }
-            _ = gone.cancelled() => return,
-            next = source.next() => next,
-        };
-        let msg = match next {
-            Some(Err(e)) if crate::doors::ws_message_too_big(&e) && !finished.is_cancelled() => {
-                tracing::debug!(error = %e, "client message over --max-message-size");
-                too_big.cancel();
-                gone.cancel();
-                return;
-            }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                // Closed without the session's end: never stdin EOF.
-                if !finished.is_cancelled() {
-                    tracing::debug!("client closed the connection before the end");
-                    gone.cancel();
+/// The client's frames: input, `RESIZE:`, `STDIN_EOF`.
+struct Reader {
+    source: SplitStream<WebSocket>,
+}
+
+impl WireReader for Reader {
+    const UNTIL: ReadUntil = ReadUntil::WriterDone;
+
+    async fn next(&mut self) -> Inbound {
+        loop {
+            match self.source.next().await {
+                Some(Err(e)) if super::ws_message_too_big(&e) => {
+                    tracing::debug!(error = %e, "client message over --max-message-size");
+                    return Inbound::Gone { too_big: true };
                 }
-                return;
+                // Closed without the session's end: never stdin EOF.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    return Inbound::Gone { too_big: false }
+                }
+                Some(Ok(msg)) => {
+                    if let Some(event) = client_event(msg) {
+                        return Inbound::Event(event);
+                    }
+                }
             }
-            Some(Ok(msg)) => msg,
-        };
-        let Some(event) = client_event(msg) else {
-            continue;
-        };
-        if let ClientEvent::Stdin(data) = &event {
-            metrics.record_stdin(data.len());
         }
-        // Backpressure: while the process does not read, neither do we.
-        let _ = deliver(&mut input, event).await;
+    }
+
+    async fn close(&mut self) {
+        super::await_close_reply(&mut self.source).await;
     }
 }
 
-async fn write_events(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut events: execd_session::SessionEvents,
+/// Output as binary frames, stdout and stderr merged; `started` first and
+/// the end last as the client's protocol has them, then the close.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
     protocol: Protocol,
-    session_id: &str,
-    metrics: &Metrics,
-    gone: CancellationToken,
-    too_big: CancellationToken,
-) -> End {
-    loop {
-        let event = tokio::select! {
-            biased;
-            // Dropping the receiver (on return) ends or detaches the session.
-            _ = gone.cancelled() => {
-                if too_big.is_cancelled() {
-                    let _ = sink.send(crate::doors::ws_too_big_close()).await;
-                }
-                return End::ClientGone;
-            }
-            event = events.recv() => event,
-        };
-        let end = match event {
-            Some(SessionEvent::Output { stream, data }) => {
-                metrics.record_output(stream, data.len());
-                if sink.send(Message::Binary(data)).await.is_err() {
-                    return End::ClientGone;
-                }
-                continue;
-            }
-            Some(SessionEvent::Exited { code }) => End::Exited(code),
-            Some(SessionEvent::Failed(err)) => End::Failed(err),
-            None => End::Failed(SessionError::Wait(std::io::Error::other(
-                "session ended without a final status",
-            ))),
-        };
-        let (last, close_code) = match (&end, protocol) {
+    session_id: String,
+}
+
+impl WireWriter for Writer {
+    async fn begin(&mut self) -> bool {
+        if self.protocol != Protocol::PtyV1 {
+            return true;
+        }
+        let started = control("started", &self.session_id, None, None);
+        self.sink.send(started).await.is_ok()
+    }
+
+    async fn output(&mut self, _stream: OutputStream, data: Bytes) -> bool {
+        self.sink.send(Message::Binary(data)).await.is_ok()
+    }
+
+    async fn end(&mut self, end: End) {
+        let id = self.session_id.as_str();
+        let (last, close_code) = match (&end, self.protocol) {
             (End::Exited(code), Protocol::PtyV1) => {
-                (control("exited", session_id, Some(*code), None), 1000)
+                (control("exited", id, Some(*code), None), 1000)
             }
-            (End::Failed(err), Protocol::PtyV1) => (
-                control("error", session_id, None, Some(ClientText(err).to_string())),
+            (End::Failed(err) | End::Lost(err), Protocol::PtyV1) => (
+                control("error", id, None, Some(ClientText(err).to_string())),
                 1011,
             ),
             // Legacy clients cannot tell an error from an exit: the
             // bridge sends the same text for both.
             _ => (Message::Text(EXITED_TEXT.into()), 1000),
         };
-        let _ = sink.send(last).await;
-        let _ = sink
+        let _ = self.sink.send(last).await;
+        let _ = self
+            .sink
             .send(Message::Close(Some(CloseFrame {
                 code: close_code,
                 reason: "".into(),
             })))
             .await;
-        return end;
+    }
+
+    async fn gone(&mut self, too_big: bool) {
+        if too_big {
+            let _ = self.sink.send(super::ws_too_big_close()).await;
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use execd_session::{Door, ExecMode, ExecSpec};
+use execd_session::{BackendConfig, Door, ExecSpec};
 use serde::Deserialize;
 
 use super::table::Size;
@@ -17,68 +17,70 @@ use super::DockerError;
 
 /// An exec as created: everything needed to start it and to inspect it.
 #[derive(Debug, Clone, Default)]
-pub struct ExecConfig {
-    pub container_id: String,
-    pub instance_id: String,
-    pub cmd: Vec<String>,
-    pub tty: bool,
-    pub attach_stdin: bool,
-    pub attach_stdout: bool,
-    pub attach_stderr: bool,
-    pub env: BTreeMap<String, String>,
-    pub working_dir: String,
-    pub user: String,
+pub(crate) struct ExecConfig {
+    pub(crate) container_id: String,
+    pub(crate) instance_id: String,
+    pub(crate) cmd: Vec<String>,
+    pub(crate) tty: bool,
+    pub(crate) attach_stdin: bool,
+    pub(crate) attach_stdout: bool,
+    pub(crate) attach_stderr: bool,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) working_dir: String,
+    pub(crate) user: String,
     /// Initial terminal size (height, width), from `ConsoleSize` or a
     /// resize that came before the start.
-    pub size: Option<Size>,
+    pub(crate) size: Option<Size>,
 }
 
 /// `POST /containers/{id}/exec` (Docker Engine API).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct EngineExecConfig {
-    pub attach_stdin: bool,
-    pub attach_stdout: bool,
-    pub attach_stderr: bool,
-    pub tty: bool,
-    pub env: Option<Vec<String>>,
-    pub working_dir: Option<String>,
-    pub user: Option<String>,
-    pub cmd: Option<Vec<String>>,
-    pub console_size: Option<[u32; 2]>,
-    pub privileged: bool,
+pub(crate) struct EngineExecConfig {
+    pub(crate) attach_stdin: bool,
+    pub(crate) attach_stdout: bool,
+    pub(crate) attach_stderr: bool,
+    pub(crate) tty: bool,
+    pub(crate) env: Option<Vec<String>>,
+    pub(crate) working_dir: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) cmd: Option<Vec<String>>,
+    pub(crate) console_size: Option<[u32; 2]>,
+    pub(crate) privileged: bool,
     /// Ignored: execd's terminal sessions cannot be detached from.
     #[allow(dead_code)]
-    pub detach_keys: Option<String>,
+    pub(crate) detach_keys: Option<String>,
 }
 
 /// `POST /api/v1/namespaces/{ns}/pods/{pod}/exec` (the pod API).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct PodExecConfig {
-    pub tty: bool,
-    pub attach_stdin: bool,
-    pub attach_stdout: bool,
-    pub attach_stderr: bool,
-    pub cmd: Option<Vec<String>>,
-    pub env: Option<Vec<String>>,
-    pub working_dir: Option<String>,
-    pub user: Option<String>,
+pub(crate) struct PodExecConfig {
+    pub(crate) tty: bool,
+    pub(crate) attach_stdin: bool,
+    pub(crate) attach_stdout: bool,
+    pub(crate) attach_stderr: bool,
+    pub(crate) cmd: Option<Vec<String>>,
+    pub(crate) env: Option<Vec<String>>,
+    pub(crate) working_dir: Option<String>,
+    pub(crate) user: Option<String>,
 }
 
 /// `POST …/exec/{id}/start`: Docker's `ExecStartCheck` or a
 /// `PodExecConfig`; only `Detach` and `ConsoleSize` matter (the exec's
 /// create decided the rest).
 #[derive(Debug, Default)]
-pub struct StartRequest {
-    pub detach: bool,
-    pub console_size: Option<Size>,
+pub(crate) struct StartRequest {
+    pub(crate) detach: bool,
+    pub(crate) console_size: Option<Size>,
 }
 
 /// Most bytes read from a request body (argv and env are capped far below).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
-pub fn parse_json<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, DockerError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de> + Default>(
+    body: &[u8],
+) -> Result<T, DockerError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -86,7 +88,7 @@ pub fn parse_json<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result
         .map_err(|e| DockerError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-pub fn parse_start(body: &[u8]) -> Result<StartRequest, DockerError> {
+pub(crate) fn parse_start(body: &[u8]) -> Result<StartRequest, DockerError> {
     let value: serde_json::Value =
         parse_json::<Option<serde_json::Value>>(body)?.unwrap_or_default();
     if !value.is_object() && !value.is_null() {
@@ -141,7 +143,7 @@ fn require_cmd(cmd: Option<Vec<String>>) -> Result<Vec<String>, DockerError> {
 }
 
 impl EngineExecConfig {
-    pub fn into_config(self, container_id: &str) -> Result<ExecConfig, DockerError> {
+    pub(crate) fn into_config(self, container_id: &str) -> Result<ExecConfig, DockerError> {
         if self.privileged {
             return Err(DockerError::Privileged);
         }
@@ -166,7 +168,7 @@ impl EngineExecConfig {
 }
 
 impl PodExecConfig {
-    pub fn into_config(
+    pub(crate) fn into_config(
         self,
         pod: &str,
         container: Option<&str>,
@@ -191,7 +193,7 @@ impl PodExecConfig {
 }
 
 impl ExecConfig {
-    pub fn spec(&self) -> ExecSpec {
+    pub(crate) fn spec(&self) -> ExecSpec {
         let (rows, cols) = self.size.unwrap_or((0, 0));
         ExecSpec {
             door: Door::Docker,
@@ -210,7 +212,7 @@ impl ExecConfig {
 
     /// Refuses what the session manager would refuse, at create time (as
     /// the engine does), so the client learns it before starting.
-    pub fn validate(&self, mode: &ExecMode) -> Result<(), DockerError> {
+    pub(crate) fn validate(&self, mode: &BackendConfig) -> Result<(), DockerError> {
         self.spec()
             .validate(mode)
             .map_err(|e| DockerError::Session(e.into()))

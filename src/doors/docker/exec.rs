@@ -21,18 +21,18 @@ use tracing::Instrument;
 use super::api::{self, EngineExecConfig, ExecConfig, PodExecConfig};
 use super::stream::{self, Started};
 use super::table::Size;
-use super::{runtime_cli, DockerError, DockerState};
+use super::{containers_only, DockerError, DockerState};
 use crate::doors::DoorContext;
 
 type Shared = Arc<DockerState>;
 
 #[derive(Deserialize)]
-pub struct IdPath {
+pub(crate) struct IdPath {
     id: String,
 }
 
 #[derive(Deserialize)]
-pub struct PodPath {
+pub(crate) struct PodPath {
     pod: String,
 }
 
@@ -68,9 +68,9 @@ async fn create(
     owner: &str,
     config: ExecConfig,
 ) -> Result<Response, DockerError> {
-    let mode = state.ctx.manager.mode();
+    let mode = state.ctx.manager.backend_config();
     config.validate(mode)?;
-    runtime_cli(mode)?;
+    containers_only(mode)?;
     if let Err(err) = state
         .ctx
         .manager
@@ -85,7 +85,7 @@ async fn create(
 }
 
 /// `POST /containers/{id}/exec`.
-pub async fn engine_create(
+pub(crate) async fn engine_create(
     State(state): State<Shared>,
     Path(p): Path<IdPath>,
     req: Request,
@@ -101,7 +101,7 @@ pub async fn engine_create(
 
 /// `POST /api/v1/namespaces/{ns}/pods/{pod}/exec`, shared with the
 /// Kubernetes door: a WebSocket upgrade is theirs, anything else a create.
-pub async fn pod_exec_post(
+pub(crate) async fn pod_exec_post(
     State(state): State<Shared>,
     Path(p): Path<PodPath>,
     Query(query): Query<HashMap<String, String>>,
@@ -129,7 +129,7 @@ pub async fn pod_exec_post(
 
 /// The pod API's create: container from `container` or else the pod,
 /// counted under the pod as its instance; the exec is `owner`'s.
-pub async fn create_pod_exec(
+pub(crate) async fn create_pod_exec(
     state: &DockerState,
     pod: &str,
     container: Option<&str>,
@@ -150,7 +150,11 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /exec/{id}/start` and `/api/v1/exec/{id}/start`.
-pub async fn start(State(state): State<Shared>, Path(p): Path<IdPath>, req: Request) -> Response {
+pub(crate) async fn start(
+    State(state): State<Shared>,
+    Path(p): Path<IdPath>,
+    req: Request,
+) -> Response {
     start_exec(state, p.id, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
@@ -191,7 +195,7 @@ async fn start_exec(state: Shared, id: String, mut req: Request) -> Result<Respo
 /// ever killed (the session crate never reaps inside the container for an
 /// attach), so leaving, or being cut off, never stops PID 1; no detach
 /// keys are honoured. Tracked in the exec table under an `attach-…` id.
-pub async fn engine_attach(
+pub(crate) async fn engine_attach(
     State(state): State<Shared>,
     Path(p): Path<IdPath>,
     Query(query): Query<HashMap<String, String>>,
@@ -292,7 +296,7 @@ async fn launch(
         id: Some(id.clone()),
     };
     // A refusal is counted and logged by the start itself.
-    let opened = crate::door_session::open(
+    let opened = crate::doors::session::open(
         &state.ctx.manager,
         &state.ctx.metrics,
         Some(id.clone()),
@@ -301,7 +305,7 @@ async fn launch(
         &span,
     )
     .await;
-    let opened = match opened {
+    let (session, input) = match opened {
         Ok(opened) => opened,
         Err(err) => {
             state.table.finish(&id, None);
@@ -312,13 +316,13 @@ async fn launch(
     unfinished.id = None;
     let started = Started {
         id,
-        opened,
+        session,
+        input,
         tty: config.tty,
         attach_stdin: config.attach_stdin,
         attach_stdout: config.attach_stdout,
         attach_stderr: config.attach_stderr,
         resizes,
-        span,
         state: state.clone(),
     };
     Ok(stream_response(started, upgrade))
@@ -335,7 +339,7 @@ fn stream_response(started: Started, upgrade: Option<hyper::upgrade::OnUpgrade>)
     });
     match upgrade {
         Some(upgrade) => {
-            let span = started.span.clone();
+            let span = started.session.span().clone();
             tokio::spawn(stream::over_connection(started, upgrade).instrument(span));
             let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
             let h = response.headers_mut();
@@ -361,7 +365,7 @@ fn stream_response(started: Started, upgrade: Option<hyper::upgrade::OnUpgrade>)
 }
 
 /// `POST /exec/{id}/resize?h=…&w=…`.
-pub async fn resize(
+pub(crate) async fn resize(
     State(state): State<Shared>,
     Path(p): Path<IdPath>,
     owner: OwnerOf,
@@ -393,7 +397,7 @@ pub async fn resize(
 }
 
 /// `GET /exec/{id}/json`: the engine's `ExecInspect` shape.
-pub async fn inspect(
+pub(crate) async fn inspect(
     State(state): State<Shared>,
     Path(p): Path<IdPath>,
     owner: OwnerOf,
@@ -429,9 +433,9 @@ pub async fn inspect(
 /// The engine's `GET /containers/{id}/json` answer, from the local Engine
 /// API or else `<cli> container inspect`, through the session manager (and
 /// so its engine gate and its short reuse of a running container's answer).
-pub async fn engine_inspect(ctx: &DoorContext, id: &str) -> Result<String, DockerError> {
-    let mode = ctx.manager.mode();
-    runtime_cli(mode)?;
+pub(crate) async fn engine_inspect(ctx: &DoorContext, id: &str) -> Result<String, DockerError> {
+    let mode = ctx.manager.backend_config();
+    containers_only(mode)?;
     // The session's own words for a name that is no container reference.
     let probe = execd_session::ExecSpec {
         container_id: id.to_string(),

@@ -10,14 +10,14 @@
 //! API adds `POST /api/v1/namespaces/{ns}/pods/{pod}/exec` and
 //! `/api/v1/exec/{id}/…`. Everything else falls through to execd's 404.
 //!
-//! - [`api`]: request bodies and their validation;
-//! - [`table`]: the exec instances between create, start and inspect;
-//! - [`exec`]: the handlers;
-//! - [`stream`]: one started exec, over a hijacked connection or a
+//! - `api`: request bodies and their validation;
+//! - `table`: the exec instances between create, start and inspect;
+//! - `exec`: the handlers;
+//! - `stream`: one started exec, over a hijacked connection or a
 //!   response body.
 
 mod api;
-pub mod exec;
+pub(crate) mod exec;
 mod stream;
 mod table;
 
@@ -30,7 +30,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::routing::{get, post};
-use execd_session::{ErrorKind, ExecMode, SessionError};
+use execd_session::{BackendConfig, ErrorKind, SessionError};
 use http::{header, HeaderValue, StatusCode};
 
 use super::{json_error, DoorContext};
@@ -44,7 +44,7 @@ pub const MIN_API_VERSION: &str = "1.24";
 
 /// What can go wrong in the door, each with its HTTP status.
 #[derive(Debug, thiserror::Error)]
-pub enum DockerError {
+pub(crate) enum DockerError {
     #[error("{0}")]
     BadRequest(String),
     #[error("No such exec instance: {0}")]
@@ -88,8 +88,9 @@ impl From<execd_session::ContainerQueryError> for DockerError {
     }
 }
 
-/// The one mapping of session failures onto HTTP statuses.
-pub fn status_of(kind: ErrorKind) -> StatusCode {
+/// Session failures as HTTP statuses, the engine's way (the Kubernetes
+/// door has its own, `kube::status`).
+pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -107,7 +108,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 }
 
 impl DockerError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             DockerError::BadRequest(_) | DockerError::Detach | DockerError::OldClient(_) => {
                 StatusCode::BAD_REQUEST
@@ -138,9 +139,9 @@ impl IntoResponse for DockerError {
 }
 
 /// Shared by every handler of the door.
-pub struct DockerState {
-    pub ctx: DoorContext,
-    pub table: table::ExecTable,
+pub(crate) struct DockerState {
+    pub(crate) ctx: DoorContext,
+    pub(crate) table: table::ExecTable,
 }
 
 type Shared = Arc<DockerState>;
@@ -148,7 +149,7 @@ type Shared = Arc<DockerState>;
 /// The door's routes, and its create on the pod exec path, which it shares
 /// with the Kubernetes door (that door claims WebSocket upgrades there and
 /// hands every other request to this method router).
-pub fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
+pub(crate) fn router(ctx: DoorContext) -> (axum::Router, MethodRouter) {
     let state: Shared = Arc::new(DockerState {
         ctx,
         table: table::ExecTable::default(),
@@ -338,11 +339,11 @@ async fn inspect_container(State(state): State<Shared>, Path(p): Path<ContainerP
     }
 }
 
-/// The runtime CLI of container mode, or the refusal of host mode.
-fn runtime_cli(mode: &ExecMode) -> Result<&str, DockerError> {
-    match mode {
-        ExecMode::Container { runtime_cli } => Ok(runtime_cli),
-        ExecMode::Host => Err(DockerError::Session(
+/// The refusal of host mode, which has no containers.
+fn containers_only(backend: &BackendConfig) -> Result<(), DockerError> {
+    match backend.has_containers() {
+        true => Ok(()),
+        false => Err(DockerError::Session(
             execd_session::ValidationError::ContainerInHostMode.into(),
         )),
     }

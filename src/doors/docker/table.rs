@@ -31,21 +31,21 @@ use super::api::ExecConfig;
 use super::DockerError;
 
 /// How long a created exec waits for its start.
-pub const CREATED_TTL: Duration = Duration::from_secs(5 * 60);
+pub(crate) const CREATED_TTL: Duration = Duration::from_secs(5 * 60);
 /// How long a finished exec stays readable (its exit code, for clients that
 /// ask after the stream ended).
-pub const FINISHED_TTL: Duration = Duration::from_secs(5 * 60);
+pub(crate) const FINISHED_TTL: Duration = Duration::from_secs(5 * 60);
 /// Most execs waiting for their start at once.
-pub const MAX_CREATED: usize = 1024;
+pub(crate) const MAX_CREATED: usize = 1024;
 /// Most execs of one client waiting for their start at once.
 pub const MAX_CREATED_PER_OWNER: usize = 256;
 /// Most finished execs remembered (beyond the TTL only while under this).
-pub const MAX_FINISHED: usize = 4096;
+pub(crate) const MAX_FINISHED: usize = 4096;
 /// Most bytes of a command `GET /exec/{id}/json` shows.
 pub const SHOWN_COMMAND: usize = 1024;
 
 /// A terminal size as Docker sends it: height (rows), width (columns).
-pub type Size = (i32, i32);
+pub(crate) type Size = (i32, i32);
 
 /// Where an exec is in its life.
 enum State {
@@ -72,16 +72,16 @@ struct Entry {
 /// What `GET …/json` shows of an exec: its settings and the start of its
 /// command, never its environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Shown {
-    pub container_id: String,
-    pub entrypoint: String,
+pub(crate) struct Shown {
+    pub(crate) container_id: String,
+    pub(crate) entrypoint: String,
     /// Cut so that entrypoint and arguments stay within [`SHOWN_COMMAND`].
-    pub arguments: Vec<String>,
-    pub tty: bool,
-    pub attach_stdin: bool,
-    pub attach_stdout: bool,
-    pub attach_stderr: bool,
-    pub user: String,
+    pub(crate) arguments: Vec<String>,
+    pub(crate) tty: bool,
+    pub(crate) attach_stdin: bool,
+    pub(crate) attach_stdout: bool,
+    pub(crate) attach_stderr: bool,
+    pub(crate) user: String,
 }
 
 impl Shown {
@@ -119,21 +119,21 @@ impl Shown {
 }
 
 /// What `GET …/json` reports about an exec.
-pub struct Inspect {
-    pub shown: Shown,
-    pub running: bool,
-    pub exit_code: Option<i32>,
+pub(crate) struct Inspect {
+    pub(crate) shown: Shown,
+    pub(crate) running: bool,
+    pub(crate) exit_code: Option<i32>,
 }
 
 /// What a start gets: the exec's configuration and where its resizes
 /// arrive (the latest one wins; `None` until there is one after the start).
-pub struct Claimed {
-    pub config: ExecConfig,
-    pub resizes: watch::Receiver<Option<Size>>,
+pub(crate) struct Claimed {
+    pub(crate) config: ExecConfig,
+    pub(crate) resizes: watch::Receiver<Option<Size>>,
 }
 
 #[derive(Default)]
-pub struct ExecTable {
+pub(crate) struct ExecTable {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
@@ -144,7 +144,12 @@ impl ExecTable {
     }
 
     /// Adds an exec `owner` created, after dropping expired entries.
-    pub fn create(&self, id: String, owner: &str, config: ExecConfig) -> Result<(), DockerError> {
+    pub(crate) fn create(
+        &self,
+        id: String,
+        owner: &str,
+        config: ExecConfig,
+    ) -> Result<(), DockerError> {
         let mut entries = self.lock();
         sweep(&mut entries, Instant::now());
         let (mut waiting, mut theirs) = (0, 0);
@@ -186,7 +191,7 @@ impl ExecTable {
 
     /// Moves a created exec to running, handing its request over; a second
     /// start gets `AlreadyStarted`.
-    pub fn claim(&self, id: &str, owner: &str) -> Result<Claimed, DockerError> {
+    pub(crate) fn claim(&self, id: &str, owner: &str) -> Result<Claimed, DockerError> {
         let mut entries = self.lock();
         sweep(&mut entries, Instant::now());
         let entry = Self::entry(&mut entries, id, owner)?;
@@ -206,7 +211,7 @@ impl ExecTable {
 
     /// Records the end of an exec. Called before its stream is closed, so a
     /// client that inspects right after EOF reads the exit code.
-    pub fn finish(&self, id: &str, exit_code: Option<i32>) {
+    pub(crate) fn finish(&self, id: &str, exit_code: Option<i32>) {
         let mut entries = self.lock();
         if let Some(entry) = entries.get_mut(id) {
             entry.state = State::Finished {
@@ -225,7 +230,7 @@ impl ExecTable {
 
     /// Applies a resize: before the start it becomes the initial size,
     /// while running it goes to the terminal, after the end it is moot.
-    pub fn resize(&self, id: &str, owner: &str, size: Size) -> Result<(), DockerError> {
+    pub(crate) fn resize(&self, id: &str, owner: &str, size: Size) -> Result<(), DockerError> {
         let mut entries = self.lock();
         let entry = Self::entry(&mut entries, id, owner)?;
         match &mut entry.state {
@@ -240,7 +245,7 @@ impl ExecTable {
         Ok(())
     }
 
-    pub fn inspect(&self, id: &str, owner: &str) -> Result<Inspect, DockerError> {
+    pub(crate) fn inspect(&self, id: &str, owner: &str) -> Result<Inspect, DockerError> {
         let mut entries = self.lock();
         sweep(&mut entries, Instant::now());
         let entry = Self::entry(&mut entries, id, owner)?;

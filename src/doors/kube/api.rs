@@ -36,7 +36,7 @@ pub const KUBE_MINOR: &str = "33";
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
-pub fn router(ctx: DoorContext) -> axum::Router {
+pub(crate) fn router(ctx: DoorContext) -> axum::Router {
     axum::Router::new()
         .route("/api", get(api))
         .route("/apis", get(apis))
@@ -422,7 +422,7 @@ fn table(pods: &[Value]) -> Value {
 /// case-insensitively: Docker's `Platform` object would collide with
 /// kube's `platform` string, so it is left out here; `GitCommit` and
 /// `GoVersion` carry the same values under both spellings.
-pub fn merge_version(mut docker: Value) -> Value {
+pub(crate) fn merge_version(mut docker: Value) -> Value {
     if let Some(map) = docker.as_object_mut() {
         map.remove("Platform");
         let arch = map
@@ -455,7 +455,7 @@ pub fn merge_version(mut docker: Value) -> Value {
 
 /// An `Upgrade: SPDY/3.1` request: kubectl's retry after a refused
 /// WebSocket upgrade (see [`super::spdy_fallback`]).
-pub fn is_spdy(headers: &HeaderMap) -> bool {
+pub(crate) fn is_spdy(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())

@@ -8,7 +8,7 @@
 //!   container is `container` when given, else the pod name; the pod name is
 //!   the session's `instance_id`; the namespace is not used. Only requests
 //!   with `Upgrade: websocket` belong here: any other request on the exec
-//!   path goes to the handler given to [`router`] (the Docker-style door's).
+//!   path goes to the handler given to `router` (the Docker-style door's).
 //! - `GET /exec/{token}`, `GET /attach/{token}`: the CRI streaming URLs;
 //!   the token is the capability, no bearer token is needed.
 //!
@@ -99,7 +99,7 @@ pub struct StreamRequest {
 /// that are not WebSocket upgrades (the Docker-style door's `POST`);
 /// without one they get 400 "Upgrade request required", as from the API
 /// server.
-pub fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum::Router {
+pub(crate) fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum::Router {
     let exec = move |State(ctx): State<DoorContext>, Path(path): Path<PodPath>, req: Request| {
         let plain = plain_exec.clone();
         async move {
@@ -181,11 +181,12 @@ fn bearer(headers: &HeaderMap) -> Option<Vec<u8>> {
     .flatten()
 }
 
-/// Admits the request and names its owner (the token's key; empty
-/// without tokens). Refusals are counted and logged by the token store.
-fn check_auth(ctx: &DoorContext, headers: &HeaderMap) -> Result<String, KubeError> {
+/// Admits the request: its bearer token, or `None` when the server runs
+/// without tokens. Refusals are counted and logged (rate-limited) by the
+/// token store.
+fn check_auth(ctx: &DoorContext, headers: &HeaderMap) -> Result<Option<Vec<u8>>, KubeError> {
     let Some(store) = &ctx.auth else {
-        return Ok(String::new());
+        return Ok(None);
     };
     let presented = match bearer(headers) {
         Some(token) => Ok(Some(token)),
@@ -193,9 +194,18 @@ fn check_auth(ctx: &DoorContext, headers: &HeaderMap) -> Result<String, KubeErro
         None => crate::auth::bearer_or_subprotocol(headers, BEARER_PROTOCOL, |_| None),
     };
     match store.admit(presented, &ctx.metrics, "kube") {
-        Ok(token) => Ok(crate::auth::Owner::of_token(&token).into_key()),
+        Ok(token) => Ok(Some(token)),
         Err(_) => Err(KubeError::Unauthorized),
     }
+}
+
+/// Admits the request and names its owner (empty without tokens) as every
+/// door does ([`crate::auth::Owner::of_request`]): the token's key, with
+/// mutual TLS together with the connection's client certificate.
+fn check_owner(ctx: &DoorContext, parts: &http::request::Parts) -> Result<String, KubeError> {
+    let owner = check_auth(ctx, &parts.headers)?
+        .map(|token| crate::auth::Owner::of_request(&token, &parts.extensions).into_key());
+    Ok(owner.unwrap_or_default())
 }
 
 /// The pod exec/attach request from its query string.
@@ -260,7 +270,7 @@ async fn admit_pod(
         .0;
     // A token in the query string is refused even when it would be valid.
     let mut request = pod_request(kind, &path.pod, &query)?;
-    request.owner = check_auth(ctx, &parts.headers)?;
+    request.owner = check_owner(ctx, parts)?;
     if kind == SessionKind::Attach {
         let target = ctx.manager.attach_target(&request.container_id).await?;
         if request.stdin && !target.open_stdin {
@@ -368,6 +378,9 @@ async fn token_stream(
 fn refuse(ctx: &DoorContext, door: Door, err: KubeError) -> Response {
     match &err {
         KubeError::Session(e) => ctx.metrics.record_refused(door, e),
+        // Counted and logged by the credential check ([`check_auth`]), at a
+        // bounded rate: a flood of wrong tokens must not flood the log.
+        KubeError::Unauthorized => {}
         _ => tracing::info!(error = %err, "kube stream refused"),
     }
     err.into_response()
@@ -434,7 +447,7 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         .session_id
         .is_some()
         .then_some(execd_session::ReplayFrom::Undelivered);
-    let opened = match crate::door_session::open(
+    let (session, input) = match crate::doors::session::open(
         &ctx.manager,
         &ctx.metrics,
         Some(session_id),
@@ -448,25 +461,21 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         Err(e) => return KubeError::Session(e).into_response(),
     };
     span.in_scope(|| tracing::debug!(?protocol, "stream protocol"));
-    let relay = stream::Relay {
-        protocol,
-        streams: stream::Streams {
-            stdin: request.stdin,
-            stdout: request.stdout,
-            stderr: request.stderr,
-            tty: request.tty,
-            kind: request.kind,
-        },
-        opened,
-        metrics: ctx.metrics.clone(),
-        span: span.clone(),
+    let streams = stream::Streams {
+        stdin: request.stdin,
+        stdout: request.stdout,
+        stderr: request.stderr,
+        tty: request.tty,
+        kind: request.kind,
     };
     // If the upgrade never completes the callback is dropped with the
     // session in it, which ends the session like a client leaving.
     let mut response = ws
         .max_message_size(ctx.max_message_size)
         .max_frame_size(ctx.max_message_size)
-        .on_upgrade(move |socket| stream::serve(socket, relay).instrument(span));
+        .on_upgrade(move |socket| {
+            stream::serve(socket, protocol, streams, session, input).instrument(span)
+        });
     // kube-rs and others compare this header exactly.
     response.headers_mut().insert(
         http::header::CONNECTION,

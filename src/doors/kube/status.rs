@@ -1,7 +1,7 @@
 //! Kubernetes `Status` objects: the body of every refusal on the kube
 //! door, and the final message on the error channel of a stream.
 //!
-//! [`http_status`] is the door's one mapping from a session failure's
+//! `http_status` is the door's one mapping from a session failure's
 //! [`ErrorKind`] to an HTTP code and a Kubernetes reason.
 
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 /// HTTP code and Kubernetes `reason` for a kind of failure.
-pub fn http_status(kind: ErrorKind) -> (StatusCode, &'static str) {
+pub(crate) fn http_status(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
         ErrorKind::InvalidArgument => (StatusCode::BAD_REQUEST, "BadRequest"),
         ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "AlreadyExists"),
@@ -29,7 +29,7 @@ pub fn http_status(kind: ErrorKind) -> (StatusCode, &'static str) {
 }
 
 /// A full `Status` object, as the API server sends it in HTTP bodies.
-pub fn failure(code: StatusCode, reason: &str, message: &str) -> Value {
+pub(crate) fn failure(code: StatusCode, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -42,12 +42,12 @@ pub fn failure(code: StatusCode, reason: &str, message: &str) -> Value {
 }
 
 /// An HTTP refusal with a `Status` body.
-pub fn response(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(crate) fn response(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, axum::Json(failure(code, reason, message))).into_response()
 }
 
 /// The error-channel message for a process that exited with `code`.
-pub fn exited(code: i32) -> Value {
+pub(crate) fn exited(code: i32) -> Value {
     if code == 0 {
         return json!({"metadata": {}, "status": "Success"});
     }
@@ -62,7 +62,7 @@ pub fn exited(code: i32) -> Value {
 }
 
 /// The error-channel message for a session that ended without an exit.
-pub fn ended(err: &SessionError) -> Value {
+pub(crate) fn ended(err: &SessionError) -> Value {
     let (code, reason) = http_status(err.kind());
     json!({
         "metadata": {},

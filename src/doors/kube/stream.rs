@@ -13,22 +13,19 @@
 //! message text on failure. Then a normal close (1000).
 //!
 //! The client's frames are read by one future and the session's events
-//! written by another, so input never waits for output or vice versa.
-
-use std::sync::Arc;
+//! written by another (`doors::serve`), so input never waits for
+//! output or vice versa.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
-use execd_session::{
-    deliver, ClientEvent, OutputStream, SessionError, SessionEvent, SessionInput, SessionKind,
-};
+use execd_session::{ClientEvent, OutputStream, SessionError, SessionKind};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio_util::sync::CancellationToken;
 
-use crate::door_session::{record_end, Ending, Opened};
+use crate::doors::serve::{Inbound, ReadUntil, WireReader, WireWriter};
+use crate::doors::session::{DoorInput, DoorSession, End};
 use crate::error_text::ClientText;
-use crate::metrics::Metrics;
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -38,7 +35,7 @@ const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// The subprotocols execd speaks, newest first (the order of preference).
-pub const PROTOCOLS: [&str; 4] = [
+pub(crate) const PROTOCOLS: [&str; 4] = [
     "v5.channel.k8s.io",
     "v4.channel.k8s.io",
     "channel.k8s.io",
@@ -47,7 +44,7 @@ pub const PROTOCOLS: [&str; 4] = [
 
 /// A negotiated subprotocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// Adds the close channel (`[255, 0]`: stdin closed).
     V5,
     /// JSON `Status` on the error channel; resize channel.
@@ -59,7 +56,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn from_name(name: &str) -> Option<Protocol> {
+    pub(crate) fn from_name(name: &str) -> Option<Protocol> {
         Some(match name {
             "v5.channel.k8s.io" => Protocol::V5,
             "v4.channel.k8s.io" => Protocol::V4,
@@ -77,87 +74,36 @@ impl Protocol {
 
 /// Which streams the client asked for.
 #[derive(Debug, Clone, Copy)]
-pub struct Streams {
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
-    pub tty: bool,
-    pub kind: SessionKind,
-}
-
-/// A started session and everything needed to report on it.
-pub struct Relay {
-    pub protocol: Protocol,
-    pub streams: Streams,
-    pub opened: Opened,
-    pub metrics: Arc<Metrics>,
-    pub span: tracing::Span,
+pub(crate) struct Streams {
+    pub(crate) stdin: bool,
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
+    pub(crate) tty: bool,
+    pub(crate) kind: SessionKind,
 }
 
 /// Serves one upgraded connection until the session's end was delivered or
 /// the client left. A client that leaves first ends the session: an exec's
 /// processes are killed in the container, an attach only detaches.
-pub async fn serve(socket: WebSocket, relay: Relay) {
-    let Relay {
-        protocol,
-        streams,
-        opened:
-            Opened {
-                session,
-                active,
-                requested_at,
-                ..
-            },
-        metrics,
-        span,
-    } = relay;
+pub(crate) async fn serve(
+    socket: WebSocket,
+    protocol: Protocol,
+    streams: Streams,
+    session: DoorSession,
+    input: DoorInput,
+) {
     let (sink, source) = socket.split();
-    let gone = CancellationToken::new();
-    let too_big = CancellationToken::new();
-    let finished = CancellationToken::new();
-    let mut input = session.input;
-    if !streams.stdin && !streams.tty && streams.kind == SessionKind::Exec {
-        // Nothing will ever come: a pipe-mode process sees EOF at once, as
-        // it would without an attached stdin.
-        input.close_stdin().await;
-    }
-    let reader = read_client(
+    let reader = Reader {
         source,
-        input,
         protocol,
         streams,
-        metrics.clone(),
-        gone.clone(),
-        too_big.clone(),
-        finished.clone(),
-    );
-    let writer = async {
-        let end = write_events(
-            sink,
-            session.output.into_receiver(),
-            protocol,
-            streams,
-            &metrics,
-            gone.clone(),
-            too_big.clone(),
-        )
-        .await;
-        finished.cancel();
-        end
     };
-    let ((), end) = tokio::join!(reader, writer);
-    let ending = match &end {
-        End::Exited(code) => Ending::Exited(*code),
-        End::Failed(err) => Ending::Failed(err),
-        End::ClientGone => Ending::ClientGone,
+    let writer = Writer {
+        sink,
+        protocol,
+        streams,
     };
-    record_end(&active, &span, requested_at, &session.stats, ending);
-}
-
-enum End {
-    Exited(i32),
-    Failed(SessionError),
-    ClientGone,
+    crate::doors::serve::serve(session, input, reader, writer).await;
 }
 
 /// One channel frame in the negotiated encoding.
@@ -176,7 +122,7 @@ fn frame(protocol: Protocol, channel: u8, data: &[u8]) -> Message {
 
 /// Splits a client frame into channel and payload. Text frames are taken
 /// like binary ones (the Python client sends stdin and resize as text).
-fn parse_frame(protocol: Protocol, raw: &[u8]) -> Option<(u8, Bytes)> {
+fn parse_frame(protocol: Protocol, raw: &Bytes) -> Option<(u8, Bytes)> {
     let (&first, rest) = raw.split_first()?;
     if protocol == Protocol::Base64 {
         let channel = first.checked_sub(b'0').filter(|c| *c <= 9)?;
@@ -185,7 +131,7 @@ fn parse_frame(protocol: Protocol, raw: &[u8]) -> Option<(u8, Bytes)> {
             .ok()?;
         return Some((channel, Bytes::from(data)));
     }
-    Some((first, Bytes::copy_from_slice(rest)))
+    Some((first, raw.slice(1..)))
 }
 
 /// A resize message: `{"Width": cols, "Height": rows}`.
@@ -197,77 +143,76 @@ struct TermSize {
     height: u16,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_client(
-    mut source: futures_util::stream::SplitStream<WebSocket>,
-    mut input: SessionInput,
+/// The client's frames: stdin, resize and (v5) close.
+struct Reader {
+    source: SplitStream<WebSocket>,
     protocol: Protocol,
     streams: Streams,
-    metrics: Arc<Metrics>,
-    gone: CancellationToken,
-    too_big: CancellationToken,
-    finished: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = finished.cancelled() => {
-                crate::doors::await_close_reply(&mut source).await;
-                return;
-            }
-            next = source.next() => next,
-        };
-        let raw = match next {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Text(t))) => Bytes::from(t),
-            // tungstenite answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Err(e)) if crate::doors::ws_message_too_big(&e) && !finished.is_cancelled() => {
-                tracing::debug!(error = %e, "client message over --max-message-size");
-                too_big.cancel();
-                gone.cancel();
-                return;
-            }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                if !finished.is_cancelled() {
-                    tracing::debug!("client closed the stream before the end");
-                    gone.cancel();
+}
+
+impl WireReader for Reader {
+    const UNTIL: ReadUntil = ReadUntil::WriterDone;
+
+    fn sends_no_stdin(&self) -> bool {
+        // Nothing will ever come: a pipe-mode process sees EOF at once, as
+        // it would without an attached stdin.
+        !self.streams.stdin && !self.streams.tty && self.streams.kind == SessionKind::Exec
+    }
+
+    async fn next(&mut self) -> Inbound {
+        loop {
+            let raw = match self.source.next().await {
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(Message::Text(t))) => Bytes::from(t),
+                // tungstenite answers pings itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Err(e)) if crate::doors::ws_message_too_big(&e) => {
+                    tracing::debug!(error = %e, "client message over --max-message-size");
+                    return Inbound::Gone { too_big: true };
                 }
-                return;
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    return Inbound::Gone { too_big: false }
+                }
+            };
+            if let Some(event) = self.event(&raw) {
+                return Inbound::Event(event);
             }
-        };
-        let Some((channel, data)) = parse_frame(protocol, &raw) else {
+        }
+    }
+
+    async fn close(&mut self) {
+        crate::doors::await_close_reply(&mut self.source).await;
+    }
+}
+
+impl Reader {
+    /// What a frame means to the session, if anything.
+    fn event(&self, raw: &Bytes) -> Option<ClientEvent> {
+        let Some((channel, data)) = parse_frame(self.protocol, raw) else {
             tracing::debug!("malformed frame ignored");
-            continue;
+            return None;
         };
-        let event = match channel {
-            STDIN if streams.stdin => {
-                metrics.record_stdin(data.len());
-                ClientEvent::Stdin(data)
-            }
+        match channel {
+            STDIN if self.streams.stdin => Some(ClientEvent::Stdin(data)),
             RESIZE => match serde_json::from_slice::<TermSize>(&data) {
-                Ok(size) => ClientEvent::Resize {
+                Ok(size) => Some(ClientEvent::Resize {
                     rows: i32::from(size.height),
                     cols: i32::from(size.width),
-                },
+                }),
                 Err(e) => {
                     tracing::debug!(error = %e, "bad resize message ignored");
-                    continue;
+                    None
                 }
             },
             // The session never passes an attach's EOF on to PID 1.
-            CLOSE if protocol == Protocol::V5 && data.first() == Some(&STDIN) => {
-                ClientEvent::StdinEof
+            CLOSE if self.protocol == Protocol::V5 && data.first() == Some(&STDIN) => {
+                Some(ClientEvent::StdinEof)
             }
             other => {
                 tracing::debug!(channel = other, "frame on an unused channel ignored");
-                continue;
+                None
             }
-        };
-        // Backpressure: while the process does not read, neither do we. Once
-        // the session is over, reading goes on only until the close
-        // handshake is done.
-        let _ = deliver(&mut input, event).await;
+        }
     }
 }
 
@@ -291,81 +236,74 @@ fn failure_status(protocol: Protocol, err: &SessionError) -> String {
     }
 }
 
-async fn write_events(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut events: execd_session::SessionEvents,
+/// The session's output on the stdout and stderr channels, then exactly
+/// one message on the error channel and a normal close.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
     protocol: Protocol,
     streams: Streams,
-    metrics: &Metrics,
-    gone: CancellationToken,
-    too_big: CancellationToken,
-) -> End {
-    // kubelet's greeting: an empty frame on the first output channel tells
-    // the client the streams are ready.
-    let hello = if streams.stdout {
-        Some(STDOUT)
-    } else if streams.stderr {
-        Some(STDERR)
-    } else {
-        None
-    };
-    if let Some(channel) = hello {
-        if sink.send(frame(protocol, channel, &[])).await.is_err() {
-            return End::ClientGone;
-        }
-    }
-    loop {
-        let event = tokio::select! {
-            biased;
-            // Dropping the receiver (on return) ends the session.
-            _ = gone.cancelled() => {
-                if too_big.is_cancelled() {
-                    let _ = sink.send(crate::doors::ws_too_big_close()).await;
-                }
-                return End::ClientGone;
-            }
-            event = events.recv() => event,
+}
+
+impl WireWriter for Writer {
+    async fn begin(&mut self) -> bool {
+        // kubelet's greeting: an empty frame on the first output channel
+        // tells the client the streams are ready.
+        let hello = if self.streams.stdout {
+            STDOUT
+        } else if self.streams.stderr {
+            STDERR
+        } else {
+            return true;
         };
-        let (end, status) = match event {
-            Some(SessionEvent::Output { stream, data }) => {
-                metrics.record_output(stream, data.len());
-                let channel = match stream {
-                    _ if streams.tty => STDOUT,
-                    OutputStream::Stdout => STDOUT,
-                    OutputStream::Stderr => STDERR,
-                };
-                let wanted = match channel {
-                    STDOUT => streams.stdout || (streams.tty && streams.stderr),
-                    _ => streams.stderr,
-                };
-                if wanted && sink.send(frame(protocol, channel, &data)).await.is_err() {
-                    return End::ClientGone;
-                }
-                continue;
-            }
-            Some(SessionEvent::Exited { code }) => (End::Exited(code), exit_status(protocol, code)),
-            Some(SessionEvent::Failed(err)) => {
-                let status = failure_status(protocol, &err);
-                (End::Failed(err), Some(status))
-            }
-            None => {
-                let err = SessionError::Wait(std::io::Error::other(
-                    "session ended without a final status",
-                ));
-                let status = failure_status(protocol, &err);
-                (End::Failed(err), Some(status))
-            }
+        self.sink
+            .send(frame(self.protocol, hello, &[]))
+            .await
+            .is_ok()
+    }
+
+    async fn output(&mut self, stream: OutputStream, data: Bytes) -> bool {
+        let streams = self.streams;
+        let channel = match stream {
+            _ if streams.tty => STDOUT,
+            OutputStream::Stdout => STDOUT,
+            OutputStream::Stderr => STDERR,
+        };
+        let wanted = match channel {
+            STDOUT => streams.stdout || (streams.tty && streams.stderr),
+            _ => streams.stderr,
+        };
+        !wanted
+            || self
+                .sink
+                .send(frame(self.protocol, channel, &data))
+                .await
+                .is_ok()
+    }
+
+    async fn end(&mut self, end: End) {
+        let status = match &end {
+            End::Exited(code) => exit_status(self.protocol, *code),
+            End::Failed(err) | End::Lost(err) => Some(failure_status(self.protocol, err)),
         };
         if let Some(status) = status {
-            let _ = sink.send(frame(protocol, ERROR, status.as_bytes())).await;
+            let _ = self
+                .sink
+                .send(frame(self.protocol, ERROR, status.as_bytes()))
+                .await;
         }
-        let _ = sink
+        let _ = self
+            .sink
             .send(Message::Close(Some(CloseFrame {
                 code: 1000,
                 reason: "".into(),
             })))
             .await;
-        return end;
+    }
+
+    async fn gone(&mut self, too_big: bool) {
+        if too_big {
+            let _ = self.sink.send(crate::doors::ws_too_big_close()).await;
+        }
     }
 }
 
@@ -380,7 +318,7 @@ mod tests {
         };
         assert_eq!(&b[..], b"\x02hi");
         assert_eq!(
-            parse_frame(Protocol::V4, b"\x00abc"),
+            parse_frame(Protocol::V4, &Bytes::from_static(b"\x00abc")),
             Some((STDIN, Bytes::from_static(b"abc")))
         );
         let Message::Text(t) = frame(Protocol::Base64, STDOUT, b"hi") else {
@@ -388,10 +326,10 @@ mod tests {
         };
         assert_eq!(t.as_str(), "1aGk=");
         assert_eq!(
-            parse_frame(Protocol::Base64, b"0aGk="),
+            parse_frame(Protocol::Base64, &Bytes::from_static(b"0aGk=")),
             Some((STDIN, Bytes::from_static(b"hi")))
         );
-        assert_eq!(parse_frame(Protocol::V5, b""), None);
+        assert_eq!(parse_frame(Protocol::V5, &Bytes::new()), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   from `web/` (xterm.js and its fit addon, bundled by esbuild) and
 //!   embedded at build time ([`assets`]); served with a strict
 //!   Content-Security-Policy (scripts only from this origin, no eval).
-//! - `GET /api/containers`: running containers as JSON ([`containers`]),
+//! - `GET /api/containers`: running containers as JSON (`containers`),
 //!   behind the same bearer token as sessions.
 //! - [`origin`]: the guard against cross-site WebSocket hijacking, layered
 //!   over every door whether or not the page is on.
@@ -14,7 +14,7 @@
 //! Without `--web` none of these routes exist and `/` is a 404.
 
 pub mod assets;
-pub mod containers;
+pub(crate) mod containers;
 pub mod origin;
 
 use axum::extract::State;
@@ -26,7 +26,7 @@ use super::DoorContext;
 
 /// The page's policy: its own scripts only (no inline code, no eval);
 /// inline styles are allowed because xterm's DOM renderer sets them.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; font-src 'self'; \
 base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
@@ -41,7 +41,7 @@ pub struct WebConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WebError {
+pub(crate) enum WebError {
     #[error("Unauthorized: send Authorization: Bearer <token>")]
     Unauthorized,
     #[error("execd runs commands on this host (--host-exec): there are no containers to pick")]
@@ -67,7 +67,7 @@ impl IntoResponse for WebError {
 }
 
 /// The page's routes; empty without `--web`.
-pub fn router(ctx: DoorContext) -> axum::Router {
+pub(crate) fn router(ctx: DoorContext) -> axum::Router {
     if !ctx.web.enabled {
         return axum::Router::new();
     }
@@ -80,7 +80,7 @@ pub fn router(ctx: DoorContext) -> axum::Router {
 }
 
 /// Wraps `routes` (every door) in the cross-origin WebSocket guard.
-pub fn guard_upgrades(routes: axum::Router, web: &WebConfig) -> axum::Router {
+pub(crate) fn guard_upgrades(routes: axum::Router, web: &WebConfig) -> axum::Router {
     routes.layer(axum::middleware::from_fn_with_state(
         web.allowed_origins.clone(),
         origin::guard,

@@ -16,7 +16,7 @@ use http::HeaderMap;
 /// An origin reduced to what is compared: `scheme://host:port`, lowercase,
 /// with the scheme's default port written out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     scheme: String,
     host: String,
     port: u16,
@@ -65,7 +65,7 @@ fn split_host(authority: &str) -> Option<(String, Option<u16>)> {
 /// Parses an `Origin` header value (or a `--web-allowed-origins` entry):
 /// `http(s)://host[:port]`, nothing after; `None` for anything else
 /// (including the `null` origin of sandboxed pages).
-pub fn parse(value: &str) -> Option<Origin> {
+pub(crate) fn parse(value: &str) -> Option<Origin> {
     let (scheme, rest) = value.trim().split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let default = default_port(&scheme)?;
@@ -117,7 +117,7 @@ fn request_host(req: &Request) -> Option<String> {
 }
 
 /// The reason an upgrade is refused, or `None` when it may go on.
-pub fn check(req: &Request, allowed: &[String]) -> Option<String> {
+pub(crate) fn check(req: &Request, allowed: &[String]) -> Option<String> {
     if !is_upgrade(req) {
         return None;
     }
@@ -127,7 +127,7 @@ pub fn check(req: &Request, allowed: &[String]) -> Option<String> {
 /// Why the request's `Origin` is foreign (neither this server's own, as
 /// its `Host` names it, nor one of `allowed`); `None` when it has no
 /// `Origin` or an acceptable one.
-pub fn foreign_origin(req: &Request, allowed: &[String]) -> Option<String> {
+pub(crate) fn foreign_origin(req: &Request, allowed: &[String]) -> Option<String> {
     let value = req.headers().get(http::header::ORIGIN)?;
     let Some(origin) = value.to_str().ok().and_then(parse) else {
         return Some("unreadable Origin".into());
@@ -142,7 +142,11 @@ pub fn foreign_origin(req: &Request, allowed: &[String]) -> Option<String> {
 }
 
 /// The layer's function (`axum::middleware::from_fn_with_state`).
-pub async fn guard(State(allowed): State<Vec<String>>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(allowed): State<Vec<String>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match check(&req, &allowed) {
         None => next.run(req).await,
         Some(reason) => {

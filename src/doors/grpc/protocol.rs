@@ -10,7 +10,7 @@ use execd_proto::exec_service::{
 use execd_session::{ExecSpec, OutputStream, SessionError};
 
 /// The request as the session manager wants it.
-pub fn spec_from_start(req: ExecStartRequest) -> ExecSpec {
+pub(crate) fn spec_from_start(req: ExecStartRequest) -> ExecSpec {
     ExecSpec {
         container_id: req.container_id,
         command: req.command,
@@ -48,32 +48,32 @@ fn status(
     )
 }
 
-pub fn started(session_id: &str) -> ExecMessage {
+pub(crate) fn started(session_id: &str) -> ExecMessage {
     status(session_id, WireStatus::Started, 0, String::new())
 }
 
 /// Sent instead of STARTED to a client that reattached: the process did
 /// not start again.
-pub fn running(session_id: &str) -> ExecMessage {
+pub(crate) fn running(session_id: &str) -> ExecMessage {
     status(session_id, WireStatus::Running, 0, String::new())
 }
 
-pub fn exited(session_id: &str, code: i32) -> ExecMessage {
+pub(crate) fn exited(session_id: &str, code: i32) -> ExecMessage {
     status(session_id, WireStatus::Exited, code, String::new())
 }
 
-pub fn error(session_id: &str, message: &str) -> ExecMessage {
+pub(crate) fn error(session_id: &str, message: &str) -> ExecMessage {
     status(session_id, WireStatus::Error, 0, message.to_string())
 }
 
 /// The terminal ERROR message and the matching gRPC status that ends the
 /// RPC: the same words, a code that classifies them.
-pub fn error_pair(session_id: &str, err: &SessionError) -> (ExecMessage, tonic::Status) {
+pub(crate) fn error_pair(session_id: &str, err: &SessionError) -> (ExecMessage, tonic::Status) {
     let status = crate::error_text::grpc_status(err);
     (error(session_id, status.message()), status)
 }
 
-pub fn output(session_id: &str, stream: OutputStream, data: Bytes) -> ExecMessage {
+pub(crate) fn output(session_id: &str, stream: OutputStream, data: Bytes) -> ExecMessage {
     let stream_type = match stream {
         OutputStream::Stdout => StreamType::Stdout,
         OutputStream::Stderr => StreamType::Stderr,
@@ -88,7 +88,7 @@ pub fn output(session_id: &str, stream: OutputStream, data: Bytes) -> ExecMessag
 }
 
 /// Short name of a payload for logs and protocol errors.
-pub fn payload_name(payload: &Option<Payload>) -> &'static str {
+pub(crate) fn payload_name(payload: &Option<Payload>) -> &'static str {
     match payload {
         None => "an empty message",
         Some(Payload::StartRequest(_)) => "start_request",
