@@ -1,15 +1,15 @@
 //! gRPC health (`grpc.health.v1`): SERVING for the overall server and
-//! `exec_service.ExecService` while the runtime CLI and its engine answer,
-//! NOT_SERVING while they do not (checked every `--health-interval`) and
-//! from the moment shutdown begins.
+//! `exec_service.ExecService` while the container engine answers, NOT_SERVING
+//! while it does not (asked every `--health-interval`) and from the moment
+//! shutdown begins.
+//!
+//! The question goes to the session manager ([`SessionManager::ping`]),
+//! whose backend knows how to reach its engine; nothing here runs or
+//! connects to anything itself.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use std::path::Path;
-
-use execd_session::{ExecMode, SessionManager};
-use tokio::process::Command;
+use execd_session::SessionManager;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -22,41 +22,14 @@ pub const SERVICES: [&str; 2] = ["", "exec_service.ExecService"];
 /// liveness probe can tell "execd is stuck" from "the engine is down".
 pub const LIVENESS_SERVICE: &str = "execd.admin.v1.SessionAdmin";
 
-/// Whether the engine behind `runtime_cli` answers: `/_ping` on the local
-/// Engine API socket if there is one (no process spawned every interval),
-/// else — or if that socket does not answer — `<cli> version`.
-pub async fn engine_answers(
-    runtime_cli: &str,
-    api_socket: Option<&Path>,
-    timeout: Duration,
-) -> Result<(), String> {
-    if let Some(socket) = api_socket {
-        // An answer settles it; no answer is double-checked with the CLI,
-        // whose configuration may point elsewhere.
-        if let Ok(Ok((code, body))) =
-            tokio::time::timeout(timeout, execd_session::engine_api_get(socket, "/_ping")).await
-        {
-            return if code == 200 {
-                Ok(())
-            } else {
-                Err(format!("the engine answered {code}: {}", body.trim()))
-            };
-        }
-    }
-    let probe = Command::new(runtime_cli)
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, probe).await {
+/// Whether the manager's engine answers within `timeout` (always, in
+/// host-exec mode).
+pub async fn engine_answers(manager: &SessionManager, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, manager.ping()).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
-            "{runtime_cli} version did not answer within {timeout:?}"
+            "the container engine did not answer within {timeout:?}"
         )),
-        Ok(Err(e)) => Err(format!("{runtime_cli} cannot run: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
     }
 }
 
@@ -78,13 +51,7 @@ pub async fn monitor(
         .await;
     let mut last: Option<bool> = None;
     loop {
-        let healthy = match manager.mode() {
-            ExecMode::Host => Ok(()),
-            ExecMode::Container { runtime_cli } => {
-                let timeout = interval.max(Duration::from_secs(2));
-                engine_answers(runtime_cli, manager.engine_api_socket(), timeout).await
-            }
-        };
+        let healthy = engine_answers(&manager, interval.max(Duration::from_secs(2))).await;
         if shutdown.is_cancelled() {
             break;
         }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-/// `--backend`: what runs the sessions' processes.
+/// The word `--backend` takes. With `--host-exec` and the runtime flags
+/// it becomes the one [`execd_session::BackendConfig`] the session
+/// manager runs ([`Cli::backend_config`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     Cli,
@@ -417,7 +419,7 @@ impl ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use execd_session::{ExecMode, Limits};
+    use execd_session::{BackendConfig, Limits};
 
     #[test]
     fn durations() {
@@ -499,9 +501,44 @@ mod tests {
         ])
         .unwrap();
         let cfg = cli.server_config();
-        assert_eq!(cfg.manager.mode, ExecMode::Host);
+        assert_eq!(cfg.manager.backend, BackendConfig::Host);
         assert_eq!(cfg.manager.lifecycle.idle_timeout, None);
         assert!(Cli::try_parse_from(["execd", "--idle-timeout", "later"]).is_err());
+    }
+
+    /// `--backend` and `--host-exec` make one backend configuration;
+    /// combinations without a meaning are refused with the flag to change.
+    #[test]
+    fn one_backend_configuration() {
+        let backend = |args: &[&str]| {
+            let mut argv = vec!["execd"];
+            argv.extend(args);
+            Cli::try_parse_from(argv).unwrap().backend_config()
+        };
+        assert_eq!(
+            backend(&["--runtime-cli", "podman"]).unwrap(),
+            BackendConfig::Cli {
+                program: "podman".into()
+            }
+        );
+        assert_eq!(backend(&["--host-exec"]).unwrap(), BackendConfig::Host);
+        assert_eq!(
+            backend(&["--backend", "engine-api", "--engine-socket", "/run/e.sock"]).unwrap(),
+            BackendConfig::EngineApi {
+                socket: "/run/e.sock".into()
+            }
+        );
+        for refused in [
+            &["--host-exec", "--backend", "engine-api"][..],
+            &["--host-exec", "--backend", "oci"],
+        ] {
+            let err = backend(refused).unwrap_err().to_string();
+            assert!(err.contains("--host-exec"), "{err}");
+        }
+        let err = backend(&["--backend", "oci", "--oci-root", "/no/such/root"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--oci-root"), "{err}");
     }
 
     #[test]

@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use execd_session::{
-    BackendKind, ExecMode, LifecycleConfig, Limits, ManagerConfig, ReattachConfig,
-};
+use execd_session::{BackendConfig, LifecycleConfig, Limits, ManagerConfig, ReattachConfig};
 
 use super::{BackendChoice, Cli, ConfigError};
 
@@ -104,7 +102,7 @@ impl Cli {
     /// The server configuration, with token and TLS files read.
     pub fn load_server_config(&self) -> Result<ServerConfig, ConfigError> {
         let mut config = self.server_config();
-        config.manager.backend = self.backend_kind()?;
+        config.manager.backend = self.backend_config()?;
         if let Some(path) = &self.auth_token_file {
             config.auth = Some(crate::auth::TokenStore::load(path)?);
         }
@@ -124,10 +122,11 @@ impl Cli {
         Ok(config)
     }
 
-    /// The backend `--backend` names, with its socket resolved.
-    pub fn backend_kind(&self) -> Result<BackendKind, ConfigError> {
+    /// What runs the sessions: `--host-exec`, or the backend `--backend`
+    /// names, with its socket resolved and its setup checked.
+    pub fn backend_config(&self) -> Result<BackendConfig, ConfigError> {
         match self.backend {
-            BackendChoice::Cli => Ok(BackendKind::Cli),
+            BackendChoice::Cli => Ok(self.plain_backend()),
             BackendChoice::EngineApi if self.host_exec => Err(ConfigError::Backend(
                 "host-exec mode has no container engine; drop --host-exec or use --backend cli"
                     .into(),
@@ -147,7 +146,7 @@ impl Cli {
                         Err(_) => PathBuf::from("/var/run/docker.sock"),
                     },
                 };
-                Ok(BackendKind::EngineApi { socket })
+                Ok(BackendConfig::EngineApi { socket })
             }
             BackendChoice::Oci if self.host_exec => Err(ConfigError::OciBackend(
                 "host-exec mode has no containers; drop --host-exec or use --backend cli".into(),
@@ -155,28 +154,33 @@ impl Cli {
             BackendChoice::Oci => {
                 execd_session::backend::oci::check_setup(&self.oci_runtime, &self.oci_root)
                     .map_err(ConfigError::OciBackend)?;
-                Ok(BackendKind::Oci {
+                Ok(BackendConfig::Oci {
                     runtime: self.oci_runtime.clone(),
                     root: self.oci_root.clone(),
+                    cli: self.runtime_cli.clone(),
                 })
             }
         }
     }
 
-    /// The server configuration without reading files (the backend stays
-    /// the CLI; [`Cli::load_server_config`] resolves it).
-    pub fn server_config(&self) -> ServerConfig {
-        let mode = if self.host_exec {
-            ExecMode::Host
+    /// The host, or the runtime CLI: the backends that need no checks.
+    fn plain_backend(&self) -> BackendConfig {
+        if self.host_exec {
+            BackendConfig::Host
         } else {
-            ExecMode::Container {
-                runtime_cli: self.runtime_cli.clone(),
+            BackendConfig::Cli {
+                program: self.runtime_cli.clone(),
             }
-        };
+        }
+    }
+
+    /// The server configuration without reading files or checking the
+    /// backend (it stays the host or the CLI; [`Cli::load_server_config`]
+    /// resolves `--backend`).
+    pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             manager: ManagerConfig {
-                mode,
-                backend: BackendKind::Cli,
+                backend: self.plain_backend(),
                 limits: Limits {
                     max_sessions: self.max_sessions,
                     max_sessions_per_instance: self.max_sessions_per_instance,

@@ -3,18 +3,18 @@
 //! to attach to) and with a terminal (`Config.Tty`, then the attach runs
 //! under a PTY and takes resizes).
 //!
-//! The preflight answers "exists and runs" with the engine's own errors;
-//! this only reads two more fields of the container's inspect document
-//! ([`SessionManager::container_document`]: the local Engine API socket
-//! when there is one, else `<cli> container inspect`), so no door needs to
-//! know which runtime is underneath. Both questions are asked before any
-//! session exists, so both pass the manager's engine gate.
+//! The check answers "exists and runs" with the engine's own errors; this
+//! only reads two more fields of the container's inspect document, which
+//! the backend gives ([`SessionManager::container_document`]), so no door
+//! needs to know which runtime is underneath. Both questions are asked
+//! before any session exists, so both pass the manager's engine gate, and
+//! share its short memory of running containers (kubectl GETs the pod
+//! right before it attaches).
 
-use crate::command::{ExecMode, ValidationError};
-use crate::containers::ContainerDocument;
+use crate::backend::inspect::{ContainerDocument, PreflightError};
+use crate::command::ValidationError;
 use crate::error::SessionError;
 use crate::manager::SessionManager;
-use crate::preflight::PreflightError;
 
 /// The container's configuration, as far as attaching goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ async fn attach_target(
     container_id: &str,
 ) -> Result<AttachTarget, SessionError> {
     manager.check_container(container_id).await?;
-    if matches!(manager.mode(), ExecMode::Host) {
+    if !manager.backend_config().has_containers() {
         return Err(ValidationError::AttachInHostMode.into());
     }
     let failed = |message: String| {

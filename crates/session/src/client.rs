@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::EndReason;
+use crate::reason::EndReason;
 use crate::session::SessionInput;
 
 /// Why no start arrived.

@@ -1,8 +1,9 @@
-//! The session manager's error type and the reasons a session can be ended.
+//! The session manager's error type.
 //!
 //! Each module has its own error enum naming its failure sites; this module
 //! gathers them into [`SessionError`] and classifies every failure with an
-//! [`ErrorKind`], which the server maps onto a gRPC status code in one place.
+//! [`ErrorKind`] (defined with the end reasons in `reason`), which the
+//! server maps onto a gRPC status code in one place.
 //! [`SessionError::outcome`] and [`SessionError::runtime_failure`] are the
 //! finer classification that metrics and logs use, so nothing outside this
 //! crate needs to match on the variants of the modules' own enums.
@@ -11,103 +12,58 @@
 //! server setting that would change the outcome (a flag) is the server's
 //! part.
 
+use crate::backend::{StartError, WaitError};
 use crate::command::ValidationError;
-use crate::preflight::PreflightError;
+use crate::preflight::{EngineBusy, PreflightError};
+use crate::reattach::ReattachError;
 use crate::registry::RegistryError;
 use crate::spawn::SpawnError;
 
-/// Transport-neutral classification of a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The client sent something execd refuses.
-    InvalidArgument,
-    /// The client's session id is taken by a live session.
-    AlreadyExists,
-    /// The container does not exist.
-    NotFound,
-    /// The container or runtime is not in a state to run the exec.
-    FailedPrecondition,
-    /// A limit was reached.
-    ResourceExhausted,
-    /// The client may not touch this session (another client started it).
-    PermissionDenied,
-    /// The engine cannot be reached, or the server is going away.
-    Unavailable,
-    /// An operator closed the session.
-    Aborted,
-    /// The session was idle for too long.
-    DeadlineExceeded,
-    /// The client went away; nobody is left to tell.
-    Cancelled,
-    /// A failure inside execd or the host.
-    Internal,
-}
+pub use crate::reason::{EndReason, ErrorKind};
 
-/// Why a session ended before its process exited on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
-    /// The RPC was cancelled or the connection dropped.
-    ClientGone,
-    /// A second start arrived for a session that already runs.
-    SecondStart,
-    /// The client broke the protocol (the message says how).
-    Protocol(String),
-    /// A client message exceeded a size limit.
-    TooLarge(String),
-    /// An operator closed it through the admin API.
-    Closed(String),
-    /// No input and no output for the idle timeout.
-    IdleTimeout,
-    /// The server is shutting down.
-    Shutdown,
-}
-
-impl std::fmt::Display for EndReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EndReason::ClientGone => f.write_str("client went away"),
-            EndReason::SecondStart => {
-                f.write_str("a second start was sent for this session; the session was ended")
-            }
-            EndReason::Protocol(msg) | EndReason::TooLarge(msg) => f.write_str(msg),
-            EndReason::Closed(reason) => write!(f, "closed: {reason}"),
-            EndReason::IdleTimeout => f.write_str("idle timeout"),
-            EndReason::Shutdown => f.write_str("server shutting down"),
-        }
-    }
-}
-
-impl EndReason {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            EndReason::ClientGone => ErrorKind::Cancelled,
-            EndReason::SecondStart | EndReason::Protocol(_) => ErrorKind::InvalidArgument,
-            EndReason::TooLarge(_) => ErrorKind::ResourceExhausted,
-            EndReason::Closed(_) => ErrorKind::Aborted,
-            EndReason::IdleTimeout => ErrorKind::DeadlineExceeded,
-            EndReason::Shutdown => ErrorKind::Unavailable,
-        }
-    }
-}
-
+/// Everything that can keep a session from starting or end it early, by
+/// where it happened.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// The request was refused as it is.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A session limit, or the session id is taken.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The local process (the runtime CLI, the OCI runtime, the host
+    /// command) could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The engine says no: no such container, not running, unavailable.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// The gate in front of engine calls outside sessions was full: a
+    /// limit reached, to retry in a moment.
+    #[error(transparent)]
+    EngineBusy(#[from] EngineBusy),
     #[error("{0}")]
     Ended(EndReason),
     #[error("waiting for the session's process failed: {0}")]
     Wait(#[source] std::io::Error),
     #[error(transparent)]
-    Process(#[from] crate::backend::WaitError),
+    Process(#[from] WaitError),
     #[error(transparent)]
-    Reattach(#[from] crate::reattach::ReattachError),
+    Reattach(#[from] ReattachError),
+    /// A failure inside execd.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A backend's start failure, in the session's terms.
+impl From<StartError> for SessionError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Refused(e) => SessionError::Preflight(e),
+            StartError::Spawn(e) => SessionError::Spawn(e),
+            StartError::Internal(message) => SessionError::Internal(message),
+        }
+    }
 }
 
 impl SessionError {
@@ -132,21 +88,14 @@ impl SessionError {
             SessionError::Preflight(PreflightError::EngineUnavailable { .. }) => {
                 ErrorKind::Unavailable
             }
+            SessionError::EngineBusy(_) => ErrorKind::ResourceExhausted,
             SessionError::Ended(reason) => reason.kind(),
-            SessionError::Wait(_) => ErrorKind::Internal,
-            SessionError::Process(crate::backend::WaitError::Io(_)) => ErrorKind::Internal,
-            SessionError::Reattach(crate::reattach::ReattachError::Attached(_)) => {
-                ErrorKind::AlreadyExists
-            }
-            SessionError::Reattach(crate::reattach::ReattachError::Mismatch { .. }) => {
-                ErrorKind::InvalidArgument
-            }
-            SessionError::Reattach(crate::reattach::ReattachError::NotOwner(_)) => {
-                ErrorKind::PermissionDenied
-            }
-            SessionError::Process(crate::backend::WaitError::EngineGone(_)) => {
-                ErrorKind::Unavailable
-            }
+            SessionError::Wait(_) | SessionError::Internal(_) => ErrorKind::Internal,
+            SessionError::Process(WaitError::Io(_)) => ErrorKind::Internal,
+            SessionError::Reattach(ReattachError::Attached(_)) => ErrorKind::AlreadyExists,
+            SessionError::Reattach(ReattachError::Mismatch { .. }) => ErrorKind::InvalidArgument,
+            SessionError::Reattach(ReattachError::NotOwner(_)) => ErrorKind::PermissionDenied,
+            SessionError::Process(WaitError::EngineGone(_)) => ErrorKind::Unavailable,
         }
     }
 }
@@ -174,25 +123,6 @@ impl RuntimeFailure {
             RuntimeFailure::CliMissing => "cli_missing",
             RuntimeFailure::InspectFailed => "inspect_failed",
             RuntimeFailure::SpawnFailed => "spawn_failed",
-        }
-    }
-}
-
-impl ErrorKind {
-    /// A stable label (for metrics and logs).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidArgument => "invalid_argument",
-            ErrorKind::AlreadyExists => "already_exists",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::FailedPrecondition => "failed_precondition",
-            ErrorKind::ResourceExhausted => "resource_exhausted",
-            ErrorKind::PermissionDenied => "permission_denied",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Aborted => "aborted",
-            ErrorKind::DeadlineExceeded => "deadline_exceeded",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::Internal => "internal",
         }
     }
 }
@@ -256,6 +186,16 @@ mod tests {
         assert_eq!(
             missing.runtime_failure(),
             Some(RuntimeFailure::ContainerNotFound)
+        );
+        let busy = SessionError::from(EngineBusy { limit: 64 });
+        assert_eq!(busy.kind(), ErrorKind::ResourceExhausted);
+        assert_eq!(busy.outcome(), "resource_exhausted");
+        assert_eq!(busy.runtime_failure(), None);
+        assert!(busy.to_string().contains("busy"), "{busy}");
+        let lost = SessionError::from(StartError::Internal("lost".into()));
+        assert_eq!(
+            (lost.kind(), lost.to_string().as_str()),
+            (ErrorKind::Internal, "lost")
         );
     }
 }

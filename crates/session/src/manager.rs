@@ -1,59 +1,47 @@
-//! The session manager: validates a request, registers the session, spawns
-//! the runtime command and confirms the container before handing back a
-//! running [`Session`].
+//! The session manager: validates a request, registers the session, starts
+//! its process through the backend and confirms the container before
+//! handing back a running [`Session`]. It is also the one door to the
+//! runtime for everything outside sessions: checks, inspects and lists
+//! (behind its engine gate, see `preflight` and `containers`) and the
+//! engine's health ([`SessionManager::ping`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, Backend, BackendKind, Process, SpawnRequest};
-use crate::command::{validate_session_id, ExecMode, ExecSpec, SessionKind, TermSize};
+use crate::backend::{
+    self, Backend, BackendConfig, ContainerState, PingError, PreflightError, Process, SpawnRequest,
+    StartError,
+};
+use crate::command::{validate_session_id, ExecSpec, SessionKind, TermSize};
 use crate::error::SessionError;
-use crate::preflight;
 use crate::preflight::EngineGate;
 use crate::reaper::{self, ContainerRef};
 use crate::reattach::ReattachTable;
 use crate::registry::{
     now_ms, Limits, Registration, Registry, SessionControl, SessionEntry, SessionStats,
 };
-use crate::resize::{self, SizeWait};
+use crate::session::resize::{self, SizeWait};
 use crate::session::{self, Launch, LifecycleConfig, Session};
 
-/// Everything the manager is configured with.
-#[derive(Debug, Clone)]
+/// Everything the manager is configured with. The default runs `docker
+/// exec` children with the default limits.
+#[derive(Debug, Clone, Default)]
 pub struct ManagerConfig {
-    pub mode: ExecMode,
-    /// What runs the sessions' processes.
-    pub backend: BackendKind,
+    /// What runs the sessions' processes, and where.
+    pub backend: BackendConfig,
     pub limits: Limits,
     pub lifecycle: LifecycleConfig,
     /// Detach and reattach; `None` ends a session with its client.
     pub reattach: Option<crate::ReattachConfig>,
 }
 
-impl Default for ManagerConfig {
-    fn default() -> Self {
-        ManagerConfig {
-            mode: ExecMode::Container {
-                runtime_cli: "docker".into(),
-            },
-            backend: BackendKind::Cli,
-            limits: Limits::default(),
-            lifecycle: LifecycleConfig::default(),
-            reattach: None,
-        }
-    }
-}
-
 /// Starts sessions and owns the registry. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionManager {
-    mode: Arc<ExecMode>,
+    backend_config: Arc<BackendConfig>,
     backend: Arc<dyn Backend>,
-    /// The local Engine API socket, if the runtime CLI is a plain local
-    /// docker; decided once (it reads the CLI's config file).
-    engine_api: Option<Arc<std::path::Path>>,
     lifecycle: Arc<LifecycleConfig>,
     registry: Arc<Registry>,
     reattach: Option<Arc<ReattachTable>>,
@@ -137,25 +125,9 @@ impl SessionManager {
     /// `shutdown` ends every session (with "server shutting down") when
     /// cancelled.
     pub fn new(config: ManagerConfig, shutdown: CancellationToken) -> Self {
-        let engine_api = match (&config.mode, &config.backend) {
-            (ExecMode::Container { .. }, BackendKind::EngineApi { socket }) => {
-                Some(Arc::from(socket.as_path()))
-            }
-            // The OCI backend resolves names through the same engine.
-            (ExecMode::Container { runtime_cli }, BackendKind::Cli | BackendKind::Oci { .. }) => {
-                crate::engine_api::local_socket(runtime_cli).map(Arc::from)
-            }
-            (ExecMode::Host, _) => {
-                // A sidecar's execd is often PID 1 of its namespace: then it
-                // has to reap what sessions orphan.
-                crate::orphans::spawn_reaper_if_init();
-                None
-            }
-        };
         SessionManager {
-            engine_api,
-            backend: backend::build(&config.backend, &config.lifecycle),
-            mode: Arc::new(config.mode),
+            backend: backend::build(&config.backend, config.lifecycle.keep_background_processes),
+            backend_config: Arc::new(config.backend),
             lifecycle: Arc::new(config.lifecycle),
             registry: Registry::new(config.limits),
             reattach: config
@@ -170,13 +142,19 @@ impl SessionManager {
         &self.registry
     }
 
-    pub fn mode(&self) -> &ExecMode {
-        &self.mode
+    /// What runs the sessions (and whether there are containers at all).
+    pub fn backend_config(&self) -> &BackendConfig {
+        &self.backend_config
     }
 
-    /// The local Engine API socket used for preflights and health, if any.
-    pub fn engine_api_socket(&self) -> Option<&std::path::Path> {
-        self.engine_api.as_deref()
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Whether the engine answers (always, without containers). Callers
+    /// bound it in time.
+    pub async fn ping(&self) -> Result<(), PingError> {
+        self.backend.ping().await
     }
 
     /// The bound on engine calls outside sessions, shared by every door.
@@ -224,22 +202,30 @@ impl SessionManager {
     /// whether it exists and runs, without starting anything (for doors
     /// that hand out a URL before the session starts). Host-exec mode has
     /// no containers to check.
+    ///
+    /// Such checks pass the engine gate, so they never run more than its
+    /// limit of engine calls at once, and reuse a "running" of the last
+    /// moments (a check's own or an inspect's: the docker CLI inspects
+    /// right before it creates, kubectl GETs the pod right before it
+    /// attaches). A session's start checks again, outside the gate.
     pub async fn check_container(&self, container_id: &str) -> Result<(), SessionError> {
-        let ExecMode::Container { runtime_cli } = self.mode.as_ref() else {
+        if !self.backend_config.has_containers() {
             return Ok(());
-        };
+        }
         let spec = ExecSpec {
             container_id: container_id.to_string(),
             ..ExecSpec::default()
         };
-        spec.validate(&self.mode)?;
-        preflight::check_out_of_session(
-            &self.engine_gate,
-            runtime_cli,
-            self.engine_api_socket(),
-            container_id,
-        )
-        .await?;
+        spec.validate(&self.backend_config)?;
+        let gate = &self.engine_gate;
+        if gate.recently_running(container_id).is_some() {
+            return Ok(());
+        }
+        let _permit = gate.enter(1).await?;
+        let state = self.backend.check(container_id).await?;
+        // Only "running" is reused: a container that was missing or stopped
+        // a moment ago may have been created or started since.
+        gate.remember_running(container_id, state);
         Ok(())
     }
 
@@ -269,7 +255,7 @@ impl SessionManager {
         if self.shutdown.is_cancelled() {
             return Err(SessionError::Ended(crate::EndReason::Shutdown));
         }
-        spec.validate(&self.mode)?;
+        spec.validate(&self.backend_config)?;
         let id = match requested_id.filter(|id| !id.is_empty()) {
             Some(id) => {
                 validate_session_id(&id)?;
@@ -303,9 +289,9 @@ impl SessionManager {
         }
         abandon.armed = false;
         let Some(registration) = abandon.registration.take() else {
-            return Err(SessionError::Wait(std::io::Error::other(
-                "session registration lost during start",
-            )));
+            return Err(SessionError::Internal(
+                "session registration lost during start".into(),
+            ));
         };
         Ok(session::launch(Launch {
             id,
@@ -330,15 +316,14 @@ impl SessionManager {
         AbandonGuard {
             marker: new_marker(),
             // init_pid unknown yet: if execd cannot see the container's
-            // processes, the reaper falls back to the runtime CLI.
-            container: match self.mode.as_ref() {
-                ExecMode::Container { runtime_cli } if reaps_in_container => Some(ContainerRef {
-                    runtime_cli: runtime_cli.clone(),
+            // processes, the reaper runs its search inside the container.
+            container: (self.backend_config.has_containers() && reaps_in_container).then(|| {
+                ContainerRef {
+                    backend: self.backend.clone(),
                     container_id: spec.container_id.clone(),
                     init_pid: 0,
-                }),
-                _ => None,
-            },
+                }
+            }),
             tty: spec.tty,
             grace: self.lifecycle.kill_grace,
             started: std::time::Instant::now(),
@@ -347,8 +332,8 @@ impl SessionManager {
         }
     }
 
-    /// Starts the process and, side by side, asks the engine about the
-    /// container: the inspect costs no latency on the happy path and tells
+    /// Starts the process and, side by side, asks the backend about the
+    /// container: the check costs no latency on the happy path and tells
     /// a missing container apart from a process that exits 1.
     async fn spawn_confirmed(
         &self,
@@ -359,12 +344,11 @@ impl SessionManager {
     ) -> Result<Process, SessionError> {
         let request = SpawnRequest {
             spec,
-            mode: &self.mode,
             marker: &abandon.marker,
             size,
         };
         let (spawned, inspected) = tokio::select! {
-            both = async { tokio::join!(self.backend.spawn(request), self.inspect(spec)) } => both,
+            both = async { tokio::join!(self.backend.spawn(request), self.check_for_start(spec)) } => both,
             // The guard (still armed) ends whatever may have started.
             _ = control.token().cancelled() => return Err(SessionError::Ended(control.reason())),
         };
@@ -387,7 +371,7 @@ impl SessionManager {
                 // error, a timeout, an unreadable answer) says nothing about
                 // the exec, which ran alongside: the guard stays armed and
                 // ends whatever it may have started.
-                if definitely_not_started(&e) {
+                if e.rules_out_a_start() {
                     abandon.armed = false;
                 }
                 Err(e.into())
@@ -396,29 +380,23 @@ impl SessionManager {
                 // A refusal means nothing started; an engine that stopped
                 // answering half-way may have started the exec, which the
                 // guard (still armed) then ends.
-                if !matches!(&e, SessionError::Preflight(p) if !definitely_not_started(p)) {
+                if !matches!(&e, StartError::Refused(p) if !p.rules_out_a_start()) {
                     abandon.armed = false;
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }
 
     /// The engine's view of the container (`None` in host-exec mode).
-    async fn inspect(
+    async fn check_for_start(
         &self,
         spec: &ExecSpec,
-    ) -> Result<Option<preflight::ContainerState>, preflight::PreflightError> {
-        match self.mode.as_ref() {
-            ExecMode::Container { runtime_cli } => preflight::check_container(
-                runtime_cli,
-                self.engine_api_socket(),
-                &spec.container_id,
-            )
-            .await
-            .map(Some),
-            ExecMode::Host => Ok(None),
+    ) -> Result<Option<ContainerState>, PreflightError> {
+        if !self.backend_config.has_containers() {
+            return Ok(None);
         }
+        self.backend.check(&spec.container_id).await.map(Some)
     }
 
     /// For a terminal whose size can be overwritten behind execd's back
@@ -476,12 +454,4 @@ impl SessionManager {
             }
         }
     }
-}
-
-/// Whether an inspect's verdict means no exec can have started.
-fn definitely_not_started(e: &preflight::PreflightError) -> bool {
-    matches!(
-        e,
-        preflight::PreflightError::NotFound { .. } | preflight::PreflightError::NotRunning { .. }
-    )
 }

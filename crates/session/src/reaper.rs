@@ -15,24 +15,36 @@
 //! PID namespace (a node agent, or a pod with `hostPID: true`) and to run as
 //! root (or with CAP_KILL and CAP_SYS_PTRACE). When it cannot, the reaper
 //! falls back to running a small signalling script inside the container
-//! through the runtime CLI, and says so in the log.
+//! through the session's backend ([`Backend::run_inside`]: `<cli> exec`,
+//! or an exec through the Engine API), and says so in the log.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::process::Command;
 
+use crate::backend::{Backend, RunInsideError};
 use crate::command::SESSION_ENV;
 use crate::pidfd::ProcHandle;
 use crate::procfs::EnvironRead;
 
 /// How to reach processes that execd cannot see itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContainerRef {
-    pub runtime_cli: String,
+    /// The backend that runs the container's sessions.
+    pub backend: Arc<dyn Backend>,
     pub container_id: String,
     /// Host PID of the container's init, from the engine; 0 if unknown.
     pub init_pid: i32,
+}
+
+impl std::fmt::Debug for ContainerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerRef")
+            .field("container_id", &self.container_id)
+            .field("init_pid", &self.init_pid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a kill pass did.
@@ -157,7 +169,7 @@ pub(crate) fn container_visible(container: &ContainerRef) -> bool {
 /// Signals every process of the session and waits until they are gone,
 /// escalating to SIGKILL after `grace`; where execd cannot see the
 /// container's processes, does the same inside the container through the
-/// runtime CLI. Never blocks the async runtime: the `/proc` scans run on the
+/// backend. Never blocks the async runtime: the `/proc` scans run on the
 /// [`crate::procfs`] workers.
 pub async fn reap_session(
     marker: &str,
@@ -221,7 +233,7 @@ async fn reap_pass(
                     marker,
                     container_id = %container.container_id,
                     "execd cannot see the container's processes (different PID namespace or no \
-                     permission); signalling inside the container through the runtime CLI instead"
+                     permission); signalling inside the container through the runtime instead"
                 );
                 report.used_fallback = true;
                 signal_inside_container(container, marker, polite, grace).await;
@@ -365,13 +377,8 @@ async fn signal_inside_container(
          [ -z \"$pids\" ] && exit 0; \
          kill -{polite_name} $pids 2>/dev/null; sleep {grace_s}; kill -KILL $pids 2>/dev/null; exit 0"
     );
-    let run = Command::new(&container.runtime_cli)
-        .args(["exec", &container.container_id, "/bin/sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .output();
+    let argv = ["/bin/sh".to_string(), "-c".to_string(), script];
+    let run = container.backend.run_inside(&container.container_id, &argv);
     // A hung engine must not hold the session (and its count) forever.
     let Ok(result) = tokio::time::timeout(grace + FALLBACK_TIMEOUT, run).await else {
         tracing::warn!(
@@ -381,13 +388,15 @@ async fn signal_inside_container(
         return;
     };
     match result {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => tracing::warn!(
+        Ok(()) => {}
+        Err(RunInsideError::Failed(message)) => tracing::warn!(
             marker,
-            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+            stderr = %message,
             "in-container signalling failed; the session's process may survive"
         ),
-        Err(e) => tracing::warn!(marker, error = %e, "in-container signalling could not run"),
+        Err(e @ RunInsideError::NotStarted(_)) => {
+            tracing::warn!(marker, error = %e, "in-container signalling could not run")
+        }
     }
 }
 

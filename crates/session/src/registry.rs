@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::command::{Door, ExecSpec, SessionKind};
-use crate::error::EndReason;
+use crate::reason::EndReason;
 
 mod live;
 

@@ -2,9 +2,9 @@
 //! The status message is the server's (it may add a flag hint to the
 //! error's text), so only the code is mapped here.
 
-use crate::error::ErrorKind;
 #[cfg(test)]
 use crate::error::SessionError;
+use crate::reason::ErrorKind;
 
 impl From<ErrorKind> for tonic::Code {
     fn from(kind: ErrorKind) -> Self {
@@ -38,5 +38,11 @@ mod tests {
         assert_eq!(tonic::Code::from(err.kind()), tonic::Code::NotFound);
         let err = SessionError::Ended(EndReason::Shutdown);
         assert_eq!(tonic::Code::from(err.kind()), tonic::Code::Unavailable);
+        // The engine gate's refusal is a limit reached, like a session cap.
+        let err = SessionError::from(crate::preflight::EngineBusy { limit: 64 });
+        assert_eq!(
+            tonic::Code::from(err.kind()),
+            tonic::Code::ResourceExhausted
+        );
     }
 }

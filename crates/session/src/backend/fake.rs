@@ -6,14 +6,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, OutputChunk, Process, ProcessControl, ProcessOutput, Resizer, WaitError};
+use super::{
+    BoxFuture, OutputChunk, OutputStream, Process, ProcessControl, ProcessOutput, Resizer,
+    WaitError,
+};
 use crate::command::TermSize;
-use crate::session::OutputStream;
 
 /// The test's side of one fake process.
 pub(crate) struct FakeHandle {
@@ -24,6 +27,8 @@ pub(crate) struct FakeHandle {
     exit: watch::Sender<Option<i32>>,
     pub killed: Arc<AtomicBool>,
     pub sizes: Arc<Mutex<Vec<TermSize>>>,
+    /// How long applying a size takes (a slow runtime), zero at first.
+    pub resize_delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeHandle {
@@ -55,11 +60,17 @@ pub(crate) fn process(tty: bool, stdin_buffer: usize) -> (Process, FakeHandle) {
     let (exit_tx, exit_rx) = watch::channel(None);
     let killed = Arc::new(AtomicBool::new(false));
     let sizes = Arc::new(Mutex::new(Vec::new()));
+    let resize_delay = Arc::new(Mutex::new(Duration::ZERO));
     let process = Process {
         stdin: Box::new(ours),
         output: Box::new(FakeOutput { rx: output_rx }),
         eof_char: tty.then_some(4),
-        resizer: tty.then(|| Box::new(FakeResizer(sizes.clone())) as Box<dyn Resizer>),
+        resizer: tty.then(|| {
+            Box::new(FakeResizer {
+                sizes: sizes.clone(),
+                delay: resize_delay.clone(),
+            }) as Box<dyn Resizer>
+        }),
         control: Box::new(FakeControl {
             exit: exit_rx,
             killed: killed.clone(),
@@ -71,6 +82,7 @@ pub(crate) fn process(tty: bool, stdin_buffer: usize) -> (Process, FakeHandle) {
         exit: exit_tx,
         killed,
         sizes,
+        resize_delay,
     };
     (process, handle)
 }
@@ -90,12 +102,22 @@ impl ProcessOutput for FakeOutput {
     }
 }
 
-struct FakeResizer(Arc<Mutex<Vec<TermSize>>>);
+struct FakeResizer {
+    sizes: Arc<Mutex<Vec<TermSize>>>,
+    delay: Arc<Mutex<Duration>>,
+}
 
 impl Resizer for FakeResizer {
     fn resize(&self, size: TermSize) -> BoxFuture<'_, std::io::Result<()>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(size);
-        Box::pin(async { Ok(()) })
+        let delay = *self.delay.lock().unwrap_or_else(|p| p.into_inner());
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            self.sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(size);
+            Ok(())
+        })
     }
 
     fn needs_checks(&self) -> bool {

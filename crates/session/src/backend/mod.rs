@@ -1,87 +1,150 @@
-//! The seam between sessions and whatever runs their process.
+//! The seam between sessions and whatever runs their process: the one
+//! place that knows which runtime is underneath.
 //!
-//! A [`Backend`] starts a process for a validated [`ExecSpec`] and hands back
-//! a [`Process`]: its input ([`Process::stdin`]; writing is "write stdin",
-//! `shutdown` is "close stdin"), its output ([`ProcessOutput`]), its
-//! terminal ([`Resizer`], "resize") and its runtime side
-//! ([`ProcessControl`]: "wait" and "kill"). The session's tasks (pump, stdin
-//! writer, resizer) drive only these, so neither they nor any front door
-//! know which backend runs.
+//! A [`Backend`] is built once per server from the one [`BackendConfig`]
+//! and does, for the session manager, everything that touches the runtime:
 //!
-//! Three backends:
+//! - [`Backend::spawn`] starts a process for a validated [`ExecSpec`] and
+//!   hands back a [`Process`], containerd's shim `Process` in small: its
+//!   input ([`Process::stdin`]; writing is "write stdin", `shutdown` is
+//!   "close stdin"), its output ([`ProcessOutput`]), its terminal
+//!   ([`Resizer`], "resize") and its runtime side ([`ProcessControl`]:
+//!   "wait" and "kill"). The session's tasks (pump, stdin writer, resizer)
+//!   drive only these, so neither they nor any door know which backend
+//!   runs.
+//! - [`Backend::check`] says whether a container exists and runs (a
+//!   start's preflight), [`Backend::inspect`] gives the engine's document
+//!   for one, [`Backend::list`] the running ones, [`Backend::ping`] whether
+//!   the engine answers, and [`Backend::run_inside`] runs a command in a
+//!   container to its end (the reaper's fallback where `/proc` does not
+//!   show the container). The session manager puts its gate and its short
+//!   memory in front of these; doors and health ask the manager.
 //!
-//! - [`cli`]: a `docker exec` child (or podman, nerdctl: same flags) under a
-//!   pseudo-terminal or with pipes, and the host-exec mode's plain child.
-//! - [`engine`]: the Docker Engine API over its unix socket; no process per
-//!   session in execd's host, one hijacked connection instead.
+//! Four backends, one per [`BackendConfig`] variant:
+//!
+//! - [`host`]: the command itself, a child of execd on this host; no
+//!   containers.
+//! - [`cli`]: a `docker exec` child (or podman, nerdctl: same flags) under
+//!   a pseudo-terminal or with pipes; questions go to the engine's socket
+//!   when the CLI is a plain local docker, else to the CLI.
+//! - [`engine`]: the Docker Engine API over its unix socket; no process
+//!   per session in execd's host, one hijacked connection instead.
 //! - [`oci`]: the OCI runtime (runc, crun) directly, as containerd's shim
 //!   does: the exec'd process becomes execd's own child, its terminal's
 //!   master or its pipes are execd's, and the session gets a cgroup of its
-//!   own inside the container's.
+//!   own inside the container's. Names, questions and attaches go to the
+//!   engine through a [`cli::CliBackend`] inside it.
 //!
 //! Ending what runs *inside* the container is not a backend's job: every
 //! backend marks the process with the session's marker and the reaper
 //! finds it by that, whichever backend started it. The OCI backend also
 //! kills the session's cgroup when the session is over, which catches
 //! what hid from the marker.
+//!
+//! Below the session layer: nothing here imports the session, its
+//! registry or its errors. What a backend can fail with is its own
+//! ([`StartError`], [`WaitError`], [`inspect`]'s errors); the session
+//! manager wraps them.
 
+mod child;
 pub mod cli;
+pub(crate) mod config;
 pub mod engine;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod host;
+pub mod inspect;
 pub mod oci;
-mod output;
+pub(crate) mod output;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
-use crate::command::{ExecMode, ExecSpec, TermSize};
-use crate::error::SessionError;
-use crate::session::OutputStream;
+use crate::command::{ExecSpec, TermSize};
+use crate::spawn::SpawnError;
+pub use config::BackendConfig;
+pub use inspect::{
+    ContainerDocument, ContainerInfo, ContainerState, PingError, PreflightError, QueryError,
+    RunInsideError,
+};
 
 /// A boxed future, so the traits below stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Which backend runs sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendKind {
-    /// The runtime CLI (`docker exec`, or host-exec's plain child).
-    Cli,
-    /// The Docker Engine API on this unix socket.
-    EngineApi { socket: std::path::PathBuf },
-    /// The OCI runtime `runtime` (`runc`, `crun`; a name on `PATH` or a
-    /// path) with its container state under `root`: Docker's is
-    /// [`oci::DOCKER_ROOT`] (`/run/docker/runtime-runc/moby`), containerd's
-    /// Kubernetes namespace [`oci::CONTAINERD_K8S_ROOT`]
-    /// (`/run/containerd/runc/k8s.io`). Container names still resolve
-    /// through the engine the runtime CLI reaches.
-    Oci {
-        runtime: String,
-        root: std::path::PathBuf,
-    },
-}
+/// Bytes read from a process per chunk (one output message at most).
+pub const READ_CHUNK: usize = 256 * 1024;
 
 /// What a backend needs to start one session's process.
 pub struct SpawnRequest<'a> {
     pub spec: &'a ExecSpec,
-    pub mode: &'a ExecMode,
     /// The session's process marker, put in its environment.
     pub marker: &'a str,
     pub size: TermSize,
 }
 
-/// Starts processes. One per server, shared by every session.
+/// Why a backend could not start a process. On error nothing runs that
+/// the backend knows of; an engine that stopped answering half-way may
+/// still have started an exec, which the caller's reaper ends.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The engine or runtime refused: no such container, not running,
+    /// unavailable.
+    #[error(transparent)]
+    Refused(#[from] PreflightError),
+    /// The local process (the runtime CLI, the OCI runtime, a host
+    /// command) could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// A failure inside execd.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Runs processes and answers for the runtime. One per server, shared by
+/// every session and door.
 pub trait Backend: Send + Sync + 'static {
     /// Starts the process. On success it runs (or is on its way into the
-    /// container); on error nothing was started.
-    fn spawn<'a>(
+    /// container).
+    fn spawn<'a>(&'a self, request: SpawnRequest<'a>)
+        -> BoxFuture<'a, Result<Process, StartError>>;
+
+    /// Whether `container_id` (validated) exists and runs, with the engine's
+    /// own words when not.
+    fn check<'a>(
         &'a self,
-        request: SpawnRequest<'a>,
-    ) -> BoxFuture<'a, Result<Process, SessionError>>;
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerState, PreflightError>>;
+
+    /// The engine's inspect document of `reference` (a validated name or
+    /// id), or its "no such container".
+    fn inspect<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerDocument, QueryError>>;
+
+    /// The engine's containers, each described (at most
+    /// [`inspect::MAX_LISTED`]).
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerInfo>, QueryError>>;
+
+    /// How many engine calls one [`Backend::list`] makes at once.
+    fn list_calls(&self) -> u32 {
+        1
+    }
+
+    /// Whether the engine answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), PingError>>;
+
+    /// Runs `argv` inside `container_id` to its end; the caller bounds it.
+    fn run_inside<'a>(
+        &'a self,
+        container_id: &'a str,
+        argv: &'a [String],
+    ) -> BoxFuture<'a, Result<(), RunInsideError>>;
 }
 
 /// A started process, as the session's tasks see it.
@@ -96,6 +159,13 @@ pub struct Process {
     /// `Some` with a terminal.
     pub resizer: Option<Box<dyn Resizer>>,
     pub control: Box<dyn ProcessControl>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
 }
 
 /// One read of a process's output.
@@ -147,22 +217,19 @@ pub enum WaitError {
     EngineGone(String),
 }
 
-/// Builds the backend `kind` names. `lifecycle` tells the OCI backend,
-/// which owns the session's cgroup, whether an exited process's leftovers
-/// are to be kept (`keep_background_processes`).
-pub fn build(
-    kind: &BackendKind,
-    lifecycle: &crate::session::LifecycleConfig,
-) -> std::sync::Arc<dyn Backend> {
-    match kind {
-        BackendKind::Cli => std::sync::Arc::new(cli::CliBackend),
-        BackendKind::EngineApi { socket } => {
-            std::sync::Arc::new(engine::EngineBackend::new(socket.clone()))
-        }
-        BackendKind::Oci { runtime, root } => std::sync::Arc::new(oci::OciBackend::new(
+/// Builds the backend `config` names. The OCI backend, which owns the
+/// session's cgroup, is told whether an exited process's leftovers are
+/// kept (`--keep-background-processes`).
+pub fn build(config: &BackendConfig, keep_background_processes: bool) -> Arc<dyn Backend> {
+    match config {
+        BackendConfig::Host => Arc::new(host::HostBackend::new()),
+        BackendConfig::Cli { program } => Arc::new(cli::CliBackend::new(program)),
+        BackendConfig::EngineApi { socket } => Arc::new(engine::EngineBackend::new(socket.clone())),
+        BackendConfig::Oci { runtime, root, cli } => Arc::new(oci::OciBackend::new(
             runtime,
             root,
-            lifecycle.keep_background_processes,
+            cli::CliBackend::new(cli),
+            keep_background_processes,
         )),
     }
 }

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{BoxFuture, OutputChunk, ProcessOutput};
-use crate::session::{OutputStream, READ_CHUNK};
+use super::{OutputStream, READ_CHUNK};
 
 pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
 

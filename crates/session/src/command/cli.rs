@@ -1,10 +1,11 @@
-//! The runtime command line built from a validated request: what
-//! `docker exec`/`docker attach` (or the command itself, in host-exec mode)
-//! is run with.
+//! The command line a local child runs, built from a validated request:
+//! `docker exec`/`docker attach` for the CLI backend
+//! ([`ExecSpec::cli_command`]), the command itself for the host backend
+//! ([`ExecSpec::host_command`]).
 
 use std::ffi::OsString;
 
-use super::{ExecMode, ExecSpec, SessionKind, DEFAULT_COMMAND, SESSION_ENV};
+use super::{ExecSpec, SessionKind, DEFAULT_COMMAND, SESSION_ENV};
 
 /// Detach keys given to the runtime CLI in terminal mode. The default
 /// (ctrl-p, ctrl-q) would let a keystroke pair make the CLI leave the
@@ -57,48 +58,46 @@ impl ExecSpec {
         env
     }
 
-    /// Builds the command line for `mode`. Call [`ExecSpec::validate`] first.
-    pub fn build_command(&self, mode: &ExecMode, session_id: &str) -> RuntimeCommand {
-        if let (SessionKind::Attach, ExecMode::Container { runtime_cli }) = (self.kind, mode) {
+    /// `<runtime_cli> exec …` (or `attach`) into the container. Call
+    /// [`ExecSpec::validate`] first.
+    pub fn cli_command(&self, runtime_cli: &str, session_id: &str) -> RuntimeCommand {
+        if self.kind == SessionKind::Attach {
             return self.attach_command(runtime_cli);
         }
-        let command = self.effective_command();
-        let env = self.effective_env(session_id);
-        match mode {
-            ExecMode::Container { runtime_cli } => {
-                let mut args: Vec<OsString> = vec!["exec".into(), "-i".into()];
-                if self.tty {
-                    args.push("-t".into());
-                    args.push("--detach-keys".into());
-                    args.push(DETACH_KEYS.into());
-                }
-                for (key, value) in env {
-                    args.push("-e".into());
-                    args.push(format!("{key}={value}").into());
-                }
-                if !self.working_dir.is_empty() {
-                    args.push("-w".into());
-                    args.push(self.working_dir.clone().into());
-                }
-                if !self.user.is_empty() {
-                    args.push("-u".into());
-                    args.push(self.user.clone().into());
-                }
-                args.push(self.container_id.clone().into());
-                args.extend(command.into_iter().map(OsString::from));
-                RuntimeCommand::cli(runtime_cli, args)
-            }
-            ExecMode::Host => {
-                let mut argv = command.into_iter().map(OsString::from);
-                let program = argv.next().unwrap_or_else(|| DEFAULT_COMMAND.into());
-                RuntimeCommand {
-                    program,
-                    args: argv.collect(),
-                    env,
-                    current_dir: (!self.working_dir.is_empty()).then(|| self.working_dir.clone()),
-                    user: (!self.user.is_empty()).then(|| self.user.clone()),
-                }
-            }
+        let mut args: Vec<OsString> = vec!["exec".into(), "-i".into()];
+        if self.tty {
+            args.push("-t".into());
+            args.push("--detach-keys".into());
+            args.push(DETACH_KEYS.into());
+        }
+        for (key, value) in self.effective_env(session_id) {
+            args.push("-e".into());
+            args.push(format!("{key}={value}").into());
+        }
+        if !self.working_dir.is_empty() {
+            args.push("-w".into());
+            args.push(self.working_dir.clone().into());
+        }
+        if !self.user.is_empty() {
+            args.push("-u".into());
+            args.push(self.user.clone().into());
+        }
+        args.push(self.container_id.clone().into());
+        args.extend(self.effective_command().into_iter().map(OsString::from));
+        RuntimeCommand::cli(runtime_cli, args)
+    }
+
+    /// The command itself, to run on this host. Call
+    /// [`ExecSpec::validate`] first.
+    pub fn host_command(&self, session_id: &str) -> RuntimeCommand {
+        let mut argv = self.effective_command().into_iter().map(OsString::from);
+        let program = argv.next().unwrap_or_else(|| DEFAULT_COMMAND.into());
+        RuntimeCommand {
+            program,
+            args: argv.collect(),
+            env: self.effective_env(session_id),
+            current_dir: (!self.working_dir.is_empty()).then(|| self.working_dir.clone()),
+            user: (!self.user.is_empty()).then(|| self.user.clone()),
         }
     }
 
@@ -133,7 +132,7 @@ impl ExecSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::test_support::{docker, spec};
+    use crate::command::test_support::{docker, host, spec};
     use crate::command::ValidationError;
 
     fn args(cmd: &RuntimeCommand) -> Vec<String> {
@@ -152,7 +151,7 @@ mod tests {
         s.working_dir = "/tmp".into();
         s.user = "app:app".into();
         s.validate(&docker()).unwrap();
-        let cmd = s.build_command(&docker(), "abc");
+        let cmd = s.cli_command("docker", "abc");
         assert_eq!(cmd.program, "docker");
         assert_eq!(
             args(&cmd),
@@ -182,7 +181,7 @@ mod tests {
     #[test]
     fn pipe_mode_has_no_tty_flag_and_no_term_and_default_shell() {
         let s = spec("c1");
-        let cmd = s.build_command(&docker(), "id1");
+        let cmd = s.cli_command("docker", "id1");
         assert_eq!(
             args(&cmd),
             ["exec", "-i", "-e", "EXECD_SESSION_ID=id1", "c1", "/bin/sh"]
@@ -206,7 +205,7 @@ mod tests {
         s.command = vec!["ignored".into()];
         s.validate(&docker()).unwrap();
         assert!(s.effective_command().is_empty());
-        let cmd = s.build_command(&docker(), "id");
+        let cmd = s.cli_command("docker", "id");
         assert_eq!(
             args(&cmd),
             [
@@ -219,19 +218,13 @@ mod tests {
             ]
         );
         s.attach_stdin = true;
-        assert!(!args(&s.build_command(&docker(), "id")).contains(&"--no-stdin".to_string()));
-        assert_eq!(
-            s.validate(&ExecMode::Host),
-            Err(ValidationError::AttachInHostMode)
-        );
+        assert!(!args(&s.cli_command("docker", "id")).contains(&"--no-stdin".to_string()));
+        assert_eq!(s.validate(&host()), Err(ValidationError::AttachInHostMode));
     }
 
     #[test]
     fn runtime_cli_is_configurable() {
-        let mode = ExecMode::Container {
-            runtime_cli: "podman".into(),
-        };
-        assert_eq!(spec("c").build_command(&mode, "s").program, "podman");
+        assert_eq!(spec("c").cli_command("podman", "s").program, "podman");
     }
 
     #[test]
@@ -239,8 +232,8 @@ mod tests {
         let mut s = spec("");
         s.command = vec!["echo".into(), "hi".into()];
         s.working_dir = "/tmp".into();
-        s.validate(&ExecMode::Host).unwrap();
-        let cmd = s.build_command(&ExecMode::Host, "s1");
+        s.validate(&host()).unwrap();
+        let cmd = s.host_command("s1");
         assert_eq!(cmd.program, "echo");
         assert_eq!(args(&cmd), ["hi"]);
         assert_eq!(cmd.current_dir.as_deref(), Some("/tmp"));

@@ -1,16 +1,16 @@
-//! What to run and how: the client's exec request and the runtime
-//! command line built from it, in two parts:
+//! What to run: the client's exec request and the command lines built
+//! from it, in two parts:
 //!
 //! - [`request`]: the request itself ([`ExecSpec`], [`Door`],
 //!   [`SessionKind`], [`TermSize`]) and its validation, which every door's
 //!   request passes before anything is spawned;
-//! - [`cli`]: the runtime CLI's argument list built from a validated
-//!   request ([`RuntimeCommand`]: `docker exec -i [-t] …`, `docker attach`,
-//!   or the command itself in host-exec mode).
+//! - [`cli`]: the command line a local child runs, built from a validated
+//!   request ([`RuntimeCommand`]: `docker exec -i [-t] …`, `docker attach`
+//!   for the CLI backend, or the command itself for the host backend).
 //!
-//! What both parts need (how the runtime is reached, the default command,
-//! the session marker's variable) lives here; everything else is
-//! re-exported, so `crate::command::…` names every item.
+//! What both parts need (the default command, the session marker's
+//! variable) lives here; everything else is re-exported, so
+//! `crate::command::…` names every item.
 
 pub mod cli;
 pub mod request;
@@ -31,24 +31,20 @@ pub const SESSION_ENV: &str = "EXECD_SESSION_ID";
 /// Command used when the request names none.
 pub const DEFAULT_COMMAND: &str = "/bin/sh";
 
-/// How the runtime is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecMode {
-    /// `<cli> exec …` into a container.
-    Container { runtime_cli: String },
-    /// Run the command directly on this host (sidecar mode).
-    Host,
-}
-
 /// Requests the tests of both parts build on.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::{ExecMode, ExecSpec};
+    use super::ExecSpec;
+    use crate::backend::BackendConfig;
 
-    pub fn docker() -> ExecMode {
-        ExecMode::Container {
-            runtime_cli: "docker".into(),
+    pub fn docker() -> BackendConfig {
+        BackendConfig::Cli {
+            program: "docker".into(),
         }
+    }
+
+    pub fn host() -> BackendConfig {
+        BackendConfig::Host
     }
 
     pub fn spec(container: &str) -> ExecSpec {

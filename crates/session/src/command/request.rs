@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{ExecMode, DEFAULT_COMMAND, SESSION_ENV};
+use super::{DEFAULT_COMMAND, SESSION_ENV};
+use crate::backend::config::BackendConfig;
 
 /// Longest accepted container id or name.
 pub const MAX_CONTAINER_ID_LEN: usize = 255;
@@ -244,14 +245,16 @@ fn truncate_for_message(s: &str) -> String {
 }
 
 impl ExecSpec {
-    /// Checks every client-controlled field. Nothing may be spawned for a
-    /// spec that fails here.
-    pub fn validate(&self, mode: &ExecMode) -> Result<(), ValidationError> {
-        if self.kind == SessionKind::Attach && *mode == ExecMode::Host {
+    /// Checks every client-controlled field for a server whose sessions
+    /// run as `backend` says (in containers, or on the host). Nothing may
+    /// be spawned for a spec that fails here.
+    pub fn validate(&self, backend: &BackendConfig) -> Result<(), ValidationError> {
+        let in_containers = backend.has_containers();
+        if self.kind == SessionKind::Attach && !in_containers {
             return Err(ValidationError::AttachInHostMode);
         }
-        match mode {
-            ExecMode::Container { .. } => {
+        match in_containers {
+            true => {
                 if self.container_id.is_empty() {
                     return Err(ValidationError::MissingContainer);
                 }
@@ -261,7 +264,7 @@ impl ExecSpec {
                     )));
                 }
             }
-            ExecMode::Host => {
+            false => {
                 if !self.container_id.is_empty() {
                     return Err(ValidationError::ContainerInHostMode);
                 }
@@ -330,7 +333,7 @@ impl ExecSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::test_support::{docker, spec};
+    use crate::command::test_support::{docker, host, spec};
 
     #[test]
     fn rejects_container_ids_that_could_be_flags_or_paths() {
@@ -359,9 +362,9 @@ mod tests {
             spec("").validate(&docker()),
             Err(ValidationError::MissingContainer)
         );
-        spec("").validate(&ExecMode::Host).unwrap();
+        spec("").validate(&host()).unwrap();
         assert_eq!(
-            spec("c").validate(&ExecMode::Host),
+            spec("c").validate(&host()),
             Err(ValidationError::ContainerInHostMode)
         );
     }

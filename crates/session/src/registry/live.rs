@@ -4,12 +4,16 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock is the system's monotonic clock, except that tests can
+// pause and advance it: the idle timeout is tested to the millisecond.
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use super::now_ms;
-use crate::error::EndReason;
+use crate::reason::EndReason;
 
 /// Live counters of one session, updated by its I/O paths.
 ///

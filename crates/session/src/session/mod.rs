@@ -1,13 +1,15 @@
 //! A running session: the handle the server holds, and the tasks that move
-//! bytes between it and the child process.
+//! bytes between it and the backend's process.
 //!
-//! Each session runs up to four small tasks, none of which blocks a thread:
+//! Each session runs a few small tasks, none of which blocks a thread (and,
+//! with reattach on, the relay of `reattach::replay`):
 //!
-//! - the **pump** ([`crate::pump`]) reads stdout/stderr (or the terminal),
+//! - the **pump** ([`pump`]) reads stdout/stderr (or the terminal),
 //!   forwards chunks as [`SessionEvent::Output`], waits for the exit, drains
 //!   what is left and sends exactly one terminal event;
-//! - the **stdin writer** writes client input in order and delivers EOF;
-//! - the **resizer** ([`crate::resize`], terminals only) applies window
+//! - the **stdin writer** writes client input in order and delivers EOF
+//!   (with a small companion that stops it when the session ends);
+//! - the **resizer** ([`resize`], terminals only) applies window
 //!   sizes and re-announces them until the container has certainly seen
 //!   them;
 //! - the **idle watchdog** (when an idle timeout is set).
@@ -20,6 +22,9 @@
 //! the full pipe) instead of growing execd's memory, and a flood of input
 //! stalls the client (through HTTP/2 flow control).
 
+pub(crate) mod pump;
+pub(crate) mod resize;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,13 +35,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::Process;
 use crate::command::TermSize;
-use crate::error::{EndReason, SessionError};
+use crate::error::SessionError;
 use crate::reaper::ContainerRef;
+use crate::reason::EndReason;
 use crate::registry::{Registration, SessionControl, SessionStats};
 use crate::term_size::SizeChannel;
 
-/// Bytes read from the child per chunk (one output message at most).
-pub const READ_CHUNK: usize = 256 * 1024;
+// The backend defines what output is; the session passes it on.
+pub use crate::backend::OutputStream;
+
 /// Output events buffered between the pump and the server.
 pub const OUTPUT_DEPTH: usize = 16;
 /// Input chunks buffered between the server and the stdin writer.
@@ -45,13 +52,6 @@ pub const INPUT_DEPTH: usize = 16;
 /// the queue holds at most `INPUT_DEPTH × STDIN_PIECE` (1 MiB) whatever
 /// size the client's messages have.
 pub const STDIN_PIECE: usize = 64 * 1024;
-
-/// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputStream {
-    Stdout,
-    Stderr,
-}
 
 /// What the session reports, in order: output chunks, then exactly one of
 /// `Exited` or `Failed`, then nothing.
@@ -146,7 +146,7 @@ pub struct SessionInput {
     attach: bool,
     /// With reattach on: where "the client is gone" goes (a detach, not
     /// an end).
-    relay: Option<mpsc::Sender<crate::replay::RelayCommand>>,
+    relay: Option<mpsc::Sender<crate::reattach::replay::RelayCommand>>,
 }
 
 impl SessionInput {
@@ -158,7 +158,7 @@ impl SessionInput {
         done: CancellationToken,
         tty: bool,
         attach: bool,
-        relay: mpsc::Sender<crate::replay::RelayCommand>,
+        relay: mpsc::Sender<crate::reattach::replay::RelayCommand>,
     ) -> Self {
         SessionInput {
             last_resize: size.latest_seq(),
@@ -241,7 +241,10 @@ impl SessionInput {
     /// the session instead, for the grace period.
     pub fn end(&self, reason: EndReason) {
         if let (EndReason::ClientGone, Some(relay)) = (&reason, &self.relay) {
-            if relay.try_send(crate::replay::RelayCommand::Detach).is_ok() {
+            if relay
+                .try_send(crate::reattach::replay::RelayCommand::Detach)
+                .is_ok()
+            {
                 return;
             }
         }
@@ -370,7 +373,7 @@ pub(crate) fn launch(l: Launch) -> Session {
     ));
     let redraw = Arc::new(tokio::sync::Notify::new());
     if let Some(resizer) = resizer {
-        tokio::spawn(crate::resize::resize_terminal(
+        tokio::spawn(resize::resize_terminal(
             resizer,
             redraw.clone(),
             l.marker.clone(),
@@ -389,7 +392,7 @@ pub(crate) fn launch(l: Launch) -> Session {
             exited.clone(),
         ));
     }
-    let pump = crate::pump::Pump {
+    let pump = pump::Pump {
         id: l.id.clone(),
         marker: l.marker,
         output,

@@ -3,26 +3,26 @@
 //! exec's spec needs from the engine's configuration; the runtime's state
 //! and the bundle's `config.json` supply the rest.
 //!
-//! The engine is asked through its local API socket when the runtime CLI
-//! is a plain local docker, else through the CLI (`container inspect`).
-//! A container the engine does not know may still be one of the runtime's
-//! own (containerd's Kubernetes namespace, addressed by full id): then its
-//! state directory under the runtime root is used directly.
+//! The engine is asked through the backend that speaks to it (the OCI
+//! backend's inner CLI backend: the local API socket when the runtime CLI
+//! is a plain local docker, else the CLI). A container the engine does
+//! not know may still be one of the runtime's own (containerd's Kubernetes
+//! namespace, addressed by full id): then its state directory under the
+//! runtime root is used directly.
 //!
 //! Only the identity is cached, never the state: whether the container
 //! runs, and its init's pid, come from the runtime for every start.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::process::Command;
 
+use crate::backend::inspect::{ContainerDocument, PreflightError, QueryError};
+use crate::backend::Backend;
 use crate::command::is_container_ref;
-use crate::engine_api;
-use crate::preflight::PreflightError;
 
 /// How long a name keeps resolving to the id the engine gave for it.
 const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -67,13 +67,21 @@ pub struct Bundle {
     pub systemd: bool,
 }
 
-/// Names resolved a moment ago.
-#[derive(Default)]
+/// Resolves names through the engine, remembering them a moment.
 pub struct Resolver {
+    /// The backend that speaks to the engine naming the containers.
+    engine: Arc<dyn Backend>,
     cache: Mutex<HashMap<String, (Instant, Target)>>,
 }
 
 impl Resolver {
+    pub fn new(engine: Arc<dyn Backend>) -> Resolver {
+        Resolver {
+            engine,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn cached(&self, name: &str) -> Option<Target> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
@@ -100,16 +108,11 @@ impl Resolver {
     }
 
     /// The container `name` (validated) names.
-    pub async fn resolve(
-        &self,
-        runtime_cli: &str,
-        root: &Path,
-        name: &str,
-    ) -> Result<Target, ContainerError> {
+    pub async fn resolve(&self, root: &Path, name: &str) -> Result<Target, ContainerError> {
         if let Some(target) = self.cached(name) {
             return Ok(target);
         }
-        let asked = inspect(runtime_cli, name).await;
+        let asked = inspect(self.engine.as_ref(), name).await;
         let target = match asked {
             Ok(target) => target,
             // Not the engine's: maybe the runtime's own, by full id.
@@ -134,68 +137,35 @@ impl Resolver {
     }
 }
 
-/// The engine's inspect of `name`: through the local API socket where the
-/// CLI would use one, else through the CLI.
-async fn inspect(runtime_cli: &str, name: &str) -> Result<Target, PreflightError> {
+/// The engine's inspect of `name`, as a start's verdict.
+async fn inspect(engine: &dyn Backend, name: &str) -> Result<Target, PreflightError> {
     let unavailable = |message: String| PreflightError::EngineUnavailable { message };
-    let (found, body) = match engine_api::local_socket(runtime_cli) {
-        Some(socket) => {
-            // The name is validated to [A-Za-z0-9_.-]: safe in a URL path.
-            let path = format!("/containers/{name}/json");
-            let (code, body) =
-                tokio::time::timeout(INSPECT_TIMEOUT, engine_api::get(&socket, &path))
-                    .await
-                    .map_err(|_| unavailable("the engine did not answer an inspect".into()))?
-                    .map_err(|e| unavailable(e.to_string()))?;
-            match code {
-                200 => (true, body),
-                404 => (false, engine_api::error_message(&body)),
-                _ => {
-                    return Err(PreflightError::Failed {
-                        container_id: name.to_string(),
-                        message: format!(
-                            "Engine API answered {code}: {}",
-                            engine_api::error_message(&body)
-                        ),
-                    })
-                }
-            }
-        }
-        None => {
-            let run = Command::new(runtime_cli)
-                .args(["container", "inspect", name])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .output();
-            let out = tokio::time::timeout(INSPECT_TIMEOUT, run)
-                .await
-                .map_err(|_| unavailable(format!("{runtime_cli} container inspect timed out")))?
-                .map_err(|_| PreflightError::CliNotFound {
-                    program: runtime_cli.to_string(),
-                })?;
-            if out.status.success() {
-                (true, String::from_utf8_lossy(&out.stdout).into_owned())
+    let asked = tokio::time::timeout(INSPECT_TIMEOUT, engine.inspect(name))
+        .await
+        .map_err(|_| unavailable("the engine did not answer an inspect".into()))?;
+    match asked {
+        Ok(ContainerDocument::Found(body)) => parse_inspect(name, &body),
+        Ok(ContainerDocument::Missing(message)) => Err(PreflightError::NotFound {
+            message: if message.starts_with("Error") {
+                message.to_string()
             } else {
-                let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                let lower = stderr.to_ascii_lowercase();
-                if !lower.contains("no such") {
-                    return Err(unavailable(stderr));
-                }
-                (false, stderr)
-            }
+                format!("Error response from daemon: {message}")
+            },
+        }),
+        Err(QueryError::Cli { program, source })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Err(PreflightError::CliNotFound { program })
         }
-    };
-    if !found {
-        let message = if body.starts_with("Error") {
-            body
-        } else {
-            format!("Error response from daemon: {body}")
-        };
-        return Err(PreflightError::NotFound { message });
+        Err(e @ QueryError::NoContainers) => Err(PreflightError::Failed {
+            container_id: name.to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) => Err(unavailable(e.to_string())),
     }
-    parse_inspect(name, &body)
 }
 
 /// The parts of an inspect (an object, or the CLI's one-element array)
@@ -316,9 +286,43 @@ mod tests {
         assert!(!is_systemd_path("/a:b:c"));
     }
 
+    /// Names go to the engine through the backend it was given; the
+    /// engine's "no such container" falls back to the runtime root.
+    #[tokio::test]
+    async fn names_resolve_through_the_engine_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let stub = dir.path().join("cli");
+        std::fs::write(
+            &stub,
+            format!(
+                "#!/bin/sh\ncase \"$3\" in\n\
+                 web) echo '[{{\"Id\":\"{ID}\",\"State\":{{\"Status\":\"running\"}}}}]';;\n\
+                 *) echo \"Error: No such container: $3\" >&2; exit 1;;\n\
+                 esac\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let engine = crate::backend::cli::CliBackend::new(stub.to_str().unwrap());
+        let r = Resolver::new(Arc::new(engine));
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("k8s-own")).unwrap();
+        assert_eq!(r.resolve(&root, "web").await.unwrap().id, ID);
+        let own = r.resolve(&root, "k8s-own").await.unwrap();
+        assert_eq!((own.id.as_str(), own.configured_term), ("k8s-own", None));
+        match r.resolve(&root, "nowhere").await {
+            Err(ContainerError::Engine(PreflightError::NotFound { message })) => {
+                assert!(message.contains("No such container: nowhere"), "{message}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(t) => panic!("{t:?}"),
+        }
+    }
+
     #[test]
     fn names_are_cached_briefly_and_forgotten_on_demand() {
-        let r = Resolver::default();
+        let r = Resolver::new(Arc::new(crate::backend::cli::CliBackend::new("podman")));
         let t = Target {
             id: ID.into(),
             configured_term: None,

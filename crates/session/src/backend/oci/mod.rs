@@ -21,9 +21,12 @@
 //! runs first, as for every backend, so the session's processes get their
 //! polite signal and grace period.
 //!
-//! Attaching to a container's PID 1 is the engine's business (the runtime
-//! has no attach): attach sessions go to the Engine API backend when the
-//! engine is a local docker, else to the CLI backend.
+//! The engine names the containers and answers for them: the OCI backend
+//! holds a CLI backend for `--runtime-cli` and passes it every question
+//! about containers (check, inspect, list, ping, a command run inside).
+//! Attaching to a container's PID 1 is the engine's business too (the
+//! runtime has no attach): attach sessions go to the engine's API when it
+//! is a local docker, else to the CLI.
 //!
 //! The spec file is written 0600 into a directory only execd's user can
 //! enter, next to the console socket, and all of it is removed once the
@@ -39,13 +42,16 @@ mod spec;
 mod start;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, BoxFuture, Process, SpawnRequest};
-use crate::command::{ExecMode, SessionKind};
-use crate::error::SessionError;
-use crate::preflight::PreflightError;
+use super::cli::CliBackend;
+use super::inspect::{
+    ContainerDocument, ContainerInfo, ContainerState, PingError, PreflightError, QueryError,
+    RunInsideError,
+};
+use super::{Backend, BoxFuture, Process, SpawnRequest, StartError};
+use crate::command::SessionKind;
 use crate::spawn::SpawnError;
 use container::Resolver;
 use runtime::{Runtime, RuntimeError};
@@ -146,15 +152,22 @@ pub struct OciBackend {
     /// said at every start.
     unusable: Option<String>,
     resolver: Resolver,
-    /// Runs attach sessions (see the module docs).
-    attach: OnceLock<Arc<dyn Backend>>,
+    /// The engine that names the containers, answers for them and runs
+    /// attach sessions (see the module docs).
+    engine: Arc<CliBackend>,
 }
 
 impl OciBackend {
     /// Makes execd the child subreaper (the exec'd processes become its
-    /// children). `keep_background` leaves what an exited process left
-    /// running alone (`--keep-background-processes`).
-    pub fn new(runtime: &str, root: &Path, keep_background: bool) -> OciBackend {
+    /// children). `engine` names the containers; `keep_background` leaves
+    /// what an exited process left running alone
+    /// (`--keep-background-processes`).
+    pub fn new(
+        runtime: &str,
+        root: &Path,
+        engine: CliBackend,
+        keep_background: bool,
+    ) -> OciBackend {
         let program = find_program(runtime);
         let unusable = if !root.is_dir() {
             Some(format!(
@@ -171,6 +184,7 @@ impl OciBackend {
         if let Some(why) = &unusable {
             tracing::error!(reason = %why, "--backend oci cannot start sessions");
         }
+        let engine = Arc::new(engine);
         OciBackend {
             runtime: Runtime {
                 program: program
@@ -180,18 +194,9 @@ impl OciBackend {
             },
             keep_background,
             unusable,
-            resolver: Resolver::default(),
-            attach: OnceLock::new(),
+            resolver: Resolver::new(engine.clone()),
+            engine,
         }
-    }
-
-    fn attach_backend(&self, runtime_cli: &str) -> Arc<dyn Backend> {
-        self.attach
-            .get_or_init(|| match crate::engine_api::local_socket(runtime_cli) {
-                Some(socket) => Arc::new(super::engine::EngineBackend::new(socket)),
-                None => Arc::new(super::cli::CliBackend),
-            })
-            .clone()
     }
 }
 
@@ -199,53 +204,86 @@ impl Backend for OciBackend {
     fn spawn<'a>(
         &'a self,
         request: SpawnRequest<'a>,
-    ) -> BoxFuture<'a, Result<Process, SessionError>> {
+    ) -> BoxFuture<'a, Result<Process, StartError>> {
         Box::pin(async move {
-            let ExecMode::Container { runtime_cli } = request.mode else {
-                // Host-exec mode has no containers: its plain child.
-                return super::cli::CliBackend.spawn(request).await;
-            };
             if request.spec.kind == SessionKind::Attach {
-                return self.attach_backend(runtime_cli).spawn(request).await;
+                return match self.engine.api() {
+                    Some(api) => api.spawn(request).await,
+                    None => self.engine.spawn(request).await,
+                };
             }
             if let Some(why) = &self.unusable {
-                return Err(SessionError::Spawn(SpawnError::NotExecutable {
+                return Err(StartError::Spawn(SpawnError::NotExecutable {
                     program: self.runtime.program.clone(),
                     source: std::io::Error::other(why.clone()),
                 }));
             }
             let container = request.spec.container_id.clone();
-            self.start(request, runtime_cli)
+            self.start(request)
                 .await
-                .map_err(|e| self.session_error(&container, e))
+                .map_err(|e| self.start_error(&container, e))
         })
+    }
+
+    fn check<'a>(
+        &'a self,
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerState, PreflightError>> {
+        self.engine.check(container_id)
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerDocument, QueryError>> {
+        self.engine.inspect(reference)
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerInfo>, QueryError>> {
+        self.engine.list()
+    }
+
+    fn list_calls(&self) -> u32 {
+        self.engine.list_calls()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), PingError>> {
+        self.engine.ping()
+    }
+
+    fn run_inside<'a>(
+        &'a self,
+        container_id: &'a str,
+        argv: &'a [String],
+    ) -> BoxFuture<'a, Result<(), RunInsideError>> {
+        self.engine.run_inside(container_id, argv)
     }
 }
 
 impl OciBackend {
-    fn session_error(&self, name: &str, e: OciError) -> SessionError {
+    fn start_error(&self, name: &str, e: OciError) -> StartError {
         let internal = |message: String| {
-            SessionError::Spawn(SpawnError::Io {
+            StartError::Spawn(SpawnError::Io {
                 program: self.runtime.program.clone(),
                 source: std::io::Error::other(message),
             })
         };
         match e {
-            OciError::Container(container::ContainerError::Engine(p)) => SessionError::Preflight(p),
+            OciError::Container(container::ContainerError::Engine(p)) => StartError::Refused(p),
             OciError::Runtime(RuntimeError::Missing(_)) => {
-                SessionError::Preflight(PreflightError::NotFound {
+                StartError::Refused(PreflightError::NotFound {
                     message: format!("Error response from daemon: No such container: {name}"),
                 })
             }
             OciError::Runtime(RuntimeError::Timeout { program }) => {
-                SessionError::Preflight(PreflightError::EngineUnavailable {
+                StartError::Refused(PreflightError::EngineUnavailable {
                     message: format!("the OCI runtime {program:?} did not answer in time"),
                 })
             }
             OciError::Runtime(RuntimeError::Spawn { program, source }) => {
-                SessionError::Spawn(SpawnError::NotExecutable { program, source })
+                StartError::Spawn(SpawnError::NotExecutable { program, source })
             }
-            e @ OciError::NotUnderRoot { .. } => SessionError::Preflight(PreflightError::Failed {
+            e @ OciError::NotUnderRoot { .. } => StartError::Refused(PreflightError::Failed {
                 container_id: name.to_string(),
                 message: e.to_string(),
             }),

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use super::cgroup::SessionCgroup;
 use super::child::Child;
-use super::console::{ConsoleSocket, Master};
+use super::console::ConsoleSocket;
 use super::process::{finished, MasterResizer, OciControl};
 use super::runtime::{self, ExecArgs, RuntimeError, WorkDir};
 use super::{container, spec, OciBackend, OciError, PREPARE_TIMEOUT};
@@ -18,6 +18,7 @@ use crate::backend::output::SplitOutput;
 use crate::backend::{Process, SpawnRequest};
 use crate::command::TermSize;
 use crate::preflight::PreflightError;
+use crate::pty::PtyMaster;
 
 /// What a start has set up and must take down again if it does not get to
 /// the end: the runtime (left to finish), the cgroup (killed: it holds
@@ -209,23 +210,19 @@ impl Preparation {
 }
 
 impl OciBackend {
-    pub(super) async fn start(
-        &self,
-        request: SpawnRequest<'_>,
-        runtime_cli: &str,
-    ) -> Result<Process, OciError> {
+    pub(super) async fn start(&self, request: SpawnRequest<'_>) -> Result<Process, OciError> {
         let SpawnRequest {
             spec, marker, size, ..
         } = request;
         let name = &spec.container_id;
         let root = &self.runtime.root;
-        let mut target = self.resolver.resolve(runtime_cli, root, name).await?;
+        let mut target = self.resolver.resolve(root, name).await?;
         let state = match self.runtime.state(&target.id).await {
             Err(RuntimeError::Missing(_)) => {
                 // The name may have moved on to a new container since it
                 // was cached: ask the engine again, once.
                 self.resolver.forget(name);
-                target = self.resolver.resolve(runtime_cli, root, name).await?;
+                target = self.resolver.resolve(root, name).await?;
                 match self.runtime.state(&target.id).await {
                     // The engine runs it, the runtime root does not have
                     // it: the root is not this engine's.
@@ -405,7 +402,7 @@ async fn run_runtime(
     pending: &mut Pending,
     console: Option<&ConsoleSocket>,
     program: &str,
-) -> Result<(std::process::ExitStatus, Option<Master>), OciError> {
+) -> Result<(std::process::ExitStatus, Option<PtyMaster>), OciError> {
     let Some(runc) = pending.runc.as_mut() else {
         return Err(OciError::NoTerminal);
     };

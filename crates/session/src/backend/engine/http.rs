@@ -1,11 +1,9 @@
-//! A small Docker Engine API client over the local unix socket, on hyper.
-//!
-//! Used where asking the CLI would spawn a process per question (the start
-//! preflight, health checks) and by the Engine API backend, which also
-//! needs the hijacked streams of `exec/{id}/start` and
-//! `containers/{id}/attach`. The preflight uses it only for `docker` on a
-//! local unix socket with no context override; everything else goes
-//! through the CLI, which knows its own configuration.
+//! A small Docker Engine API client over a local unix socket, on hyper:
+//! what the Engine API backend speaks, and the CLI backend's shortcut
+//! when its CLI is a plain local docker ([`local_socket`]: questions about
+//! containers go straight to the socket, no process per question). Besides
+//! plain requests it opens the hijacked streams of `exec/{id}/start` and
+//! `containers/{id}/attach`.
 //!
 //! Every call is bounded in time whatever its caller does: connecting
 //! (with the HTTP handshake) within [`CONNECT_TIMEOUT`], and the answer,

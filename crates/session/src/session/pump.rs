@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{OutputChunk, ProcessControl, ProcessOutput, WaitError};
+use crate::deadline::sleep_until_opt;
 use crate::error::{EndReason, SessionError};
 use crate::reaper::{self, ContainerRef};
 use crate::registry::{Registration, SessionControl, SessionStats};
@@ -43,7 +44,7 @@ pub(crate) struct Pump {
     /// draining and cleanup, which the idle timeout must not turn into an
     /// error.
     pub(crate) exited: CancellationToken,
-    /// When the runtime CLI was spawned.
+    /// When the backend was asked to start the process.
     pub(crate) started: std::time::Instant,
 }
 
@@ -207,13 +208,5 @@ impl Pump {
                 tracing::debug!(session_id = %self.id, caught, "late-starting processes ended");
             }
         }
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

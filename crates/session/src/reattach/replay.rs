@@ -29,7 +29,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::EndReason;
+use crate::deadline::sleep_until_opt;
+use crate::reason::EndReason;
 use crate::registry::SessionControl;
 use crate::session::{OutputStream, SessionEvent};
 
@@ -446,13 +447,6 @@ async fn reserve_opt(
 async fn closed_opt(tx: Option<&mpsc::Sender<SessionEvent>>) {
     match tx {
         Some(tx) => tx.closed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

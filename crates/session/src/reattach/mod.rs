@@ -13,6 +13,8 @@
 //! racing for a detached session exactly one claims it: an attachment is
 //! never replaced under its client.
 
+pub mod replay;
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -22,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::TermSize;
 use crate::registry::{SessionControl, SessionEntry, SessionStats};
-use crate::replay::{
+use crate::session::{Session, SessionEvent, SessionEvents, SessionInput, SessionOutput};
+use replay::{
     Attachment, DetachInfo, ReattachConfig, Relay, RelayCommand, ReplayBudget, ReplayFrom,
     ATTACHED_DEPTH,
 };
-use crate::session::{Session, SessionEvent, SessionEvents, SessionInput, SessionOutput};
 
 /// Why a reattach was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{ProcessControl, Resizer};
 use crate::command::TermSize;
+use crate::deadline::sleep_until_opt;
 use crate::pidfd::ProcHandle;
 use crate::pty::ForeignTerminal;
-use crate::pump::sleep_until_opt;
 use crate::reaper;
 use crate::term_size::SizeChannel;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The Docker Engine API backend: no process in execd's host per session.
+//! A session's process through the Engine API.
 //!
 //! A session is one exec (`POST /containers/{id}/exec`, then
 //! `POST /exec/{id}/start` hijacked into a raw stream), or for an attach
@@ -21,103 +21,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{FramedOutput, Reader, SplitOutput};
-use super::{BoxFuture, OutputChunk, Process, ProcessControl, ProcessOutput, Resizer};
-use super::{SpawnRequest, WaitError};
+use super::http::{self, HijackAnswer};
+use super::{call, refused, unavailable, EngineBackend, CALL_TIMEOUT};
+use crate::backend::inspect::PreflightError;
+use crate::backend::output::{FramedOutput, Reader, SplitOutput};
+use crate::backend::{BoxFuture, OutputChunk, Process, ProcessControl, ProcessOutput, Resizer};
+use crate::backend::{SpawnRequest, WaitError};
 use crate::command::{SessionKind, TermSize, DETACH_KEYS};
-use crate::engine_api::{self, HijackAnswer};
-use crate::error::SessionError;
-use crate::preflight::PreflightError;
 
-/// A hung engine fails the start instead of holding the client forever.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The exit code can lag a moment behind the end of the stream.
 const INSPECT_BACKOFF: [u64; 8] = [0, 5, 10, 20, 50, 100, 200, 500];
 /// The first size, on engines that cannot take it at creation: retried
 /// while the exec is still on its way (the engine refuses to resize a
 /// process that is not running yet).
 const FIRST_RESIZE_TRIES: u32 = 10;
-
-/// Runs sessions through the Engine API on `socket`.
-pub struct EngineBackend {
-    socket: Arc<PathBuf>,
-    /// `(major, minor)` of the engine's API, asked once.
-    api_version: OnceCell<(u32, u32)>,
-}
-
-impl EngineBackend {
-    pub fn new(socket: PathBuf) -> Self {
-        EngineBackend {
-            socket: Arc::new(socket),
-            api_version: OnceCell::new(),
-        }
-    }
-
-    async fn api_version(&self) -> Result<(u32, u32), PreflightError> {
-        self.api_version
-            .get_or_try_init(|| async {
-                let (code, body) = call(engine_api::get(&self.socket, "/version")).await?;
-                if code != 200 {
-                    return Err(unavailable(format!("GET /version answered {code}")));
-                }
-                let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                Ok(parse_version(json["ApiVersion"].as_str().unwrap_or("")))
-            })
-            .await
-            .copied()
-    }
-}
-
-fn unavailable(message: String) -> PreflightError {
-    PreflightError::EngineUnavailable { message }
-}
-
-/// Bounds one Engine API call; a refused or vanished socket is an
-/// unavailable engine.
-async fn call<T>(
-    f: impl std::future::Future<Output = std::io::Result<T>>,
-) -> Result<T, PreflightError> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(unavailable(e.to_string())),
-        Err(_) => Err(unavailable(format!(
-            "no answer within {}s",
-            CALL_TIMEOUT.as_secs()
-        ))),
-    }
-}
-
-/// "1.41" → (1, 41); unknown → (1, 0), i.e. no optional features.
-fn parse_version(v: &str) -> (u32, u32) {
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor),
-        _ => (1, 0),
-    }
-}
-
-/// The engine's answer to a create or attach, as a session error.
-fn refused(container_id: &str, code: u16, body: &str) -> PreflightError {
-    let message = engine_api::error_message(body);
-    match code {
-        404 => PreflightError::NotFound { message },
-        409 => PreflightError::NotRunning {
-            container_id: container_id.to_string(),
-            state: if message.contains("paused") {
-                "paused".into()
-            } else {
-                "not running".into()
-            },
-        },
-        _ => PreflightError::Failed {
-            container_id: container_id.to_string(),
-            message: format!("the engine answered {code}: {message}"),
-        },
-    }
-}
 
 /// What the session's stream is attached to.
 #[derive(Clone)]
@@ -143,17 +62,8 @@ impl Target {
     }
 }
 
-impl super::Backend for EngineBackend {
-    fn spawn<'a>(
-        &'a self,
-        request: SpawnRequest<'a>,
-    ) -> BoxFuture<'a, Result<Process, SessionError>> {
-        Box::pin(async move { Ok(self.start(request).await?) })
-    }
-}
-
 impl EngineBackend {
-    async fn start(&self, request: SpawnRequest<'_>) -> Result<Process, PreflightError> {
+    pub(super) async fn start(&self, request: SpawnRequest<'_>) -> Result<Process, PreflightError> {
         let spec = request.spec;
         let container = &spec.container_id;
         let version = self.api_version().await?;
@@ -184,7 +94,7 @@ impl EngineBackend {
             if spec.tty && console_at_create {
                 create["ConsoleSize"] = serde_json::json!([request.size.rows, request.size.cols]);
             }
-            let (code, answer) = call(engine_api::post_json(
+            let (code, answer) = call(http::post_json(
                 &self.socket,
                 &format!("/containers/{container}/exec"),
                 &create,
@@ -204,13 +114,7 @@ impl EngineBackend {
             let path = format!("/exec/{id}/start");
             (Target::Exec(id), path, Some(start))
         };
-        let hijacked = match call(engine_api::hijack(
-            &self.socket,
-            &hijack_path,
-            body.as_ref(),
-        ))
-        .await?
-        {
+        let hijacked = match call(http::hijack(&self.socket, &hijack_path, body.as_ref())).await? {
             HijackAnswer::Upgraded(h) => h,
             HijackAnswer::Refused(code, answer) => return Err(refused(container, code, &answer)),
         };
@@ -293,14 +197,13 @@ struct EngineResizer {
 impl EngineResizer {
     async fn post(&self, size: TermSize) -> std::io::Result<()> {
         let path = self.target.resize_path(size);
-        let (code, body) =
-            engine_api::post_json(&self.socket, &path, &serde_json::json!({})).await?;
+        let (code, body) = http::post_json(&self.socket, &path, &serde_json::json!({})).await?;
         if (200..300).contains(&code) {
             Ok(())
         } else {
             Err(std::io::Error::other(format!(
                 "resize answered {code}: {}",
-                engine_api::error_message(&body)
+                http::error_message(&body)
             )))
         }
     }
@@ -349,13 +252,13 @@ impl EngineControl {
     /// if not.
     async fn inspect(&self) -> Result<Option<i32>, WaitError> {
         let path = self.target.inspect_path();
-        let (code, body) = call(engine_api::get(&self.socket, &path))
+        let (code, body) = call(http::get(&self.socket, &path))
             .await
             .map_err(|e| WaitError::EngineGone(e.to_string()))?;
         if code != 200 {
             return Err(WaitError::EngineGone(format!(
                 "GET {path} answered {code}: {}",
-                engine_api::error_message(&body)
+                http::error_message(&body)
             )));
         }
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -401,31 +304,5 @@ impl ProcessControl for EngineControl {
             let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
         Box::pin(std::future::ready(()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_versions() {
-        assert_eq!(parse_version("1.41"), (1, 41));
-        assert_eq!(parse_version("1.47"), (1, 47));
-        assert_eq!(parse_version("garbage"), (1, 0));
-        assert!(parse_version("1.42") >= (1, 42));
-        assert!(parse_version("1.41") < (1, 42));
-    }
-
-    #[test]
-    fn refusals_keep_the_engine_message() {
-        let e = refused("web", 404, r#"{"message":"No such container: web"}"#);
-        assert_eq!(e.to_string(), "No such container: web");
-        let e = refused(
-            "web",
-            409,
-            r#"{"message":"Container web is paused, unpause the container before exec"}"#,
-        );
-        assert!(e.to_string().contains("paused"), "{e}");
     }
 }

@@ -1,11 +1,11 @@
-//! The runtime CLI backend: `docker exec` (or podman, nerdctl: the same
-//! flags) as a child of execd, under a pseudo-terminal or with pipes; in
-//! host-exec mode, the command itself as the child.
+//! A local child process as a session's [`Process`]: the runtime CLI
+//! (`docker exec`, podman, nerdctl: the CLI backend) or the command itself
+//! (the host backend), under a pseudo-terminal or with pipes.
 //!
-//! The child leads its own process group, so killing it takes whatever the
-//! CLI forked too. Sizes go to execd's own pseudo-terminal, which the CLI
-//! forwards to the engine; because the CLI's first forward can be stale,
-//! this backend asks for the container's terminal to be checked after
+//! The child leads its own process group, so killing it takes whatever it
+//! forked too. Sizes go to execd's own end of the terminal; a CLI forwards
+//! them to the engine, and because its first forward can be stale the
+//! resizer then asks for the container's terminal to be checked after
 //! every change (see `resize`).
 
 use std::os::unix::process::ExitStatusExt;
@@ -14,53 +14,30 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::output::SplitOutput;
-use super::{BoxFuture, Process, ProcessControl, Resizer, SpawnRequest, WaitError};
-use crate::command::{ExecMode, TermSize};
-use crate::error::SessionError;
+use super::{BoxFuture, Process, ProcessControl, Resizer, WaitError};
+use crate::command::{RuntimeCommand, TermSize};
 use crate::orphans::Tracked;
 use crate::pty::PtyMaster;
-use crate::spawn::{self, SpawnedChild};
+use crate::spawn::{self, HostSetup, SpawnError, SpawnedChild, TerminalMode};
 
-/// Runs each session's process as a child of execd.
-pub struct CliBackend;
-
-impl super::Backend for CliBackend {
-    fn spawn<'a>(
-        &'a self,
-        request: SpawnRequest<'a>,
-    ) -> BoxFuture<'a, Result<Process, SessionError>> {
-        Box::pin(spawn_child(request))
-    }
+/// How to start one child.
+pub(crate) struct ChildStart<'a> {
+    pub command: &'a RuntimeCommand,
+    /// The terminal's first size and mode; `None` runs with pipes.
+    pub terminal: Option<(TermSize, TerminalMode)>,
+    /// A host command's user and base environment.
+    pub host: Option<&'a HostSetup>,
+    /// Whether a size set on execd's end can be overwritten later behind
+    /// the session's back (a runtime CLI's stale first forward), so that
+    /// the container's terminal has to be checked after each change.
+    pub size_needs_checks: bool,
 }
 
-async fn spawn_child(request: SpawnRequest<'_>) -> Result<Process, SessionError> {
-    let SpawnRequest {
-        spec,
-        mode,
-        marker,
-        size,
-    } = request;
-    let runtime = spec.build_command(mode, marker);
-    // Host sessions: user lookups may ask NSS (files, LDAP, network), so
-    // they run on a blocking thread, never on the runtime.
-    let host = match mode {
-        ExecMode::Host => {
-            let user = spec.user.clone();
-            let resolved = tokio::task::spawn_blocking(move || spawn::HostSetup::resolve(&user))
-                .await
-                .map_err(|e| SessionError::Wait(std::io::Error::other(e)))??;
-            Some(resolved)
-        }
-        ExecMode::Container { .. } => None,
-    };
-    let SpawnedChild { child, io, tracked } = if spec.tty {
-        let terminal_mode = match mode {
-            ExecMode::Container { .. } => spawn::TerminalMode::Raw,
-            ExecMode::Host => spawn::TerminalMode::Cooked,
-        };
-        spawn::spawn_in_terminal_with(&runtime, size, terminal_mode, host.as_ref())?
-    } else {
-        spawn::spawn_piped_with(&runtime, host.as_ref())?
+/// Starts the child and hands it over as a [`Process`].
+pub(crate) fn start(how: ChildStart<'_>) -> Result<Process, SpawnError> {
+    let SpawnedChild { child, io, tracked } = match how.terminal {
+        Some((size, mode)) => spawn::spawn_in_terminal_with(how.command, size, mode, how.host)?,
+        None => spawn::spawn_piped_with(how.command, how.host)?,
     };
     let group = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let (resizer, eof_char) = match io.terminal {
@@ -68,7 +45,7 @@ async fn spawn_child(request: SpawnRequest<'_>) -> Result<Process, SessionError>
             let resizer: Box<dyn Resizer> = Box::new(PtyResizer {
                 master: terminal.master,
                 cli_group: group,
-                in_container: matches!(mode, ExecMode::Container { .. }),
+                needs_checks: how.size_needs_checks,
             });
             (Some(resizer), Some(terminal.eof_char))
         }
@@ -79,7 +56,7 @@ async fn spawn_child(request: SpawnRequest<'_>) -> Result<Process, SessionError>
         output: Box::new(SplitOutput::new(io.stdout, io.stderr)),
         eof_char,
         resizer,
-        control: Box::new(CliControl {
+        control: Box::new(ChildControl {
             child,
             _tracked: tracked,
         }),
@@ -91,7 +68,7 @@ struct PtyResizer {
     master: PtyMaster,
     /// The CLI's process group, told with SIGWINCH to pass a size on again.
     cli_group: Option<nix::unistd::Pid>,
-    in_container: bool,
+    needs_checks: bool,
 }
 
 impl Resizer for PtyResizer {
@@ -101,7 +78,7 @@ impl Resizer for PtyResizer {
     }
 
     fn needs_checks(&self) -> bool {
-        self.in_container
+        self.needs_checks
     }
 
     fn nudge(&self) {
@@ -112,7 +89,7 @@ impl Resizer for PtyResizer {
 }
 
 /// The child: its exit, and killing its process group.
-struct CliControl {
+struct ChildControl {
     child: Child,
     /// Keeps `child` known as execd's own for the orphan reaper; dropped
     /// with it, after it was waited for.
@@ -127,7 +104,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(255)
 }
 
-impl ProcessControl for CliControl {
+impl ProcessControl for ChildControl {
     fn wait(&mut self) -> BoxFuture<'_, Result<i32, WaitError>> {
         Box::pin(async move {
             self.child
@@ -157,7 +134,7 @@ impl ProcessControl for CliControl {
             }
             let _ = self.child.start_kill();
             if let Err(e) = self.child.wait().await {
-                tracing::warn!(error = %e, "reaping the runtime CLI failed");
+                tracing::warn!(error = %e, "reaping the session's child failed");
             }
         })
     }
