@@ -36,20 +36,20 @@ use crate::auth::AdminRights;
 const WATCH_QUEUE: usize = 64;
 
 /// Sessions per ListSessions page when the request does not say.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
 /// Most sessions per ListSessions page.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 /// A page stops before its encoding passes this, leaving room below the
 /// 4 MiB a default gRPC client accepts.
-pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+pub(crate) const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Listed commands are cut to this (each argument counting length + 1).
-pub const MAX_LISTED_COMMAND_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_LISTED_COMMAND_BYTES: usize = 4 * 1024;
 /// Longest close reason: it is sent to every closed client.
-pub const MAX_REASON_LEN: usize = 256;
+pub(crate) const MAX_REASON_LEN: usize = 256;
 
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     #[error(transparent)]
     Invalid(#[from] execd_session::ValidationError),
     #[error("set target: a non-empty session_id or instance_id")]
@@ -94,12 +94,12 @@ fn field_cost(len: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
-pub struct SessionAdminImpl {
+pub(crate) struct SessionAdminImpl {
     manager: SessionManager,
 }
 
 impl SessionAdminImpl {
-    pub fn new(manager: SessionManager) -> Self {
+    pub(crate) fn new(manager: SessionManager) -> Self {
         SessionAdminImpl { manager }
     }
 }

@@ -7,19 +7,19 @@
 //! SIGHUP; a reload that fails keeps the old tokens. A token too short to
 //! resist guessing (under 128 bits, judged by its length and alphabet) is
 //! warned about when its file is read. Clients send exactly one
-//! `authorization: Bearer <token>` ([`bearer_token`]: one parser for every
+//! `authorization: Bearer <token>` (`bearer_token`: one parser for every
 //! door). The checks run in interceptors, before any handler (so before
 //! anything is spawned), compare in constant time, and never log a token;
-//! refusals are counted and logged at a bounded rate ([`record_failure`]).
+//! refusals are counted and logged at a bounded rate (`record_failure`).
 //!
 //! Exec and admin rights differ: an exec client may run commands, but only
 //! an operator should read every session's command line or close other
 //! clients' sessions. With an admin token file, the admin API takes only
 //! its tokens and answers an exec token with PERMISSION_DENIED (it is
 //! known, just not allowed there). Without one, an exec token opens the
-//! admin API for its own sessions only ([`AdminRights::Own`]).
+//! admin API for its own sessions only (`AdminRights::Own`).
 //!
-//! The exec check also tags each request with an [`Owner`], a keyed hash of
+//! The exec check also tags each request with an `Owner`, a keyed hash of
 //! its token (and, with mutual TLS, of the client certificate), which the
 //! session registry counts sessions under (`--max-sessions-per-token`), so
 //! one client cannot take every slot, and which a reattach must match.
@@ -36,9 +36,12 @@ use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-pub use bearer::{bearer_or_subprotocol, bearer_token, parse_bearer, single_header, BearerError};
-pub use certificate::ClientCertificate;
-pub use refusals::{record_failure, AuthFailure, MAX_LINES_PER_SECOND};
+pub(crate) use bearer::{
+    bearer_or_subprotocol, bearer_token, parse_bearer, single_header, BearerError,
+};
+pub(crate) use certificate::ClientCertificate;
+pub use refusals::MAX_LINES_PER_SECOND;
+pub(crate) use refusals::{record_failure, AuthFailure};
 
 use crate::metrics::Metrics;
 
@@ -65,12 +68,12 @@ pub struct TokenStore {
 }
 
 /// Guessing strength below which a token is warned about.
-pub const MIN_TOKEN_BITS: u32 = 128;
+pub(crate) const MIN_TOKEN_BITS: u32 = 128;
 
 /// About how many bits of guessing a token resists, from its length and
 /// alphabet (hex: 4 bits a character, base64: 6, any printable ASCII:
 /// 6.5). A ceiling, not a measure: `aaaa…` scores like random text.
-pub fn estimated_bits(token: &[u8]) -> u32 {
+pub(crate) fn estimated_bits(token: &[u8]) -> u32 {
     let per_char_x2: u32 = if token.iter().all(u8::is_ascii_hexdigit) {
         8
     } else if token
@@ -165,7 +168,7 @@ impl TokenStore {
     /// Admits the credential a door read (`presented`, from [`bearer_token`]
     /// or the door's own places): the token when it is one of these, else
     /// the failure, counted in `metrics` as door `door` and logged.
-    pub fn admit<T: AsRef<[u8]>>(
+    pub(crate) fn admit<T: AsRef<[u8]>>(
         &self,
         presented: Result<Option<T>, BearerError>,
         metrics: &Metrics,
@@ -183,7 +186,7 @@ impl TokenStore {
 
     /// Whether `presented` is one of the tokens. Every token is compared in
     /// full, in constant time per byte, whatever matches.
-    pub fn accepts(&self, presented: &[u8]) -> bool {
+    pub(crate) fn accepts(&self, presented: &[u8]) -> bool {
         let tokens = self.current();
         let mut ok = subtle::Choice::from(0u8);
         for token in tokens.iter() {
@@ -208,16 +211,17 @@ fn grpc_bearer<T>(request: &Request<T>) -> Result<&[u8], AuthFailure> {
 /// logged or listed either. Every door derives it the same way, so a
 /// session started through one door is the same client's on another.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Owner(String);
+pub(crate) struct Owner(String);
 
 impl Owner {
     /// The owner of `token` on a connection without a client certificate.
-    pub fn of_token(token: &[u8]) -> Owner {
+    #[cfg(test)]
+    pub(crate) fn of_token(token: &[u8]) -> Owner {
         Owner::of(token, None)
     }
 
     /// The owner of `token` presented over a connection with `cert`.
-    pub fn of(token: &[u8], cert: Option<&ClientCertificate>) -> Owner {
+    pub(crate) fn of(token: &[u8], cert: Option<&ClientCertificate>) -> Owner {
         // One key for the process, so a token keeps its owner (and its
         // sessions' count) across SIGHUP reloads; two of them for 128 bits.
         static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
@@ -229,11 +233,11 @@ impl Owner {
 
     /// The owner of `token` on a request with these extensions (which
     /// hold the client certificate, if any).
-    pub fn of_request(token: &[u8], extensions: &http::Extensions) -> Owner {
+    pub(crate) fn of_request(token: &[u8], extensions: &http::Extensions) -> Owner {
         Owner::of(token, extensions.get::<ClientCertificate>())
     }
 
-    pub fn into_key(self) -> String {
+    pub(crate) fn into_key(self) -> String {
         self.0
     }
 }
@@ -262,13 +266,13 @@ impl Reporting {
 /// Interceptor for ExecService (and the CRI RuntimeService): admits
 /// requests with an exec token and tags them with their [`Owner`].
 #[derive(Clone)]
-pub struct ExecGuard {
+pub(crate) struct ExecGuard {
     tokens: TokenStore,
     report: Reporting,
 }
 
 impl ExecGuard {
-    pub fn new(tokens: TokenStore) -> Self {
+    pub(crate) fn new(tokens: TokenStore) -> Self {
         ExecGuard {
             tokens,
             report: Reporting {
@@ -279,7 +283,7 @@ impl ExecGuard {
     }
 
     /// Counts refusals in `metrics` as door `door` (`grpc`, `cri`).
-    pub fn reporting(mut self, metrics: Arc<Metrics>, door: &'static str) -> Self {
+    pub(crate) fn reporting(mut self, metrics: Arc<Metrics>, door: &'static str) -> Self {
         self.report = Reporting {
             metrics: Some(metrics),
             door,
@@ -303,7 +307,7 @@ impl Interceptor for ExecGuard {
 /// What an admitted admin request may see and do (a request extension;
 /// absent when the server has no tokens at all: everything).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminRights {
+pub(crate) enum AdminRights {
     /// An admin token: every session.
     All,
     /// An exec token on a server without admin tokens: the sessions this
@@ -313,7 +317,7 @@ pub enum AdminRights {
 
 /// Interceptor for SessionAdmin.
 #[derive(Clone)]
-pub struct AdminGuard {
+pub(crate) struct AdminGuard {
     admin: TokenStore,
     /// Exec tokens, recognised only to answer them with PERMISSION_DENIED.
     exec: Option<TokenStore>,
@@ -326,7 +330,7 @@ impl AdminGuard {
     /// The guard for the configured token files: admin tokens when given
     /// (exec tokens then refused), else the exec tokens, each limited to
     /// its own sessions, else none (open, like ExecService).
-    pub fn new(exec: Option<&TokenStore>, admin: Option<&TokenStore>) -> Option<Self> {
+    pub(crate) fn new(exec: Option<&TokenStore>, admin: Option<&TokenStore>) -> Option<Self> {
         let (admin, exec, own_only) = match (admin, exec) {
             (Some(admin), exec) => (admin.clone(), exec.cloned(), false),
             (None, Some(exec)) => (exec.clone(), None, true),
@@ -344,7 +348,7 @@ impl AdminGuard {
     }
 
     /// Counts refusals in `metrics` (door `admin`).
-    pub fn reporting(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn reporting(mut self, metrics: Arc<Metrics>) -> Self {
         self.report.metrics = Some(metrics);
         self
     }

@@ -13,7 +13,7 @@ use execd_session::{RegistryError, SessionError, ValidationError};
 
 /// A session error as clients see it: the manager's message, then the
 /// server flag behind it, if any.
-pub struct ClientText<'a>(pub &'a SessionError);
+pub(crate) struct ClientText<'a>(pub &'a SessionError);
 
 impl fmt::Display for ClientText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -46,7 +46,7 @@ fn flag_hint(err: &SessionError) -> Option<String> {
 
 /// The gRPC status of a session error: the code its kind maps to, the
 /// client text as message.
-pub fn grpc_status(err: &SessionError) -> tonic::Status {
+pub(crate) fn grpc_status(err: &SessionError) -> tonic::Status {
     tonic::Status::new(err.kind().into(), ClientText(err).to_string())
 }
 

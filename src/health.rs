@@ -16,15 +16,18 @@ use tonic_health::ServingStatus;
 
 /// The service names whose health follows the engine ("" is the whole
 /// server; probes that check readiness use it).
-pub const SERVICES: [&str; 2] = ["", "exec_service.ExecService"];
+pub(crate) const SERVICES: [&str; 2] = ["", "exec_service.ExecService"];
 
 /// Reported SERVING from start to shutdown whatever the engine does, so a
 /// liveness probe can tell "execd is stuck" from "the engine is down".
-pub const LIVENESS_SERVICE: &str = "execd.admin.v1.SessionAdmin";
+pub(crate) const LIVENESS_SERVICE: &str = "execd.admin.v1.SessionAdmin";
 
 /// Whether the manager's engine answers within `timeout` (always, in
 /// host-exec mode).
-pub async fn engine_answers(manager: &SessionManager, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn engine_answers(
+    manager: &SessionManager,
+    timeout: Duration,
+) -> Result<(), String> {
     match tokio::time::timeout(timeout, manager.ping()).await {
         Ok(answer) => answer.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
@@ -40,7 +43,7 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Keeps the health status current until `shutdown`, then NOT_SERVING.
-pub async fn monitor(
+pub(crate) async fn monitor(
     reporter: HealthReporter,
     manager: SessionManager,
     interval: Duration,

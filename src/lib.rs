@@ -1,31 +1,46 @@
-//! execd's server: the gRPC face of the session manager.
+//! execd's server: every door onto the session manager (gRPC
+//! `ExecStream`, CRI, Kubernetes, Docker, the browser and `/terminal/ws`
+//! terminals), the admin, health and reflection services beside them, and
+//! the connection layer, configuration and metrics they share. The session
+//! manager itself (sessions, backends, limits) is `execd_session`.
 //!
-//! - [`auth`]: bearer-token check for every session and admin call.
-//! - [`config`]: flags (with `EXECD_*` env twins) and [`ServerConfig`].
-//! - [`listener`]: TCP or unix-socket [`Listener`]s.
-//! - [`transport`]: the connection layer under every door: accept loops,
+//! Public, for `main.rs` and tests: [`run`]/[`run_on`], [`Cli`] and
+//! [`ServerConfig`] (with [`config::TlsConfig`], [`config::LogFormat`]),
+//! [`Listener`], [`auth::TokenStore`], the errors these return, and the
+//! few door constants and settings tests check against ([`doors`]).
+//! Everything else is `pub(crate)`.
+//!
+//! - [`config`]: flags (with `EXECD_*` env twins and a TOML file) and
+//!   [`ServerConfig`].
+//! - `listener`: TCP or unix-socket [`Listener`]s.
+//! - `transport`: the connection layer under every door: accept loops,
 //!   connection and stream bounds, TLS, HTTP/1.1 vs HTTP/2, and the
 //!   `:authority` fix for gRPC clients on unix sockets.
-//! - [`doors`]: every door onto the session manager (gRPC `ExecStream`,
-//!   CRI, Kubernetes, Docker, the terminals), one shape for all of them.
-//! - [`stream_limit`]: caps concurrent streaming calls of a gRPC service.
-//! - [`error_text`]: session errors as clients read them (flag hints).
-//! - [`health`]: `grpc.health.v1` status that follows the engine.
-//! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
-//! - [`admin_service`] serves `execd.admin.v1.SessionAdmin`.
-//! - [`run`]: serves both until the shutdown token fires, then ends every
-//!   session (ERROR "server shutting down", processes killed) and returns.
+//! - [`auth`]: bearer tokens (and client certificates) for every door.
+//! - [`doors`]: every way in to the session manager, one shape for all
+//!   of them.
+//! - `admin_service`: `execd.admin.v1.SessionAdmin`.
+//! - `health`: `grpc.health.v1` status that follows the engine;
+//!   `stream_limit` caps its concurrent `Watch` calls.
+//! - `error_text`: session errors as clients read them (flag hints).
+//! - `metrics`: Prometheus metrics on `--metrics-listen`.
+//!
+//! [`run`] serves all of it until the shutdown token fires, then ends
+//! every session (ERROR "server shutting down", processes killed) and
+//! returns.
 
-pub mod admin_service;
+#![warn(unreachable_pub)]
+
+mod admin_service;
 pub mod auth;
 pub mod config;
 pub mod doors;
-pub mod error_text;
-pub mod health;
-pub mod listener;
-pub mod metrics;
-pub mod stream_limit;
-pub mod transport;
+mod error_text;
+mod health;
+mod listener;
+mod metrics;
+mod stream_limit;
+mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,14 +54,17 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 pub use config::{Cli, ServerConfig};
-pub use listener::Listener;
+// The errors of the public calls, nameable where their calls are.
+pub use listener::{ListenError, Listener};
+pub use transport::tls::TlsError;
 
+/// Why [`run`] could not start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
-    Tls(#[from] transport::tls::TlsError),
+    Tls(#[from] TlsError),
     #[error("binding the metrics listener {addr} failed: {source}")]
     MetricsBind {
         addr: std::net::SocketAddr,

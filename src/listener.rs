@@ -48,7 +48,7 @@ pub enum ListenError {
 /// The socket file this process created: removed on shutdown only if the
 /// path still names this inode.
 #[derive(Debug, Clone)]
-pub struct SocketFile {
+pub(crate) struct SocketFile {
     path: PathBuf,
     /// Device, inode and change time: a freed inode number is reused at
     /// once, so the time tells our socket from a successor's.
@@ -60,12 +60,8 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
 }
 
 impl SocketFile {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Removes the path if it is still our socket.
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if identity(&meta) == self.identity => {
                 let _ = std::fs::remove_file(&self.path);
@@ -78,8 +74,12 @@ impl SocketFile {
     }
 }
 
-/// A bound listener.
-pub enum Listener {
+/// A bound listener: a TCP port or a unix socket.
+pub struct Listener(pub(crate) Bound);
+
+/// What a [`Listener`] is bound to (opaque outside the crate: the socket
+/// file's bookkeeping is the server's business).
+pub(crate) enum Bound {
     Tcp(TcpListener),
     Unix(UnixListener, SocketFile),
 }
@@ -109,25 +109,25 @@ impl Listener {
                 addr: addr.to_string(),
                 source,
             })?;
-        Ok(Listener::Tcp(listener))
+        Ok(Listener(Bound::Tcp(listener)))
     }
 
     /// The socket file to remove on shutdown, for unix listeners.
-    pub fn socket_file(&self) -> Option<&SocketFile> {
-        match self {
-            Listener::Tcp(_) => None,
-            Listener::Unix(_, file) => Some(file),
+    pub(crate) fn socket_file(&self) -> Option<&SocketFile> {
+        match &self.0 {
+            Bound::Tcp(_) => None,
+            Bound::Unix(_, file) => Some(file),
         }
     }
 
     /// The address clients connect to, in `--listen` syntax.
     pub fn local_addr(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
+        match &self.0 {
+            Bound::Tcp(l) => l
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
-            Listener::Unix(_, file) => format!("unix:{}", file.path.display()),
+            Bound::Unix(_, file) => format!("unix:{}", file.path.display()),
         }
     }
 }
@@ -194,13 +194,13 @@ async fn bind_unix(addr: &str, path: PathBuf, socket_mode: u32) -> Result<Listen
         addr: addr.to_string(),
         source,
     })?;
-    Ok(Listener::Unix(
+    Ok(Listener(Bound::Unix(
         listener,
         SocketFile {
             path,
             identity: identity(&meta),
         },
-    ))
+    )))
 }
 
 async fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
@@ -295,7 +295,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("execd.sock");
         let addr = format!("unix:{}", path.display());
-        let Listener::Unix(first, file) = Listener::bind(&addr).await.unwrap() else {
+        let Listener(Bound::Unix(first, file)) = Listener::bind(&addr).await.unwrap() else {
             panic!("unix listener expected");
         };
         // A successor replaced the socket (ours is stale once closed).
@@ -303,7 +303,7 @@ mod tests {
         let successor = Listener::bind(&addr).await.unwrap();
         file.remove();
         assert!(path.exists(), "the successor's socket must stay");
-        let Listener::Unix(_, theirs) = successor else {
+        let Listener(Bound::Unix(_, theirs)) = successor else {
             panic!("unix listener expected");
         };
         theirs.remove();

@@ -22,43 +22,43 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SessionLabels {
+pub(crate) struct SessionLabels {
     /// The front door: grpc, cri, kube, docker.
-    pub door: String,
-    pub tty: String,
+    pub(crate) door: String,
+    pub(crate) tty: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub door: String,
-    pub outcome: String,
+pub(crate) struct OutcomeLabels {
+    pub(crate) door: String,
+    pub(crate) outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StreamLabels {
-    pub stream: String,
+pub(crate) struct StreamLabels {
+    pub(crate) stream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ExitClassLabels {
-    pub class: String,
+pub(crate) struct ExitClassLabels {
+    pub(crate) class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabels {
+pub(crate) struct RefusalLabels {
     /// Which part refused: a door (grpc, kube, docker, web, terminal), or
     /// `guard` for the checks in front of every route.
-    pub door: String,
-    pub reason: String,
+    pub(crate) door: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
-    pub kind: String,
+pub(crate) struct FailureLabels {
+    pub(crate) kind: String,
 }
 
 /// All of execd's metrics and the registry that exposes them.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     sessions_active: Family<SessionLabels, Gauge>,
     sessions_started: Family<SessionLabels, Counter>,
@@ -96,7 +96,7 @@ fn session_labels(door: Door, tty: bool) -> SessionLabels {
 }
 
 /// Exit codes by class: success, failure, not executable, not found, signal.
-pub fn exit_class(code: i32) -> &'static str {
+pub(crate) fn exit_class(code: i32) -> &'static str {
     match code {
         0 => "0",
         126 => "126",
@@ -115,7 +115,7 @@ fn byte_counter(family: &Family<StreamLabels, Counter>, stream: &str) -> Counter
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("execd");
         let sessions_active = Family::<SessionLabels, Gauge>::default();
         registry.register(
@@ -196,7 +196,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let stuck = execd_session::procfs_stuck_workers();
         self.procfs_stuck_workers
             .set(i64::try_from(stuck).unwrap_or(i64::MAX));
@@ -206,11 +206,11 @@ impl Metrics {
         out
     }
 
-    pub fn record_stdin(&self, n: usize) {
+    pub(crate) fn record_stdin(&self, n: usize) {
         self.bytes_stdin.inc_by(n as u64);
     }
 
-    pub fn record_output(&self, stream: OutputStream, n: usize) {
+    pub(crate) fn record_output(&self, stream: OutputStream, n: usize) {
         match stream {
             OutputStream::Stdout => self.bytes_stdout.inc_by(n as u64),
             OutputStream::Stderr => self.bytes_stderr.inc_by(n as u64),
@@ -218,7 +218,7 @@ impl Metrics {
     }
 
     /// An HTTP request was refused before any session existed.
-    pub fn record_request_refused(&self, door: &str, reason: &str) {
+    pub(crate) fn record_request_refused(&self, door: &str, reason: &str) {
         self.requests_refused
             .get_or_create(&RefusalLabels {
                 door: door.to_string(),
@@ -228,7 +228,7 @@ impl Metrics {
     }
 
     /// A session was refused before it started.
-    pub fn record_refused(&self, door: Door, err: &SessionError) {
+    pub(crate) fn record_refused(&self, door: Door, err: &SessionError) {
         self.record_error_outcome(door, err);
     }
 
@@ -249,7 +249,7 @@ impl Metrics {
     }
 
     /// A session reached STARTED; the returned guard ends it in the metrics.
-    pub fn session_started(
+    pub(crate) fn session_started(
         self: &Arc<Self>,
         door: Door,
         tty: bool,
@@ -264,7 +264,7 @@ impl Metrics {
 
     /// A client came back to a detached session: active again, not a new
     /// start.
-    pub fn session_reattached(self: &Arc<Self>, door: Door, tty: bool) -> ActiveSession {
+    pub(crate) fn session_reattached(self: &Arc<Self>, door: Door, tty: bool) -> ActiveSession {
         self.sessions_active
             .get_or_create(&session_labels(door, tty))
             .inc();
@@ -286,13 +286,13 @@ impl Metrics {
 impl Metrics {
     /// The gauge of outstanding CRI streaming tokens; the token store sets
     /// it on every change.
-    pub fn stream_tokens_pending(&self) -> &Gauge {
+    pub(crate) fn stream_tokens_pending(&self) -> &Gauge {
         &self.stream_tokens_pending
     }
 }
 
 /// Keeps a session in the `sessions_active` gauge until it ends.
-pub struct ActiveSession {
+pub(crate) struct ActiveSession {
     metrics: Arc<Metrics>,
     door: Door,
     tty: bool,
@@ -304,12 +304,12 @@ pub struct ActiveSession {
 
 impl ActiveSession {
     /// Marks the session as one a vanished client detaches (reattach on).
-    pub fn detachable(mut self, detachable: bool) -> Self {
+    pub(crate) fn detachable(mut self, detachable: bool) -> Self {
         self.detachable = detachable;
         self
     }
 
-    pub fn exited(&self, code: i32) {
+    pub(crate) fn exited(&self, code: i32) {
         if !self.ended.swap(true, Ordering::Relaxed) {
             let m = &self.metrics;
             m.sessions_ended
@@ -326,7 +326,7 @@ impl ActiveSession {
         }
     }
 
-    pub fn failed(&self, err: &SessionError) {
+    pub(crate) fn failed(&self, err: &SessionError) {
         if !self.ended.swap(true, Ordering::Relaxed) {
             self.metrics.record_error_outcome(self.door, err);
         }
@@ -334,7 +334,7 @@ impl ActiveSession {
 
     /// The client went away before the end: the session was detached
     /// (reattach on; returns true) or ended with it.
-    pub fn client_gone(&self) -> bool {
+    pub(crate) fn client_gone(&self) -> bool {
         if !self.detachable {
             self.failed(&SessionError::Ended(EndReason::ClientGone));
             return false;
@@ -369,7 +369,7 @@ const MAX_METRICS_CONNECTIONS: usize = 64;
 /// Serves `/metrics` until `shutdown`. Each connection must send its
 /// request headers within `header_timeout`; accept errors (EMFILE) back off
 /// instead of spinning.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     header_timeout: std::time::Duration,

@@ -25,7 +25,7 @@ use tonic::server::NamedService;
 
 /// Wraps a gRPC service; calls of `method` are limited to `max` at once.
 #[derive(Clone)]
-pub struct StreamLimit<S> {
+pub(crate) struct StreamLimit<S> {
     inner: S,
     method: &'static str,
     max: usize,
@@ -34,7 +34,7 @@ pub struct StreamLimit<S> {
 }
 
 impl<S> StreamLimit<S> {
-    pub fn new(inner: S, method: &'static str, max: usize) -> Self {
+    pub(crate) fn new(inner: S, method: &'static str, max: usize) -> Self {
         StreamLimit {
             inner,
             method,

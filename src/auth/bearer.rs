@@ -12,7 +12,7 @@ use http::HeaderMap;
 
 /// Why a request's credential could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BearerError {
+pub(crate) enum BearerError {
     #[error("ambiguous credentials: the request carries more than one of them (send exactly one Authorization: Bearer <token>)")]
     Ambiguous,
     #[error("authorization must be \"Bearer <token>\"")]
@@ -22,7 +22,7 @@ pub enum BearerError {
 /// The bearer token of the `Authorization` field values `fields`: `None`
 /// without any, an error for more than one or one that is not
 /// `Bearer <token>`.
-pub fn parse_bearer<'a>(
+pub(crate) fn parse_bearer<'a>(
     fields: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Option<&'a [u8]>, BearerError> {
     let Some(value) = one(fields)? else {
@@ -44,7 +44,7 @@ pub fn parse_bearer<'a>(
 }
 
 /// The bearer token of an HTTP request's headers; see [`parse_bearer`].
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&[u8]>, BearerError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&[u8]>, BearerError> {
     parse_bearer(
         headers
             .get_all(http::header::AUTHORIZATION)
@@ -56,7 +56,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&[u8]>, BearerError> {
 /// The value of header `name`, which must not appear more than once (a
 /// credential in it would be ambiguous otherwise). Empty values count as
 /// absent.
-pub fn single_header<'a>(
+pub(crate) fn single_header<'a>(
     headers: &'a HeaderMap,
     name: &str,
 ) -> Result<Option<&'a [u8]>, BearerError> {
@@ -72,7 +72,7 @@ pub fn single_header<'a>(
 /// convention, base64url, for clients that cannot set headers: browsers).
 /// Credentials in both places, or in two subprotocols, are ambiguous; one
 /// `decode` refuses is malformed.
-pub fn bearer_or_subprotocol(
+pub(crate) fn bearer_or_subprotocol(
     headers: &HeaderMap,
     prefix: &str,
     decode: impl FnOnce(&str) -> Option<Vec<u8>>,

@@ -25,11 +25,11 @@ const FINGERPRINT_LEN: usize = 32;
 /// A connection's client certificate (the leaf), by fingerprint. Part of
 /// the owner of every session started over that connection.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientCertificate([u8; FINGERPRINT_LEN]);
+pub(crate) struct ClientCertificate([u8; FINGERPRINT_LEN]);
 
 impl ClientCertificate {
     /// The certificate whose DER encoding is `der` (as TLS carried it).
-    pub fn from_der(der: &[u8]) -> ClientCertificate {
+    pub(crate) fn from_der(der: &[u8]) -> ClientCertificate {
         let digest = SHA256.hash(der);
         let mut fingerprint = [0u8; FINGERPRINT_LEN];
         // SHA-256 output is exactly 32 bytes; copy what there is.
@@ -39,7 +39,7 @@ impl ClientCertificate {
     }
 
     /// The SHA-256 fingerprint of the certificate's DER.
-    pub fn fingerprint(&self) -> &[u8; FINGERPRINT_LEN] {
+    pub(crate) fn fingerprint(&self) -> &[u8; FINGERPRINT_LEN] {
         &self.0
     }
 }

@@ -23,7 +23,7 @@ pub const MAX_LINES_PER_SECOND: u32 = 10;
 /// Why a request's credentials were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.message())]
-pub enum AuthFailure {
+pub(crate) enum AuthFailure {
     Missing,
     Unreadable(#[from] BearerError),
     Unknown,
@@ -34,7 +34,7 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// What the client is told (never the token).
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing authorization (Bearer token)",
             AuthFailure::Unreadable(BearerError::Ambiguous) => {
@@ -51,7 +51,7 @@ impl AuthFailure {
     }
 
     /// The `reason` label of the refusal counter.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             AuthFailure::Forbidden => "forbidden",
             _ => "unauthenticated",
@@ -59,7 +59,7 @@ impl AuthFailure {
     }
 
     /// The failure as a gRPC status (the message names no token).
-    pub fn status(self) -> tonic::Status {
+    pub(crate) fn status(self) -> tonic::Status {
         match self {
             AuthFailure::Forbidden => tonic::Status::permission_denied(self.to_string()),
             _ => tonic::Status::unauthenticated(self.to_string()),
@@ -69,7 +69,7 @@ impl AuthFailure {
 
 /// Counts `failure` on `door` in `metrics` (when the caller has them) and
 /// logs it, rate-limited.
-pub fn record_failure(metrics: Option<&Metrics>, door: &'static str, failure: AuthFailure) {
+pub(crate) fn record_failure(metrics: Option<&Metrics>, door: &'static str, failure: AuthFailure) {
     if let Some(metrics) = metrics {
         metrics.record_request_refused(door, failure.reason());
     }

@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 /// it becomes the one [`execd_session::BackendConfig`] the session
 /// manager runs ([`Cli::backend_config`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
+pub(crate) enum BackendChoice {
     Cli,
     EngineApi,
     // The OCI runtime (--oci-runtime) directly, as containerd's shim does.
@@ -26,10 +26,10 @@ pub enum LogFormat {
 
 /// The default listener: a unix socket only root can reach, like Docker's
 /// own daemon socket.
-pub const DEFAULT_LISTEN: &str = "unix:/run/execd/execd.sock";
+pub(crate) const DEFAULT_LISTEN: &str = "unix:/run/execd/execd.sock";
 
 /// Parses a file mode written in octal, like `0600` or `660`.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.trim().trim_start_matches("0o");
     u32::from_str_radix(digits, 8)
         .ok()
@@ -38,7 +38,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 /// Parses durations written like `500ms`, `30s`, `5m`, `4h`, or `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -58,7 +58,7 @@ pub struct Cli {
         value_name = "FILE",
         help_heading = "Configuration"
     )]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Print the effective configuration (after flags, env and file) as TOML and exit
     #[arg(long, help_heading = "Configuration")]
@@ -86,7 +86,7 @@ pub struct Cli {
         value_name = "PATH",
         help_heading = "Security"
     )]
-    pub auth_token_file: Option<PathBuf>,
+    pub(crate) auth_token_file: Option<PathBuf>,
 
     /// TLS certificate chain (PEM); enables TLS together with --tls-key
     #[arg(
@@ -96,7 +96,7 @@ pub struct Cli {
         requires = "tls_key",
         help_heading = "Security"
     )]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
 
     /// TLS private key (PEM)
     #[arg(
@@ -106,7 +106,7 @@ pub struct Cli {
         requires = "tls_cert",
         help_heading = "Security"
     )]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 
     /// CA bundle (PEM) for client certificates; makes a client certificate mandatory (mutual TLS)
     #[arg(
@@ -116,11 +116,11 @@ pub struct Cli {
         requires = "tls_cert",
         help_heading = "Security"
     )]
-    pub tls_client_ca: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
 
     /// Allow listening on a non-loopback TCP address without both TLS and a token (logs a warning)
     #[arg(long, env = "EXECD_INSECURE_ALLOW_REMOTE", help_heading = "Security")]
-    pub insecure_allow_remote: bool,
+    pub(crate) insecure_allow_remote: bool,
 
     /// Container runtime CLI that accepts `exec -i [-t] -e … -w … -u …` (docker, podman, nerdctl)
     #[arg(
@@ -129,11 +129,11 @@ pub struct Cli {
         default_value = "docker",
         help_heading = "Runtime"
     )]
-    pub runtime_cli: String,
+    pub(crate) runtime_cli: String,
 
     /// Run commands directly on this host instead of in a container (sidecar mode); container_id must then be empty
     #[arg(long, env = "EXECD_HOST_EXEC", help_heading = "Runtime")]
-    pub host_exec: bool,
+    pub(crate) host_exec: bool,
 
     /// What runs sessions: `cli` (a --runtime-cli child per session; docker, podman, nerdctl), `engine-api` (the Docker Engine API directly: no process per session, for scale) or `oci` (the OCI runtime directly, like containerd's shim: the process is execd's child, each session has its own cgroup)
     #[arg(
@@ -143,7 +143,7 @@ pub struct Cli {
         default_value = "cli",
         help_heading = "Runtime"
     )]
-    pub backend: BackendChoice,
+    pub(crate) backend: BackendChoice,
 
     /// The Docker Engine API socket for --backend engine-api [default: DOCKER_HOST's unix:// path, else /var/run/docker.sock]
     #[arg(
@@ -152,7 +152,7 @@ pub struct Cli {
         value_name = "PATH",
         help_heading = "Runtime"
     )]
-    pub engine_socket: Option<PathBuf>,
+    pub(crate) engine_socket: Option<PathBuf>,
 
     /// The OCI runtime for --backend oci: runc or crun (a name on PATH, or a path); it needs `exec --cgroup` (runc 1.1+)
     #[arg(
@@ -162,7 +162,7 @@ pub struct Cli {
         value_name = "PROGRAM",
         help_heading = "Runtime"
     )]
-    pub oci_runtime: String,
+    pub(crate) oci_runtime: String,
 
     /// The OCI runtime's state root for --backend oci: Docker's is /run/docker/runtime-runc/moby (under dockerd's --exec-root), containerd's Kubernetes namespace /run/containerd/runc/k8s.io
     #[arg(
@@ -172,7 +172,7 @@ pub struct Cli {
         value_name = "DIR",
         help_heading = "Runtime"
     )]
-    pub oci_root: PathBuf,
+    pub(crate) oci_root: PathBuf,
 
     /// Most open connections at once over all TCP listeners, and as many again over all unix sockets (so a network flood cannot lock out node-local clients); further clients wait in the kernel's backlog
     #[arg(
@@ -181,7 +181,7 @@ pub struct Cli {
         default_value_t = 1024,
         help_heading = "Limits"
     )]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 
     /// Most TCP connections at once from one client address (IPv6: per /64; all loopback addresses count as one); a new connection over it is closed at once [default: a quarter of --max-connections]
     #[arg(
@@ -190,7 +190,7 @@ pub struct Cli {
         value_name = "N",
         help_heading = "Limits"
     )]
-    pub max_connections_per_ip: Option<usize>,
+    pub(crate) max_connections_per_ip: Option<usize>,
 
     /// With --auth-token-file: most TCP connections at once that have not presented a valid token yet; a new one past it closes the oldest of them (GOAWAY) [default: an eighth of --max-connections]
     #[arg(
@@ -199,7 +199,7 @@ pub struct Cli {
         value_name = "N",
         help_heading = "Limits"
     )]
-    pub max_unauthenticated_connections: Option<usize>,
+    pub(crate) max_unauthenticated_connections: Option<usize>,
 
     /// Most concurrent HTTP/2 streams (calls) per connection
     #[arg(
@@ -208,7 +208,7 @@ pub struct Cli {
         default_value_t = 256,
         help_heading = "Limits"
     )]
-    pub max_streams_per_connection: u32,
+    pub(crate) max_streams_per_connection: u32,
 
     /// Most session streams at once that have not sent their start yet (RESOURCE_EXHAUSTED beyond)
     #[arg(
@@ -217,7 +217,7 @@ pub struct Cli {
         default_value_t = 256,
         help_heading = "Limits"
     )]
-    pub max_pending_starts: usize,
+    pub(crate) max_pending_starts: usize,
 
     /// Most concurrent health Watch streams (they need no token) from clients that presented a valid token, and as many again from clients that did not
     #[arg(
@@ -226,15 +226,15 @@ pub struct Cli {
         default_value_t = 64,
         help_heading = "Limits"
     )]
-    pub max_health_watches: usize,
+    pub(crate) max_health_watches: usize,
 
     /// Time a new connection has to finish its TLS handshake, or to send its first bytes, and an HTTP/1.1 request its headers
     #[arg(long, env = "EXECD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
 
     /// Send GOAWAY to a connection that has had no open request or stream for this long, however it answers keepalive PINGs (0 disables)
     #[arg(long, env = "EXECD_IDLE_CONNECTION_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
-    pub idle_connection_timeout: Duration,
+    pub(crate) idle_connection_timeout: Duration,
 
     /// Leave what a session's process started in the background running after it exits (Docker's behaviour); by default execd ends it
     #[arg(
@@ -242,7 +242,7 @@ pub struct Cli {
         env = "EXECD_KEEP_BACKGROUND_PROCESSES",
         help_heading = "Runtime"
     )]
-    pub keep_background_processes: bool,
+    pub(crate) keep_background_processes: bool,
 
     /// Most concurrent sessions in total
     #[arg(
@@ -260,7 +260,7 @@ pub struct Cli {
         default_value_t = 64,
         help_heading = "Limits"
     )]
-    pub max_sessions_per_instance: usize,
+    pub(crate) max_sessions_per_instance: usize,
 
     // Admin rights and per-token limits.
     /// File of bearer tokens for the admin API (format of --auth-token-file; reloaded on SIGHUP). When set, exec tokens are refused there (PERMISSION_DENIED)
@@ -270,7 +270,7 @@ pub struct Cli {
         value_name = "PATH",
         help_heading = "Security"
     )]
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
 
     /// Most concurrent sessions per bearer token from --auth-token-file (0 = unlimited)
     #[arg(
@@ -279,47 +279,47 @@ pub struct Cli {
         default_value_t = 256,
         help_heading = "Limits"
     )]
-    pub max_sessions_per_token: usize,
+    pub(crate) max_sessions_per_token: usize,
 
     /// Largest client message accepted, in bytes; larger ends the session with RESOURCE_EXHAUSTED (gRPC) or close 1009 (WebSocket doors)
     #[arg(long, env = "EXECD_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, help_heading = "Limits")]
-    pub max_message_size: usize,
+    pub(crate) max_message_size: usize,
 
     /// Keep a session whose client went away (without ending it) running this long for the client to reattach, its output kept for replay (0 = off: the session ends with its client)
     #[arg(long, env = "EXECD_REATTACH_GRACE", default_value = "0s", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub reattach_grace: Duration,
+    pub(crate) reattach_grace: Duration,
 
     /// Output kept per detached session for replay, in bytes (the oldest is dropped past it)
     #[arg(long, env = "EXECD_REPLAY_BUFFER", default_value_t = 1024 * 1024, help_heading = "Limits")]
-    pub replay_buffer: usize,
+    pub(crate) replay_buffer: usize,
 
     /// Output kept for replay by all sessions together, in bytes
     #[arg(long, env = "EXECD_REPLAY_BUFFER_TOTAL", default_value_t = 256 * 1024 * 1024, help_heading = "Limits")]
-    pub replay_buffer_total: usize,
+    pub(crate) replay_buffer_total: usize,
 
     /// End sessions with no input and no output for this long (0 disables)
     #[arg(long, env = "EXECD_IDLE_TIMEOUT", default_value = "4h", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 
     /// How long a new stream may take to send its start_request
     #[arg(long, env = "EXECD_START_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub start_timeout: Duration,
+    pub(crate) start_timeout: Duration,
 
     /// On SIGTERM/SIGINT, how long to wait for sessions to end before exiting
     #[arg(long, env = "EXECD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 
     /// Time between the polite signal (SIGHUP/SIGTERM) and SIGKILL when a session's processes are ended
     #[arg(long, env = "EXECD_KILL_GRACE", default_value = "500ms", value_parser = parse_duration, help_heading = "Timeouts")]
-    pub kill_grace: Duration,
+    pub(crate) kill_grace: Duration,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default; use a loopback address)
     #[arg(long, env = "EXECD_METRICS_LISTEN", help_heading = "Observability")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 
     /// How often the container engine is probed for gRPC health
     #[arg(long, env = "EXECD_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration, help_heading = "Observability")]
-    pub health_interval: Duration,
+    pub(crate) health_interval: Duration,
 
     // --- CRI streaming (the kube door) ---
     /// Base of the streaming URLs that CRI Exec/Attach return, like https://node-1:50051 (default: derived from the first TCP listener; required with only unix sockets)
@@ -329,21 +329,24 @@ pub struct Cli {
         value_name = "URL",
         help_heading = "CRI streaming"
     )]
-    pub stream_base_url: Option<String>,
+    pub(crate) stream_base_url: Option<String>,
 
     /// How long a streaming URL from CRI Exec/Attach stays valid (single use)
     #[arg(long, env = "EXECD_STREAM_TOKEN_TTL", default_value = "1m", value_parser = parse_duration, help_heading = "CRI streaming")]
-    pub stream_token_ttl: Duration,
+    pub(crate) stream_token_ttl: Duration,
     // --- end CRI streaming ---
 
     // --- Web terminal ---
     /// Serve the browser terminal at / (and the container list it picks from at /api/containers); off by default
     #[arg(long, env = "EXECD_WEB", help_heading = "Web terminal")]
-    pub web: bool,
+    pub(crate) web: bool,
 
+    // The doc line is the flag's --help text, where a bare example origin
+    // reads better than rustdoc's <link> markup.
+    #[allow(rustdoc::bare_urls)]
     /// Origins (like https://ops.example:8443) besides execd's own that may open WebSocket sessions, comma-separated; other browsers' cross-origin upgrades get 403
     #[arg(long, env = "EXECD_WEB_ALLOWED_ORIGINS", value_name = "ORIGIN", value_delimiter = ',', value_parser = crate::doors::web::origin::parse_allowed, help_heading = "Web terminal")]
-    pub web_allowed_origins: Vec<String>,
+    pub(crate) web_allowed_origins: Vec<String>,
     // --- end web terminal ---
     /// /terminal/ws (the function system's WebSocket protocol): find an `instance` as the running container whose label KEY equals it, instead of by container name or id
     #[arg(
@@ -352,7 +355,7 @@ pub struct Cli {
         value_name = "KEY",
         help_heading = "Doors"
     )]
-    pub terminal_instance_label: Option<String>,
+    pub(crate) terminal_instance_label: Option<String>,
     /// Log format
     #[arg(
         long,

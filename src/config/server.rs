@@ -124,7 +124,7 @@ impl Cli {
 
     /// What runs the sessions: `--host-exec`, or the backend `--backend`
     /// names, with its socket resolved and its setup checked.
-    pub fn backend_config(&self) -> Result<BackendConfig, ConfigError> {
+    pub(crate) fn backend_config(&self) -> Result<BackendConfig, ConfigError> {
         match self.backend {
             BackendChoice::Cli => Ok(self.plain_backend()),
             BackendChoice::EngineApi if self.host_exec => Err(ConfigError::Backend(
@@ -177,7 +177,7 @@ impl Cli {
     /// The server configuration without reading files or checking the
     /// backend (it stays the host or the CLI; [`Cli::load_server_config`]
     /// resolves `--backend`).
-    pub fn server_config(&self) -> ServerConfig {
+    pub(crate) fn server_config(&self) -> ServerConfig {
         ServerConfig {
             manager: ManagerConfig {
                 backend: self.plain_backend(),

@@ -219,9 +219,11 @@ impl DoorSession {
             }
             Some(SessionEvent::Exited { code }) => Next::End(End::Exited(code)),
             Some(SessionEvent::Failed(err)) => Next::End(End::Failed(err)),
-            None => Next::End(End::Lost(SessionError::Wait(std::io::Error::other(
-                "session ended without a final status",
-            )))),
+            // Not a failed wait: the pump gave up delivering the final
+            // event to a client that stopped reading, so the status is lost.
+            None => Next::End(End::Lost(SessionError::Internal(
+                "session ended without a final status".into(),
+            ))),
         }
     }
 

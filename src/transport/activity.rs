@@ -24,11 +24,11 @@ struct Count {
 
 /// The open-request count of one connection.
 #[derive(Clone, Default)]
-pub struct Activity(Arc<watch::Sender<Count>>);
+pub(crate) struct Activity(Arc<watch::Sender<Count>>);
 
 impl Activity {
     /// Counts a request as open until the guard is dropped.
-    pub fn open(&self) -> OpenRequest {
+    pub(crate) fn open(&self) -> OpenRequest {
         self.0.send_modify(|c| {
             c.open += 1;
             c.opened += 1;
@@ -38,7 +38,7 @@ impl Activity {
 
     /// Completes once nothing was open for `timeout` in a row; never when
     /// `timeout` is `None`.
-    pub async fn idle_for(&self, timeout: Option<Duration>) {
+    pub(crate) async fn idle_for(&self, timeout: Option<Duration>) {
         let Some(timeout) = timeout else {
             return std::future::pending().await;
         };
@@ -62,7 +62,7 @@ impl Activity {
 }
 
 /// One open request.
-pub struct OpenRequest(Arc<watch::Sender<Count>>);
+pub(crate) struct OpenRequest(Arc<watch::Sender<Count>>);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
@@ -72,13 +72,13 @@ impl Drop for OpenRequest {
 
 /// A response body that keeps its request open until it ends or is
 /// dropped.
-pub struct TrackedBody {
+pub(crate) struct TrackedBody {
     inner: axum::body::Body,
     open: Option<OpenRequest>,
 }
 
 impl TrackedBody {
-    pub fn new(inner: axum::body::Body, open: OpenRequest) -> Self {
+    pub(crate) fn new(inner: axum::body::Body, open: OpenRequest) -> Self {
         TrackedBody {
             inner,
             open: Some(open),

@@ -37,22 +37,22 @@ use crate::auth::TokenStore;
 
 /// `--max-connections-per-ip` when not given: a quarter of
 /// `--max-connections`.
-pub fn default_max_per_peer(max_connections: usize) -> usize {
+pub(crate) fn default_max_per_peer(max_connections: usize) -> usize {
     max_connections / 4
 }
 
 /// `--max-unauthenticated-connections` when not given: an eighth of
 /// `--max-connections`.
-pub fn default_max_unproven(max_connections: usize) -> usize {
+pub(crate) fn default_max_unproven(max_connections: usize) -> usize {
     max_connections / 8
 }
 
 /// A client address over its connection cap.
 #[derive(Debug, thiserror::Error)]
 #[error("{peer} already holds {max} connections (--max-connections-per-ip)")]
-pub struct PeerOverCap {
-    pub peer: IpAddr,
-    pub max: usize,
+pub(crate) struct PeerOverCap {
+    pub(crate) peer: IpAddr,
+    pub(crate) max: usize,
 }
 
 /// A lock that a panicking holder did not leave unusable: every critical
@@ -88,11 +88,11 @@ impl PeerKey {
 
 /// The valid-token check that proves a connection.
 #[derive(Clone, Default)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// Exec tokens: without them every client may exec, and there is
     /// nothing to prove.
-    pub exec: Option<TokenStore>,
-    pub admin: Option<TokenStore>,
+    pub(crate) exec: Option<TokenStore>,
+    pub(crate) admin: Option<TokenStore>,
 }
 
 impl Credentials {
@@ -118,7 +118,7 @@ impl Credentials {
 
 /// The slot pools and counts every accept loop shares.
 #[derive(Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     tcp: Arc<Semaphore>,
     unix: Arc<Semaphore>,
     max_per_peer: usize,
@@ -129,7 +129,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(
+    pub(crate) fn new(
         max_connections: usize,
         max_per_peer: usize,
         max_unproven: usize,
@@ -152,7 +152,7 @@ impl Admission {
     }
 
     /// The pool a listener's connections take their slot from.
-    pub fn pool(&self, unix: bool) -> &Arc<Semaphore> {
+    pub(crate) fn pool(&self, unix: bool) -> &Arc<Semaphore> {
         if unix {
             &self.unix
         } else {
@@ -162,7 +162,7 @@ impl Admission {
 
     /// Admits an accepted connection holding `slot`: `peer` is its address
     /// (`None` on a unix socket). Refused when the address is over its cap.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         slot: OwnedSemaphorePermit,
         peer: Option<IpAddr>,
@@ -212,10 +212,10 @@ impl Admission {
 }
 
 /// An admitted connection's counts; dropping it frees them.
-pub struct Ticket {
+pub(crate) struct Ticket {
     _slot: OwnedSemaphorePermit,
     _peer: Option<PeerCount>,
-    pub standing: Arc<Standing>,
+    pub(crate) standing: Arc<Standing>,
 }
 
 /// One connection counted under its address.
@@ -238,7 +238,7 @@ impl Drop for PeerCount {
 
 /// Whether a connection has proven itself, and its place among the
 /// unproven ones until it has.
-pub struct Standing {
+pub(crate) struct Standing {
     proven: AtomicBool,
     entry: Mutex<Option<UnprovenEntry>>,
     /// Cancelled when newer unproven connections pushed this one out.
@@ -256,13 +256,13 @@ impl Standing {
         })
     }
 
-    pub fn is_proven(&self) -> bool {
+    pub(crate) fn is_proven(&self) -> bool {
         self.proven.load(Ordering::Relaxed)
     }
 
     /// The connection passed a credential check: it leaves the unproven
     /// ones for good.
-    pub fn prove(&self) {
+    pub(crate) fn prove(&self) {
         if !self.proven.swap(true, Ordering::Relaxed) {
             let entry = lock(&self.entry).take();
             drop(entry);
@@ -271,7 +271,7 @@ impl Standing {
 
     /// Looks at a request before any door does: one with a valid token
     /// proves its connection. Returns whether the connection is proven.
-    pub fn note_request(&self, headers: &http::HeaderMap) -> bool {
+    pub(crate) fn note_request(&self, headers: &http::HeaderMap) -> bool {
         if self.is_proven() {
             return true;
         }
@@ -283,7 +283,7 @@ impl Standing {
     }
 
     /// Fires when this (unproven) connection is to make room.
-    pub fn evicted(&self) -> &CancellationToken {
+    pub(crate) fn evicted(&self) -> &CancellationToken {
         &self.evicted
     }
 }

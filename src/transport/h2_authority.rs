@@ -74,7 +74,7 @@ struct PendingBlock {
 }
 
 /// An I/O stream whose inbound HTTP/2 header blocks get a valid `:authority`.
-pub struct AuthorityFix<T> {
+pub(crate) struct AuthorityFix<T> {
     inner: T,
     state: State,
     /// Read from `inner`, not yet looked at.
@@ -87,7 +87,7 @@ pub struct AuthorityFix<T> {
 }
 
 impl<T> AuthorityFix<T> {
-    pub fn new(inner: T) -> Self {
+    pub(crate) fn new(inner: T) -> Self {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(MAX_CLIENT_TABLE);
         AuthorityFix {

@@ -71,10 +71,10 @@ macro_rules! delegate_async_write {
     };
 }
 
-pub mod activity;
-pub mod admission;
-pub mod h2_authority;
-pub mod tls;
+pub(crate) mod activity;
+pub(crate) mod admission;
+pub(crate) mod h2_authority;
+pub(crate) mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -89,7 +89,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::ClientCertificate;
-use crate::listener::Listener;
+use crate::listener::{Bound, Listener};
 use admission::{Admission, Standing, Ticket};
 
 /// HTTP/2 flow-control windows: large enough that one stream can move
@@ -121,7 +121,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Waits after failed accepts, doubling up to a second: EMFILE, ENFILE or
 /// ENOBUFS retried at once would spin a core, and waiting lets sessions
 /// end and free files. Shared by every accept loop (the metrics one too).
-pub struct AcceptBackoff {
+pub(crate) struct AcceptBackoff {
     next: Duration,
 }
 
@@ -135,12 +135,12 @@ impl Default for AcceptBackoff {
 
 impl AcceptBackoff {
     /// An accept succeeded: the next failure waits the minimum again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = ACCEPT_BACKOFF_MIN;
     }
 
     /// Logs the failure and waits; false when `shutdown` fired meanwhile.
-    pub async fn wait(
+    pub(crate) async fn wait(
         &mut self,
         error: &std::io::Error,
         what: &str,
@@ -159,7 +159,7 @@ impl AcceptBackoff {
 /// A connection slot from `slots`, waiting while all are taken; `None` once
 /// `shutdown` fired (or the slots were closed). Every accept loop takes one
 /// before it accepts, so excess connections wait in the backlog.
-pub async fn acquire_slot(
+pub(crate) async fn acquire_slot(
     slots: &std::sync::Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
@@ -171,42 +171,42 @@ pub async fn acquire_slot(
 
 /// Connection-level settings shared by every listener.
 #[derive(Clone)]
-pub struct TransportConfig {
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+pub(crate) struct TransportConfig {
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Per pool: TCP listeners together, unix sockets together.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// TCP connections per client address.
-    pub max_connections_per_ip: usize,
+    pub(crate) max_connections_per_ip: usize,
     /// With exec tokens: TCP connections that have not presented one.
-    pub max_unauthenticated_connections: usize,
+    pub(crate) max_unauthenticated_connections: usize,
     /// The tokens that prove a connection.
-    pub credentials: admission::Credentials,
+    pub(crate) credentials: admission::Credentials,
     /// GOAWAY after this long without an open request; `None`: never.
-    pub idle_timeout: Option<Duration>,
-    pub max_streams_per_connection: u32,
-    pub handshake_timeout: Duration,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_streams_per_connection: u32,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 /// What a request knows about its connection (a request extension).
 #[derive(Debug, Clone, Copy)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// Accepted on a unix socket (not reachable from a browser).
-    pub unix: bool,
+    pub(crate) unix: bool,
     /// The connection has proven itself (see [`admission`]): this request
     /// or an earlier one carried a valid token, or it came over a unix
     /// socket, or the server takes every client.
-    pub authenticated: bool,
+    pub(crate) authenticated: bool,
 }
 
 /// The service every connection gets: one router holding every door.
-pub type AppService = axum::Router;
+pub(crate) type AppService = axum::Router;
 
 /// Starts an accept loop per listener. Connections are tracked by the
 /// returned tracker (closed already: it becomes empty once every
 /// connection is gone); loops stop accepting when `shutdown` fires.
-pub fn serve(
+pub(crate) fn serve(
     listeners: Vec<Listener>,
     app: AppService,
     config: TransportConfig,
@@ -241,8 +241,8 @@ enum Accepted {
 
 /// The next connection, with its peer's address when it has one.
 async fn accept_one(listener: &Listener) -> std::io::Result<(Accepted, Option<IpAddr>)> {
-    match listener {
-        Listener::Tcp(l) => {
+    match &listener.0 {
+        Bound::Tcp(l) => {
             let (stream, peer) = l.accept().await?;
             // Interactive sessions send keystrokes: no Nagle delay.
             let _ = stream.set_nodelay(true);
@@ -255,7 +255,7 @@ async fn accept_one(listener: &Listener) -> std::io::Result<(Accepted, Option<Ip
             }
             Ok((Accepted::Tcp(stream), Some(peer.ip())))
         }
-        Listener::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), None)),
+        Bound::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), None)),
     }
 }
 
@@ -270,7 +270,7 @@ async fn accept_loop(
     let mut backoff = AcceptBackoff::default();
     let what = listener.local_addr();
     let slots = admission
-        .pool(matches!(listener, Listener::Unix(..)))
+        .pool(matches!(listener.0, Bound::Unix(..)))
         .clone();
     loop {
         let Some(permit) = acquire_slot(&slots, &shutdown).await else {

@@ -24,7 +24,7 @@ pub enum TlsError {
 }
 
 /// Builds the acceptor from PEM material.
-pub fn acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert_pem)
         .collect::<Result<_, _>>()

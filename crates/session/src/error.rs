@@ -42,15 +42,19 @@ pub enum SessionError {
     /// limit reached, to retry in a moment.
     #[error(transparent)]
     EngineBusy(#[from] EngineBusy),
+    /// The session was ended before its process exited on its own.
     #[error("{0}")]
     Ended(EndReason),
-    #[error("waiting for the session's process failed: {0}")]
-    Wait(#[source] std::io::Error),
+    /// Waiting for the session's process failed, or the engine went away
+    /// under it.
     #[error(transparent)]
     Process(#[from] WaitError),
+    /// The client's reattach was refused.
     #[error(transparent)]
     Reattach(#[from] ReattachError),
-    /// A failure inside execd.
+    /// A failure inside execd that no other variant names: a backend's own
+    /// failure, a registration lost during start, a session whose final
+    /// status never arrived.
     #[error("{0}")]
     Internal(String),
 }
@@ -90,7 +94,7 @@ impl SessionError {
             }
             SessionError::EngineBusy(_) => ErrorKind::ResourceExhausted,
             SessionError::Ended(reason) => reason.kind(),
-            SessionError::Wait(_) | SessionError::Internal(_) => ErrorKind::Internal,
+            SessionError::Internal(_) => ErrorKind::Internal,
             SessionError::Process(WaitError::Io(_)) => ErrorKind::Internal,
             SessionError::Reattach(ReattachError::Attached(_)) => ErrorKind::AlreadyExists,
             SessionError::Reattach(ReattachError::Mismatch { .. }) => ErrorKind::InvalidArgument,

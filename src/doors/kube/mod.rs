@@ -1,7 +1,7 @@
 //! The Kubernetes front door: the pod `exec`/`attach` paths of the API
 //! server and the single-use streaming URLs that CRI `Exec`/`Attach`
 //! ([`crate::doors::cri`]) hand out, all upgraded to the remotecommand
-//! WebSocket protocol ([`stream`]).
+//! WebSocket protocol (`stream`).
 //!
 //! - `GET|POST /api/v1/namespaces/{ns}/pods/{pod}/exec?command=…&…` and
 //!   `…/attach?…`: what kube clients open with `host = http://execd`. The
@@ -13,12 +13,12 @@
 //!   the token is the capability, no bearer token is needed.
 //!
 //! Everything that can be refused is refused before the upgrade, with an
-//! HTTP code and a Kubernetes `Status` body ([`status`]): the session is
+//! HTTP code and a Kubernetes `Status` body (`status`): the session is
 //! started first, and only a running session is upgraded.
 
 pub mod api;
-pub mod status;
-pub mod stream;
+pub(crate) mod status;
+pub(crate) mod stream;
 pub mod tokens;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -33,7 +33,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::DoorContext;
-pub use tokens::{StreamTokens, TokenError};
+pub(crate) use tokens::{StreamTokens, TokenError};
 
 /// Prefix of the subprotocol that carries a bearer token (base64url), for
 /// WebSocket clients that cannot set headers (browsers).
@@ -44,7 +44,7 @@ const BEARER_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
 const TOKEN_PARAMS: [&str; 4] = ["access_token", "token", "bearer", "authorization"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
+pub(crate) enum KubeError {
     #[error("{0}")]
     BadRequest(String),
     #[error("Unauthorized")]
@@ -74,25 +74,25 @@ impl IntoResponse for KubeError {
 /// What to start when a stream is opened: from a pod path's query, or
 /// stored under a CRI token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamRequest {
-    pub door: Door,
-    pub kind: SessionKind,
-    pub container_id: String,
+pub(crate) struct StreamRequest {
+    pub(crate) door: Door,
+    pub(crate) kind: SessionKind,
+    pub(crate) container_id: String,
     /// Exec only.
-    pub command: Vec<String>,
-    pub instance_id: String,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
+    pub(crate) command: Vec<String>,
+    pub(crate) instance_id: String,
+    pub(crate) stdin: bool,
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
     /// For an attach: whether the container has a terminal (from inspect).
-    pub tty: bool,
+    pub(crate) tty: bool,
     /// Opaque key of the token that asked (empty without tokens): sessions
     /// count against `--max-sessions-per-token` whatever the door.
-    pub owner: String,
+    pub(crate) owner: String,
     /// Pod paths only (`session=<id>`): the session's id, chosen by the
     /// client so that it can come back to the session with it when execd
     /// runs with `--reattach-grace`. CRI URLs are single-use: never.
-    pub session_id: Option<String>,
+    pub(crate) session_id: Option<String>,
 }
 
 /// The door's routes. `plain_exec` serves requests on the pod exec path

@@ -4,7 +4,7 @@
 //! A token is 128 random bits and is the only capability the streaming URL
 //! needs (kubelet's streaming server works the same way), so it is never
 //! logged, is removed on first use, and expires after `--stream-token-ttl`.
-//! At most [`MAX_PENDING`] tokens are outstanding, and at most
+//! At most `MAX_PENDING` tokens are outstanding, and at most
 //! [`MAX_PENDING_PER_OWNER`] for one bearer token: a client calling Exec in
 //! a loop without connecting gets RESOURCE_EXHAUSTED instead of growing
 //! execd's memory, and cannot take every slot from the other clients.
@@ -18,15 +18,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::StreamRequest;
 
 /// Most tokens outstanding at once.
-pub const MAX_PENDING: usize = 1000;
+pub(crate) const MAX_PENDING: usize = 1000;
 
 /// Most tokens outstanding at once for one owner (bearer token). Without
 /// `--auth-token-file` every caller is the same anonymous owner, so only
-/// [`MAX_PENDING`] applies then (like `--max-sessions-per-token`).
+/// `MAX_PENDING` applies then (like `--max-sessions-per-token`).
 pub const MAX_PENDING_PER_OWNER: usize = 64;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("{MAX_PENDING} streaming URLs are outstanding (unused and not yet expired); use or let some expire first")]
     TooMany,
     #[error("{MAX_PENDING_PER_OWNER} streaming URLs of this token are outstanding (unused and not yet expired); use or let some expire first")]
@@ -45,7 +45,7 @@ struct Pending {
 /// The token store, shared by the CRI service (issues) and the HTTP door
 /// (redeems). Cheap to clone.
 #[derive(Clone)]
-pub struct StreamTokens {
+pub(crate) struct StreamTokens {
     inner: Arc<Mutex<HashMap<String, Pending>>>,
     ttl: Duration,
     base_url: Option<Arc<str>>,
@@ -55,7 +55,7 @@ pub struct StreamTokens {
 impl StreamTokens {
     /// `base_url` without a trailing slash; `None` when there is none (then
     /// issuing fails with [`TokenError::NoBaseUrl`]).
-    pub fn new(base_url: Option<String>, ttl: Duration, gauge: Gauge) -> Self {
+    pub(crate) fn new(base_url: Option<String>, ttl: Duration, gauge: Gauge) -> Self {
         StreamTokens {
             inner: Arc::default(),
             ttl,
@@ -66,7 +66,7 @@ impl StreamTokens {
 
     /// Stores `request` under a fresh token and returns its absolute URL,
     /// `<base>/<path>/<token>` (`path` is `exec` or `attach`).
-    pub fn issue(&self, path: &str, request: StreamRequest) -> Result<String, TokenError> {
+    pub(crate) fn issue(&self, path: &str, request: StreamRequest) -> Result<String, TokenError> {
         let base = self.base_url.as_deref().ok_or(TokenError::NoBaseUrl)?;
         let token = format!("{:032x}", rand::random::<u128>());
         let mut map = self.lock();
@@ -100,7 +100,7 @@ impl StreamTokens {
 
     /// Takes the request stored under `token` for `path`, if it is there
     /// and not expired. The token is gone afterwards either way.
-    pub fn redeem(&self, path: &str, token: &str) -> Option<StreamRequest> {
+    pub(crate) fn redeem(&self, path: &str, token: &str) -> Option<StreamRequest> {
         let mut map = self.lock();
         let now = Instant::now();
         map.retain(|_, p| p.expires > now);
@@ -112,7 +112,7 @@ impl StreamTokens {
     }
 
     /// Drops expired tokens (so the gauge follows expiry too).
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let mut map = self.lock();
         let now = Instant::now();
         map.retain(|_, p| p.expires > now);
@@ -120,7 +120,7 @@ impl StreamTokens {
     }
 
     /// Sweeps every second until `shutdown`.
-    pub async fn sweep_until(self, shutdown: tokio_util::sync::CancellationToken) {
+    pub(crate) async fn sweep_until(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -140,10 +140,10 @@ impl StreamTokens {
 /// The base URL derived from the listeners: the first TCP one, `https`
 /// under TLS. A wildcard address is not reachable as such, so it becomes
 /// loopback (set `--stream-base-url` for remote clients).
-pub fn default_base_url(listeners: &[crate::Listener], tls: bool) -> Option<String> {
+pub(crate) fn default_base_url(listeners: &[crate::Listener], tls: bool) -> Option<String> {
     let scheme = if tls { "https" } else { "http" };
-    listeners.iter().find_map(|l| match l {
-        crate::Listener::Tcp(tcp) => {
+    listeners.iter().find_map(|l| match &l.0 {
+        crate::listener::Bound::Tcp(tcp) => {
             let mut addr = tcp.local_addr().ok()?;
             if addr.ip().is_unspecified() {
                 let loopback: std::net::IpAddr = if addr.is_ipv4() {
@@ -155,7 +155,7 @@ pub fn default_base_url(listeners: &[crate::Listener], tls: bool) -> Option<Stri
             }
             Some(format!("{scheme}://{addr}"))
         }
-        crate::Listener::Unix(..) => None,
+        crate::listener::Bound::Unix(..) => None,
     })
 }
 

@@ -14,14 +14,14 @@ use serde::Serialize;
 use super::WebError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Container {
-    pub name: String,
-    pub image: String,
-    pub status: String,
+pub(crate) struct Container {
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) status: String,
 }
 
 /// The running containers, sorted by name (at most 500).
-pub async fn list(manager: &SessionManager) -> Result<Vec<Container>, ContainerQueryError> {
+pub(crate) async fn list(manager: &SessionManager) -> Result<Vec<Container>, ContainerQueryError> {
     let now = SystemTime::now();
     Ok(manager
         .running_containers()
@@ -37,7 +37,7 @@ pub async fn list(manager: &SessionManager) -> Result<Vec<Container>, ContainerQ
 
 /// The answer for a list that failed: busy is a limit (429), the rest the
 /// page's usual errors.
-pub fn refusal(e: ContainerQueryError) -> Response {
+pub(crate) fn refusal(e: ContainerQueryError) -> Response {
     match e {
         ContainerQueryError::HostMode => WebError::HostMode.into_response(),
         ContainerQueryError::Busy { .. } => {
