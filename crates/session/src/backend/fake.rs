@@ -111,7 +111,9 @@ impl Resizer for FakeResizer {
     fn resize(&self, size: TermSize) -> BoxFuture<'_, std::io::Result<()>> {
         let delay = *self.delay.lock().unwrap_or_else(|p| p.into_inner());
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             self.sizes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -481,6 +481,38 @@ mod tests {
         assert_eq!(r.at(6).unwrap().1, Bytes::from_static(b"world"));
     }
 
+    /// The ring keeps whole chunks within its limit, oldest out first;
+    /// offsets keep counting from the session's first byte, bytes no
+    /// client took are counted as dropped, and what an attached client was
+    /// not handed yet is kept even past the limit.
+    #[test]
+    fn the_ring_is_bounded_by_whole_chunks_and_keeps_offsets() {
+        let mut r = ring();
+        let dropped = AtomicU64::new(0);
+        for chunk in [&b"aaaa"[..], b"bbbb", b"cccc"] {
+            r.push(OutputStream::Stdout, Bytes::copy_from_slice(chunk));
+            r.trim(10, 4, None, &dropped);
+        }
+        assert_eq!((r.start, r.end, r.held), (4, 12, 8));
+        assert_eq!(dropped.load(Ordering::Relaxed), 0, "bytes 0..4 were taken");
+        r.push(OutputStream::Stdout, Bytes::from_static(b"dddd"));
+        r.trim(10, 4, None, &dropped);
+        assert_eq!((r.start, r.end, r.held), (8, 16, 8));
+        assert_eq!(dropped.load(Ordering::Relaxed), 4, "bytes 4..8 nobody took");
+        assert_eq!(r.at(8).unwrap().1, Bytes::from_static(b"cccc"));
+        assert_eq!(r.at(13).unwrap().1, Bytes::from_static(b"ddd"));
+        assert!(r.at(4).is_none(), "dropped bytes are not found");
+        // Attached, the client not yet handed 8..: nothing goes.
+        r.push(OutputStream::Stdout, Bytes::from_static(b"eeee"));
+        r.trim(10, 8, Some(8), &dropped);
+        assert_eq!((r.start, r.end, r.held), (8, 20, 12));
+        // A chunk larger than the limit is not cut: it goes whole.
+        r.push(OutputStream::Stdout, Bytes::from(vec![b'f'; 30]));
+        r.trim(10, 50, None, &dropped);
+        assert_eq!((r.start, r.end, r.held), (50, 50, 0));
+        assert!(r.at(49).is_none());
+    }
+
     #[test]
     fn the_budget_counts_every_ring() {
         let budget = ReplayBudget::new(100);

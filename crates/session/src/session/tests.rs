@@ -341,3 +341,5 @@ async fn a_terminal_takes_sizes_a_pipe_ignores_them() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(handle.sizes.lock().unwrap().is_empty());
 }
+
+mod paused;
