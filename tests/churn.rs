@@ -2,7 +2,15 @@
 //! exits, errors, cancels mid-output) against one real `execd` process, then
 //! its open files, threads and child processes are back to their baseline,
 //! the registry is empty, and nothing is left in the container.
+//!
+//! A binary of its own, not a module of the suite in `tests/it`: it is a
+//! load test that measures execd's footprint going back to its baseline,
+//! and must not share the machine with the suite's other tests, which one
+//! test binary would run beside it.
 
+// This test uses a few of the shared helpers; the rest serve the suite.
+#[allow(dead_code, unused_imports, unused_macros)]
+#[macro_use]
 mod common;
 
 use std::sync::Arc;

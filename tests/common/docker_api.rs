@@ -1,6 +1,5 @@
 //! Helpers of the Docker door tests: the docker CLI pointed at execd, and
 //! raw HTTP/1.1 exchanges (upgrades included) with Docker's stream frames.
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -1,7 +1,6 @@
 //! A raw remotecommand WebSocket client (tokio-tungstenite) for the kube
 //! door tests: connects with chosen subprotocols and headers, and records
 //! every channel frame, the error-channel status and the close code.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -2,9 +2,6 @@
 //! checked in: one CA and a server certificate valid for `localhost` and
 //! `127.0.0.1` (an IP SAN, so clients that verify the host they dial, like
 //! grpcio with default options, can connect to `127.0.0.1:PORT` as is).
-//!
-//! Included with `#[path]` by the tests that need it.
-#![allow(dead_code)]
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};

@@ -62,7 +62,6 @@ impl UnixProxy {
     }
 
     /// Drops every connection and refuses new ones.
-    #[allow(dead_code)]
     pub fn stop(&self) {
         self.stopped.cancel();
     }

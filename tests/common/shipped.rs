@@ -1,7 +1,6 @@
 //! The shipped deployment files read as a launcher would: for each
 //! (systemd unit, Dockerfile, DaemonSet) the program, arguments,
 //! environment and setup steps it starts execd with ([`Shipped`]).
-#![allow(dead_code)]
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 """docker-py (the Docker SDK for Python) through execd's Docker door.
 
 Usage: docker_sdk.py HOST:PORT CONTAINER [every-byte N]. Prints one JSON
-object with what the SDK saw; the assertions live in tests/docker_door.rs.
+object with what the SDK saw; the assertions live in tests/it/docker_door.rs.
 
 `every-byte N` runs N short execs with `Container.exec_run` each way: with a
 terminal, and without one demultiplexed (`demux=True`). Both read the

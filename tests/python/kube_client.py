@@ -1,7 +1,7 @@
 """Drives execd's kube door with the official Kubernetes Python client, as
 a user would with a real API server: execd is the configured host, the
 bearer token goes in as an API key. Prints one JSON report; the assertions
-live in tests/kube_door.rs.
+live in tests/it/kube_door.rs.
 
 usage: kube_client.py http://127.0.0.1:PORT TOKEN EXEC_CONTAINER ATTACH_CONTAINER
 """

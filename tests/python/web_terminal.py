@@ -1,6 +1,6 @@
 """Drives execd's browser terminal in headless Debian chromium (selenium,
 chromedriver) and prints what it saw as one JSON object; the assertions are
-in tests/web_terminal.rs.
+in tests/it/web_terminal.rs.
 
 Scenarios:
   session  open /?container=C&cmd=sh (then Open), echo, stty size before

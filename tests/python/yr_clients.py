@@ -3,7 +3,7 @@
 sandbox SDK's PTY transport (yr_sandbox/_pty_transport.py from PyPI
 openyuanrong-sandbox), both loaded by path from the installed wheels (the
 `yr` package itself pulls in much more). Prints one JSON document of what
-happened; the assertions live in tests/terminal_door.rs.
+happened; the assertions live in tests/it/terminal_door.rs.
 
 Usage: yr_clients.py --target HOST:PORT --container C [--token T]
        [--only SCENARIO]...

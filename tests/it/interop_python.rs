@@ -9,20 +9,16 @@
 //! from tests/python/requirements.txt), else `python3`. Without grpcio the
 //! tests skip, except under `CI=true`, where they fail.
 
-mod common;
-#[path = "common/pki.rs"]
-mod pki;
-#[path = "common/spawned.rs"]
-mod spawned;
+use crate::common::pki;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::common::{free_port, Reach, SpawnedExecd};
 use pki::ServerPki;
 use serde::Deserialize;
-use spawned::{free_port, Reach, SpawnedExecd};
 
 macro_rules! need_docker_and_python {
     () => {{

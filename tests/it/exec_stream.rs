@@ -2,18 +2,8 @@
 //! sessions that run (output, input, exit codes, terminals). Refusals and
 //! protocol errors are in `exec_stream_refusals.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 #[tokio::test]
 async fn echo_reports_started_output_exited_with_session_id_everywhere() {

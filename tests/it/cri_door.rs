@@ -2,26 +2,16 @@
 //! client generated from proto/cri_runtime.proto: ExecSync, Exec and
 //! Attach URLs, then the streams on those URLs with a raw WebSocket client.
 
-mod common;
-#[path = "common/kube_ws.rs"]
-mod kube_ws;
+use crate::common::kube_ws;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use execd_proto::cri::runtime_service_client::RuntimeServiceClient;
 use execd_proto::cri::{AttachRequest, ExecRequest, ExecSyncRequest};
 use kube_ws::*;
 use tonic::transport::Channel;
 use tonic::Code;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 async fn cri(server: &TestServer) -> RuntimeServiceClient<Channel> {
     RuntimeServiceClient::new(server.channel().await)

@@ -3,26 +3,16 @@
 //! status codes, versions), tokens, and attaching to a container's main
 //! process. The docker CLI and docker-py are in `docker_door.rs`.
 
-mod common;
-#[path = "common/docker_api.rs"]
-mod docker_api;
+use crate::common::docker_api;
 
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use docker_api::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_api_upgrade_frames_and_exit_code() {

@@ -1,22 +1,12 @@
 //! Health, reflection, metrics and configuration (deployment files: tests/deploy.rs).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 async fn health(server: &TestServer, service: &str) -> ServingStatus {
     let mut client = HealthClient::new(server.channel().await);
@@ -71,8 +61,8 @@ async fn health_follows_the_engine() {
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Container {
-        runtime_cli: cli.to_string_lossy().into_owned(),
+    cfg.manager.backend = execd_session::BackendConfig::Cli {
+        program: cli.to_string_lossy().into_owned(),
     };
     cfg.health_interval = Duration::from_millis(200);
     let server = start_server(cfg).await;

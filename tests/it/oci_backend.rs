@@ -8,23 +8,13 @@
 //! These tests pick the backend themselves, so they run the same under
 //! every `EXECD_BACKEND`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use execd_session::BackendKind;
+use crate::common::*;
+use execd_session::BackendConfig;
 use tonic::Code;
 
 const GONE_WITHIN: Duration = Duration::from_secs(10);
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn oci_config() -> execd::ServerConfig {
     let mut cfg = config();
@@ -34,9 +24,10 @@ fn oci_config() -> execd::ServerConfig {
         "no runc state root at {} (set EXECD_OCI_ROOT)",
         root.display()
     );
-    cfg.manager.backend = BackendKind::Oci {
+    cfg.manager.backend = BackendConfig::Oci {
         runtime: "runc".into(),
         root,
+        cli: "docker".into(),
     };
     cfg
 }
@@ -489,9 +480,10 @@ async fn a_root_that_is_not_the_engines_is_named() {
     need_docker!();
     let elsewhere = tempfile::tempdir().unwrap();
     let mut cfg = config();
-    cfg.manager.backend = BackendKind::Oci {
+    cfg.manager.backend = BackendConfig::Oci {
         runtime: "runc".into(),
         root: elsewhere.path().to_path_buf(),
+        cli: "docker".into(),
     };
     let server = start_server(cfg).await;
     let t = server

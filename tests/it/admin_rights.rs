@@ -2,9 +2,7 @@
 //! paged listings that fit a default client, admin tokens apart from exec
 //! tokens, and the per-token session limit. Host-exec mode, so no Docker.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::admin::{
     close_sessions_request::Target, CloseSessionsRequest, ListSessionsRequest,
@@ -21,7 +19,7 @@ use tonic::{Code, Request, Status, Streaming};
 
 fn host_config() -> execd::ServerConfig {
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Host;
+    cfg.manager.backend = execd_session::BackendConfig::Host;
     cfg
 }
 

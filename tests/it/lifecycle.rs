@@ -2,26 +2,16 @@
 //! exact instance counts and events, admin close, limits, idle timeout,
 //! keepalive loss and shutdown.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use execd_proto::admin::close_sessions_request::Target;
 use execd_proto::admin::instance_event::Kind;
 use execd_proto::admin::{CloseSessionsRequest, ListSessionsRequest, WatchInstancesRequest};
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use tonic::Code;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Bound for "the process is gone"; the requirement is 2 s, the slack only
 /// keeps a loaded CI machine from flaking.
@@ -411,7 +401,7 @@ async fn watch_starts_with_a_snapshot_and_filters_by_instance() {
 async fn a_watcher_that_never_reads_does_not_stall_sessions() {
     // Host-exec sessions are cheap, so many state changes happen quickly.
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Host;
+    cfg.manager.backend = execd_session::BackendConfig::Host;
     let server = Arc::new(start_server(cfg).await);
     let _stalled = server
         .admin()

@@ -2,22 +2,12 @@
 //! container's terminal has the client's size, cleanup that touches only
 //! the session's own processes, and no background process left behind.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Bound for "the process is gone"; only guards against hanging.
 const GONE_WITHIN: Duration = Duration::from_secs(6);
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// A client types as soon as STARTED arrives; the program reads that line
 /// and only then asks for its terminal's size. On engines before API 1.42
@@ -112,8 +102,8 @@ fn stub_cli(dir: &tempfile::TempDir, delay_s: &str, inspect_error: Option<&str>)
 
 fn with_cli(cli: &str) -> execd::ServerConfig {
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Container {
-        runtime_cli: cli.to_string(),
+    cfg.manager.backend = execd_session::BackendConfig::Cli {
+        program: cli.to_string(),
     };
     cfg
 }

@@ -15,31 +15,21 @@
 //! - Thousands of Docker-door create/start cycles with 250 KiB commands
 //!   grow execd's resident memory by less than 64 MiB.
 
-mod common;
-#[path = "common/docker_api.rs"]
-mod docker_api;
+use crate::common::docker_api;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use docker_api::*;
 use execd_proto::cri::runtime_service_client::RuntimeServiceClient;
 use execd_proto::cri::ExecRequest;
-use execd_session::{BackendKind, ExecMode, ManagerConfig, MAX_ENGINE_CALLS};
+use execd_session::{BackendConfig, ManagerConfig, MAX_ENGINE_CALLS};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Requests sent at once: far more than the gate lets through.
 const FLOOD: usize = 200;
@@ -128,8 +118,8 @@ impl SlowEngine {
                 .unwrap();
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
-                manager.mode = ExecMode::Container {
-                    runtime_cli: cli.to_string_lossy().into_owned(),
+                manager.backend = BackendConfig::Cli {
+                    program: cli.to_string_lossy().into_owned(),
                 };
                 let mut rx = released.subscribe();
                 tokio::spawn(async move {
@@ -146,7 +136,7 @@ impl SlowEngine {
                     log.clone(),
                     released.subscribe(),
                 ));
-                manager.backend = BackendKind::EngineApi { socket };
+                manager.backend = BackendConfig::EngineApi { socket };
             }
         }
         let engine = SlowEngine { dir, log, released };

@@ -5,14 +5,12 @@
 //! None of them may start a process or read anything; every refusal is
 //! counted in `/metrics`.
 
-mod common;
-#[path = "common/spawned.rs"]
-mod spawned;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::admin::ListSessionsRequest;
 use execd_proto::cri::runtime_service_client::RuntimeServiceClient;
@@ -22,14 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn host_port(server: &TestServer) -> String {
     server.addr.trim_start_matches("http://").to_string()
@@ -117,7 +107,7 @@ async fn http2(
 #[tokio::test]
 async fn grpc_paths_take_only_http2_grpc_requests() {
     need_docker!();
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], spawned::free_port()));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let mut cfg = config();
     cfg.metrics_listen = Some(metrics);
     let server = start_server(cfg).await;
@@ -297,7 +287,7 @@ async fn rebinding_and_cross_site_requests_reach_no_service() {
 /// Unserved paths and refused upgrades are counted by door and reason.
 #[tokio::test]
 async fn unserved_paths_are_counted() {
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], spawned::free_port()));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let mut cfg = config();
     cfg.metrics_listen = Some(metrics);
     let server = start_server(cfg).await;

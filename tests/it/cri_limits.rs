@@ -4,9 +4,7 @@
 //! RESOURCE_EXHAUSTED. Memory is read from /proc (the peak, VmHWM), so the
 //! bound covers everything execd allocated while the calls ran.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use execd::doors::cri::{MAX_OUTPUT, OUTPUT_BUDGET};
 use execd_proto::cri::runtime_service_client::RuntimeServiceClient;
 use execd_proto::cri::{ExecSyncRequest, ExecSyncResponse};

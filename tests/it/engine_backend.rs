@@ -6,15 +6,13 @@
 //! which is what a restarting engine or a vanished socket looks like from
 //! execd: open connections drop and new ones are refused.
 
-mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common::proxy;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
-use execd_session::BackendKind;
+use crate::common::*;
+use execd_session::BackendConfig;
 use proxy::UnixProxy;
 use tonic::Code;
 
@@ -22,7 +20,7 @@ const GONE_WITHIN: Duration = Duration::from_secs(6);
 
 fn engine_config(socket: PathBuf) -> execd::ServerConfig {
     let mut cfg = config();
-    cfg.manager.backend = BackendKind::EngineApi { socket };
+    cfg.manager.backend = BackendConfig::EngineApi { socket };
     cfg
 }
 

@@ -4,26 +4,16 @@
 //! tests/python/yr_clients.py against a real engine; and refusals, tokens,
 //! instance labels and the close sequence spoken raw.
 
-mod common;
-#[path = "common/kube_ws.rs"]
-mod kube_ws;
+use crate::common::kube_ws;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use kube_ws::connect;
 use tokio_tungstenite::tungstenite::Message;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// A Python that has `websockets` and the two upstream clients, or None
 /// (after saying why) when there is none and this is not CI.

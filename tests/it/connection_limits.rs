@@ -6,18 +6,15 @@
 //! limits, floods it, and then starts a real session through the same
 //! socket.
 
-mod common;
-#[path = "common/kube_ws.rs"]
-mod kube_ws;
-#[path = "common/spawned.rs"]
-mod spawned;
+use crate::common::kube_ws;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::h2_peer::{Peer, Seen};
+use crate::common::*;
+use crate::common::{free_port, Reach, SpawnedExecd};
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::ExecMessage;
-use spawned::{free_port, Peer, Reach, Seen, SpawnedExecd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 

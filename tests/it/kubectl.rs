@@ -4,9 +4,7 @@
 //! cp, terminals on real ptys, a bearer token over TLS. The raw protocol is
 //! tested in tests/kube_door.rs; here what kubectl does is the spec.
 
-mod common;
-#[path = "common/pki.rs"]
-mod pki;
+use crate::common::pki;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -15,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use execd::doors::kube::api::{KUBE_MAJOR, KUBE_MINOR};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,13 +5,11 @@
 //! no panic, STARTED at most once and first, exactly one terminal status
 //! per stream, nothing after it, and every count back to zero at the end.
 
-mod common;
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::admin::ListSessionsRequest;
 use execd_proto::exec_service::exec_message::Payload;
@@ -130,7 +128,7 @@ fn fixture() -> &'static Fixture {
             .build()
             .unwrap();
         let mut cfg = config();
-        cfg.manager.mode = execd_session::ExecMode::Host;
+        cfg.manager.backend = execd_session::BackendConfig::Host;
         cfg.start_timeout = Duration::from_secs(2);
         let server = runtime.block_on(start_server(cfg));
         Fixture { runtime, server }

@@ -3,12 +3,10 @@
 //! serving throughout and run a normal session at the end. The README's
 //! "Bad input" table lists the same cases.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::{

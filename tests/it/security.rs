@@ -1,13 +1,11 @@
 //! Authentication, TLS and safe defaults. Certificates are made at test
 //! time; nothing secret is checked in.
 
-mod common;
-#[path = "common/pki.rs"]
-mod pki;
+use crate::common::pki;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use execd::config::TlsConfig;
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::admin::ListSessionsRequest;
@@ -18,7 +16,7 @@ use tonic::Code;
 
 fn host_config() -> execd::ServerConfig {
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Host;
+    cfg.manager.backend = execd_session::BackendConfig::Host;
     cfg
 }
 

@@ -1,15 +1,12 @@
 //! Reattach after a dropped connection (`--reattach-grace`): the process
 //! keeps running, its output is kept, and the same client comes back to it.
 
-mod common;
-#[path = "common/kube_ws.rs"]
-mod kube_ws;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common::kube_ws;
+use crate::common::proxy;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use execd_proto::admin::ListSessionsRequest;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;

@@ -3,23 +3,13 @@
 //! pod exec/attach paths, and the official Python `kubernetes` client
 //! (tests/python/kube_client.py) pointed at execd as its API server.
 
-mod common;
-#[path = "common/kube_ws.rs"]
-mod kube_ws;
+use crate::common::kube_ws;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use kube_ws::*;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const OUT_ERR: &str = "stdout=true&stderr=true";
 

@@ -15,14 +15,12 @@
 //! tests/python/requirements.txt). Without them they skip, except under
 //! `CI=true`, where they fail.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use execd::doors::web::WebConfig;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +30,7 @@ const TOKEN: &str = "web-terminal-test-token";
 /// The build script itself, so that its logic runs here on scratch
 /// directories (its `main` is Cargo's business).
 #[allow(dead_code)]
-#[path = "../build.rs"]
+#[path = "../../build.rs"]
 mod build_script;
 
 fn web_config(allowed_origins: &[&str]) -> execd::ServerConfig {

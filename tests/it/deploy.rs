@@ -19,37 +19,24 @@
 //! through tonic in plaintext, TCP through TLS when configured, with the
 //! bearer token when one is configured.
 
-mod common;
-#[path = "common/pki.rs"]
-mod pki;
-#[path = "common/shipped.rs"]
-mod shipped;
-#[path = "common/spawned.rs"]
-mod spawned;
+use crate::common::pki;
+use crate::common::shipped;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
+use crate::common::{free_port, Reach, SpawnedExecd};
 use clap::CommandFactory;
-use common::*;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use pki::ServerPki;
 use shipped::*;
-use spawned::{free_port, Reach, SpawnedExecd};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const TOKEN: &str = "deploy-test-token";
 

@@ -2,22 +2,12 @@
 //! what is refused and how (missing or stopped containers, bad requests,
 //! protocol errors, a missing runtime or engine), and concurrency.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::{ExecMessage, ExecStartRequest};
 use tonic::Code;
-
-macro_rules! need_docker {
-    () => {
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 #[tokio::test]
 async fn missing_container_is_not_found_without_started() {
@@ -251,8 +241,8 @@ async fn forty_concurrent_sessions_keep_their_own_output() {
 #[tokio::test]
 async fn missing_runtime_cli_is_failed_precondition() {
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Container {
-        runtime_cli: "/nonexistent/docker".into(),
+    cfg.manager.backend = execd_session::BackendConfig::Cli {
+        program: "/nonexistent/docker".into(),
     };
     let server = start_server(cfg).await;
     let t = server.exec(req("web", &["id"])).await.finish().await;
@@ -277,8 +267,8 @@ async fn unreachable_engine_is_unavailable() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Container {
-        runtime_cli: cli.to_string_lossy().into_owned(),
+    cfg.manager.backend = execd_session::BackendConfig::Cli {
+        program: cli.to_string_lossy().into_owned(),
     };
     let server = start_server(cfg).await;
     let t = server.exec(req("web", &["id"])).await.finish().await;
@@ -289,7 +279,7 @@ async fn unreachable_engine_is_unavailable() {
 #[tokio::test]
 async fn host_exec_runs_on_the_host_with_env_and_workdir() {
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Host;
+    cfg.manager.backend = execd_session::BackendConfig::Host;
     let server = start_server(cfg).await;
     let mut r = req(
         "",
@@ -326,7 +316,7 @@ async fn host_exec_runs_on_the_host_with_env_and_workdir() {
 async fn background_child_holding_stdout_does_not_hang_the_session() {
     // Host mode: the background sleep inherits our pipe and keeps it open.
     let mut cfg = config();
-    cfg.manager.mode = execd_session::ExecMode::Host;
+    cfg.manager.backend = execd_session::BackendConfig::Host;
     let server = start_server(cfg).await;
     let t = tokio::time::timeout(
         Duration::from_secs(20),
