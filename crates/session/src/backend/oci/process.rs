@@ -11,11 +11,11 @@ use nix::sys::signal::Signal;
 use super::cgroup::SessionCgroup;
 use super::child::Child;
 use super::REAP_WITHIN;
+use crate::backend::OutputStream;
 use crate::backend::WaitError;
 use crate::backend::{BoxFuture, OutputChunk, Process, ProcessControl, ProcessOutput, Resizer};
 use crate::command::TermSize;
 use crate::pty::{PtyError, PtyMaster};
-use crate::session::OutputStream;
 
 /// A session whose process never started: the message on its output, then
 /// `code`.

@@ -14,10 +14,10 @@ use super::console::ConsoleSocket;
 use super::process::{finished, MasterResizer, OciControl};
 use super::runtime::{self, ExecArgs, RuntimeError, WorkDir};
 use super::{container, spec, OciBackend, OciError, PREPARE_TIMEOUT};
+use crate::backend::inspect::PreflightError;
 use crate::backend::output::SplitOutput;
 use crate::backend::{Process, SpawnRequest};
 use crate::command::TermSize;
-use crate::preflight::PreflightError;
 use crate::pty::PtyMaster;
 
 /// What a start has set up and must take down again if it does not get to
