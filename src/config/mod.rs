@@ -513,18 +513,23 @@ mod tests {
     /// combinations without a meaning are refused with the flag to change.
     #[test]
     fn one_backend_configuration() {
+        // `--backend` has an `EXECD_BACKEND` twin, which the test script
+        // sets for its second and third passes: name it on every line.
         let backend = |args: &[&str]| {
             let mut argv = vec!["execd"];
             argv.extend(args);
             Cli::try_parse_from(argv).unwrap().backend_config()
         };
         assert_eq!(
-            backend(&["--runtime-cli", "podman"]).unwrap(),
+            backend(&["--backend", "cli", "--runtime-cli", "podman"]).unwrap(),
             BackendConfig::Cli {
                 program: "podman".into()
             }
         );
-        assert_eq!(backend(&["--host-exec"]).unwrap(), BackendConfig::Host);
+        assert_eq!(
+            backend(&["--backend", "cli", "--host-exec"]).unwrap(),
+            BackendConfig::Host
+        );
         assert_eq!(
             backend(&["--backend", "engine-api", "--engine-socket", "/run/e.sock"]).unwrap(),
             BackendConfig::EngineApi {
@@ -555,8 +560,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let admin = dir.path().join("admin");
         std::fs::write(&admin, "root-token\n").unwrap();
+        // `--backend cli`: loading checks the backend's setup, and the
+        // test script's later passes set `EXECD_BACKEND`.
         let cli = Cli::try_parse_from([
             "execd",
+            "--backend",
+            "cli",
             "--admin-token-file",
             admin.to_str().unwrap(),
             "--max-sessions-per-token",
