@@ -57,7 +57,11 @@ const BODY_DEPTH: usize = 4;
 /// in order, with the end behind it. The docker CLI (Go) reads the hijacked
 /// connection through the same `bufio.Reader` it read the `101` with and
 /// needs no wait; a response body (no upgrade) has HTTP's own framing.
-const FIRST_OUTPUT_HOLD: Duration = Duration::from_millis(30);
+/// 60 ms is the top of the gap dockerd leaves (measured 29–62 ms): a
+/// docker-py that is not scheduled within it loses bytes against dockerd
+/// too (docker-py #3332); 30 ms still lost one exec in 60 on a loaded
+/// 2-core machine.
+const FIRST_OUTPUT_HOLD: Duration = Duration::from_millis(60);
 
 /// A running exec, ready to be connected to its client.
 pub(crate) struct Started {
