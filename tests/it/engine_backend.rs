@@ -43,7 +43,10 @@ async fn engine_gone_mid_session_ends_it_unavailable_without_a_hang() {
     exec.started().await;
     exec.read_until("up").await;
     engine.stop();
-    let t = tokio::time::timeout(Duration::from_secs(20), exec.finish())
+    // Bounded well above the engine client's own timeouts (connect 5 s,
+    // answer 30 s), so a hang fails; 20 s was once exceeded on a fully
+    // loaded 2-core machine while the session's reaper swept /proc.
+    let t = tokio::time::timeout(Duration::from_secs(90), exec.finish())
         .await
         .expect("the session ends once the engine is gone");
     let msg = t.assert_error(Code::Unavailable);
