@@ -170,6 +170,23 @@ impl Ring {
         Some((offset, self.start))
     }
 
+    /// Drops the first `n` bytes of the oldest chunk; returns the range
+    /// they covered.
+    fn cut_front(&mut self, n: usize) -> Option<(u64, u64)> {
+        let (offset, _, data) = self.chunks.front_mut()?;
+        let n = n.min(data.len());
+        let from = *offset;
+        *data = data.slice(n..);
+        *offset += n as u64;
+        self.held -= n;
+        self.budget.used.fetch_sub(n, Ordering::Relaxed);
+        if let Some(share) = &self.share {
+            share.fetch_sub(n, Ordering::Relaxed);
+        }
+        self.start = from + n as u64;
+        Some((from, self.start))
+    }
+
     /// Whether this ring must give bytes back: it holds some, and all
     /// rings together are over the total, or its owner's over their share.
     fn over_budget(&self) -> bool {
@@ -196,7 +213,16 @@ impl Ring {
                     break;
                 }
             }
-            let Some((from, to)) = self.pop() else {
+            // One chunk alone over the limit (a read that caught up on a
+            // backlog can be larger than a small ring): its newest bytes
+            // stay, so that a returning client gets the latest output and
+            // not nothing. Over the budgets, chunks still go whole.
+            let cut = if self.chunks.len() == 1 && self.held > limit && !self.over_budget() {
+                self.cut_front(self.held - limit)
+            } else {
+                self.pop()
+            };
+            let Some((from, to)) = cut else {
                 break;
             };
             if to > taken {
@@ -481,7 +507,8 @@ mod tests {
         assert_eq!(r.at(6).unwrap().1, Bytes::from_static(b"world"));
     }
 
-    /// The ring keeps whole chunks within its limit, oldest out first;
+    /// The ring keeps whole chunks within its limit (a single chunk over it
+    /// keeps its newest bytes), oldest out first;
     /// offsets keep counting from the session's first byte, bytes no
     /// client took are counted as dropped, and what an attached client was
     /// not handed yet is kept even past the limit.
@@ -506,11 +533,20 @@ mod tests {
         r.push(OutputStream::Stdout, Bytes::from_static(b"eeee"));
         r.trim(10, 8, Some(8), &dropped);
         assert_eq!((r.start, r.end, r.held), (8, 20, 12));
-        // A chunk larger than the limit is not cut: it goes whole.
-        r.push(OutputStream::Stdout, Bytes::from(vec![b'f'; 30]));
-        r.trim(10, 50, None, &dropped);
-        assert_eq!((r.start, r.end, r.held), (50, 50, 0));
-        assert!(r.at(49).is_none());
+        // A chunk larger than the limit keeps its newest bytes: the older
+        // chunks go whole, then its head.
+        let mut tail = vec![b'f'; 30];
+        tail[29] = b'z';
+        r.push(OutputStream::Stdout, Bytes::from(tail));
+        r.trim(10, 20, None, &dropped);
+        assert_eq!((r.start, r.end, r.held), (40, 50, 10));
+        assert_eq!(r.at(40).unwrap().1, Bytes::from_static(b"fffffffffz"));
+        assert!(r.at(39).is_none());
+        assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            4 + 20,
+            "bytes 20..40 nobody took"
+        );
     }
 
     #[test]
