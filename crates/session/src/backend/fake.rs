@@ -4,7 +4,7 @@
 //! applied — and drives the session's tasks (pump, stdin writer, resizer)
 //! exactly as a real backend's process would.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub(crate) struct FakeHandle {
     output: mpsc::Sender<Option<(OutputStream, Bytes)>>,
     exit: watch::Sender<Option<i32>>,
     pub killed: Arc<AtomicBool>,
+    /// How often the session let go of the process (`finish`).
+    pub finished: Arc<AtomicUsize>,
     pub sizes: Arc<Mutex<Vec<TermSize>>>,
     /// How long applying a size takes (a slow runtime), zero at first.
     pub resize_delay: Arc<Mutex<Duration>>,
@@ -59,6 +61,7 @@ pub(crate) fn process(tty: bool, stdin_buffer: usize) -> (Process, FakeHandle) {
     let (output_tx, output_rx) = mpsc::channel(64);
     let (exit_tx, exit_rx) = watch::channel(None);
     let killed = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicUsize::new(0));
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let resize_delay = Arc::new(Mutex::new(Duration::ZERO));
     let process = Process {
@@ -74,6 +77,7 @@ pub(crate) fn process(tty: bool, stdin_buffer: usize) -> (Process, FakeHandle) {
         control: Box::new(FakeControl {
             exit: exit_rx,
             killed: killed.clone(),
+            finished: finished.clone(),
         }),
     };
     let handle = FakeHandle {
@@ -81,6 +85,7 @@ pub(crate) fn process(tty: bool, stdin_buffer: usize) -> (Process, FakeHandle) {
         output: output_tx,
         exit: exit_tx,
         killed,
+        finished,
         sizes,
         resize_delay,
     };
@@ -130,6 +135,7 @@ impl Resizer for FakeResizer {
 struct FakeControl {
     exit: watch::Receiver<Option<i32>>,
     killed: Arc<AtomicBool>,
+    finished: Arc<AtomicUsize>,
 }
 
 impl ProcessControl for FakeControl {
@@ -149,6 +155,11 @@ impl ProcessControl for FakeControl {
 
     fn kill(&mut self) -> BoxFuture<'_, ()> {
         self.killed.store(true, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, ()> {
+        self.finished.fetch_add(1, Ordering::SeqCst);
         Box::pin(async {})
     }
 }

@@ -204,6 +204,14 @@ pub trait ProcessControl: Send {
     /// Stops the runtime side (the CLI and its process group, or the
     /// engine connection). What runs inside the container is the reaper's.
     fn kill(&mut self) -> BoxFuture<'_, ()>;
+    /// The session is over (its process exited, or `kill` ran): lets go of
+    /// what the process held, once, before the session's last event. The
+    /// OCI backend ends the session's cgroup here (everything in it dies,
+    /// unless an exited process's leftovers are kept on purpose) and
+    /// removes it; the other backends hold nothing beyond the process.
+    fn finish(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Why waiting for the exit failed.

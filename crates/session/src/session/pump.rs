@@ -67,6 +67,7 @@ impl Pump {
                 SessionEvent::Failed(e.into())
             }
         };
+        self.control.finish().await;
         // The processes are gone: the session no longer counts, even if the
         // client is slow to take the final event.
         drop(self.registration.take());

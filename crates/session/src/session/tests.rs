@@ -2,6 +2,8 @@
 //! stands in for the process, so the stdin writer, the pump, draining,
 //! EOF rules, idle timeout and ending are tested as they run.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 
 fn input(tty: bool) -> (SessionInput, mpsc::Receiver<StdinCommand>) {
@@ -152,6 +154,10 @@ async fn output_arrives_in_order_then_the_exit() {
         matches!(end, Some(SessionEvent::Exited { code: 3 })),
         "{end:?}"
     );
+    // Let go of before the last event (the OCI backend's cgroup ends
+    // there), once, and an exit is not a kill.
+    assert_eq!(handle.finished.load(Ordering::SeqCst), 1);
+    assert!(!handle.killed.load(Ordering::SeqCst));
     assert!(events.recv().await.is_none(), "nothing after the end");
     drop(session.input);
     tokio::time::timeout(Duration::from_secs(5), registry.drained())
@@ -280,7 +286,12 @@ async fn an_ended_session_reports_its_reason() {
         }
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert!(handle.killed.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(handle.killed.load(Ordering::SeqCst));
+    assert_eq!(
+        handle.finished.load(Ordering::SeqCst),
+        1,
+        "killed, then let go of once"
+    );
 }
 
 #[tokio::test]

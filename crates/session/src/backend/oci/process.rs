@@ -139,6 +139,28 @@ impl ProcessControl for OciControl {
             }
         })
     }
+
+    /// Ends the session's cgroup on a blocking thread (the writes and the
+    /// wait for the killed members stay off the runtime), or, when an
+    /// exited process's leftovers are kept, removes it only if empty.
+    fn finish(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let kill = self.killed || !self.keep_background;
+            match self.cgroup.take() {
+                Some(cgroup) if kill => {
+                    let _ = tokio::task::spawn_blocking(move || cgroup.end()).await;
+                }
+                // Dropped: removed if nothing lives in it any more.
+                Some(cgroup) => drop(cgroup),
+                None => {}
+            }
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_reap(), Ok(Some(_)) | Err(_)) {
+                    self.child = None;
+                }
+            }
+        })
+    }
 }
 
 /// How long dropping a control may wait for the killed leftovers to go
@@ -146,13 +168,15 @@ impl ProcessControl for OciControl {
 pub(super) const DROP_WAIT: Duration = Duration::from_millis(50);
 
 impl Drop for OciControl {
-    /// The session is over: what its process left running goes with the
-    /// cgroup (unless kept on purpose), and the process is reaped.
+    /// The fallback for a session that never reached its `finish` (its
+    /// task dropped at shutdown): what its process left running goes with
+    /// the cgroup (unless kept on purpose), and the process is reaped.
     ///
     /// The cgroup is killed and, in the common case, removed right here:
     /// a task spawned now might never run (a server shutting down), and a
     /// removal left to it would leak the cgroup. A few writes to the
-    /// cgroup file system and a bounded wait ([`DROP_WAIT`]) are the cost.
+    /// cgroup file system and a bounded wait ([`DROP_WAIT`]) are the cost,
+    /// paid only on this path.
     fn drop(&mut self) {
         let kill = self.killed || !self.keep_background;
         // Not killing, it is dropped at once: removed if empty, else kept
