@@ -26,7 +26,7 @@ use execd_session::{Door, EndReason, ExecSpec, OutputStream, SessionError, Sessi
 use tonic::{Request, Response, Status};
 
 use super::kube::{StreamRequest, TokenError};
-use super::session::{self as door_session, DoorInput, DoorSession, End, Ending, Next};
+use super::session::{DoorInput, DoorSession, End, Ending, Next};
 use super::DoorContext;
 use crate::error_text::ClientText;
 
@@ -168,6 +168,32 @@ fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(
     Ok(())
 }
 
+/// The stream a CRI `Exec` or `Attach` asks for, once its streams pass
+/// the CRI rules. Its URL is single-use: no instance, no session id to
+/// come back with.
+fn stream_request(
+    kind: SessionKind,
+    container_id: String,
+    command: Vec<String>,
+    owner: String,
+    (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+) -> Result<StreamRequest, CriError> {
+    check_streams(stdin, stdout, stderr, tty)?;
+    Ok(StreamRequest {
+        door: Door::Cri,
+        kind,
+        container_id,
+        command,
+        instance_id: String::new(),
+        stdin,
+        stdout,
+        stderr,
+        tty,
+        owner,
+        session_id: None,
+    })
+}
+
 /// The owner key the exec token check put on the call (empty without
 /// tokens), so CRI sessions count per token like every other door's.
 fn owner_of<T>(request: &Request<T>) -> String {
@@ -263,15 +289,7 @@ impl CriRuntime {
         );
         // A refusal is counted and logged by the start itself. ExecSync has
         // no frames to serve: the answer is one message after the end.
-        let (mut session, mut input) = door_session::open(
-            &self.ctx.manager,
-            &self.ctx.metrics,
-            None,
-            spec,
-            None,
-            &span,
-        )
-        .await?;
+        let (mut session, mut input) = self.ctx.open_session(None, spec, None, &span).await?;
         span.record("session_id", session.id());
         input.close_stdin().await;
         let mut hold = self.budget.hold();
@@ -315,23 +333,16 @@ impl CriRuntime {
     }
 
     async fn exec(&self, owner: String, req: ExecRequest) -> Result<ExecResponse, CriError> {
-        check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-        if req.cmd.is_empty() {
+        let request = stream_request(
+            SessionKind::Exec,
+            req.container_id,
+            req.cmd,
+            owner,
+            (req.stdin, req.stdout, req.stderr, req.tty),
+        )?;
+        if request.command.is_empty() {
             return Err(CriError::Invalid("cmd is empty".into()));
         }
-        let request = StreamRequest {
-            door: Door::Cri,
-            kind: SessionKind::Exec,
-            container_id: req.container_id,
-            command: req.cmd,
-            instance_id: String::new(),
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            tty: req.tty,
-            owner,
-            session_id: None,
-        };
         self.validate(&request)?;
         self.ctx
             .manager
@@ -343,20 +354,13 @@ impl CriRuntime {
     }
 
     async fn attach(&self, owner: String, req: AttachRequest) -> Result<AttachResponse, CriError> {
-        check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-        let mut request = StreamRequest {
-            door: Door::Cri,
-            kind: SessionKind::Attach,
-            container_id: req.container_id,
-            command: Vec::new(),
-            instance_id: String::new(),
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            tty: req.tty,
+        let mut request = stream_request(
+            SessionKind::Attach,
+            req.container_id,
+            Vec::new(),
             owner,
-            session_id: None,
-        };
+            (req.stdin, req.stdout, req.stderr, req.tty),
+        )?;
         self.validate(&request)?;
         let target = self
             .ctx
@@ -376,22 +380,14 @@ impl CriRuntime {
         })
     }
 
-    /// Validates the spec the stream's session will start with (as the
-    /// kube door builds it), so a URL is only issued for a request whose
-    /// start would not be refused for its content.
+    /// Validates the spec the stream's session will start with
+    /// ([`StreamRequest::spec`], as the kube door starts it), so a URL is
+    /// only issued for a request whose start would not be refused for its
+    /// content.
     fn validate(&self, request: &StreamRequest) -> Result<(), CriError> {
-        let spec = ExecSpec {
-            door: request.door,
-            kind: request.kind,
-            container_id: request.container_id.clone(),
-            command: request.command.clone(),
-            tty: request.tty,
-            instance_id: request.instance_id.clone(),
-            attach_stdin: request.stdin,
-            owner: request.owner.clone(),
-            ..ExecSpec::default()
-        };
-        spec.validate(self.ctx.manager.backend_config())
+        request
+            .spec()
+            .validate(self.ctx.manager.backend_config())
             .map_err(|e| CriError::Session(e.into()))
     }
 }

@@ -14,17 +14,46 @@
 //! The gRPC door runs the two halves ([`read_client`], [`write_events`])
 //! apart, because tonic pulls its response (see [`super::grpc`]); CRI
 //! `ExecSync` has no frames at all and uses [`DoorSession`] directly.
+//! The WebSocket doors answer their upgrade with [`websocket_response`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::response::Response;
 use bytes::Bytes;
 use execd_session::{ClientEvent, Flow, OutputStream};
+use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use super::session::{DoorInput, DoorSession, End, Ending, Next};
+
+/// The 101 of a WebSocket door, once its session has started: messages
+/// and frames bounded by `--max-message-size`, the socket handed to
+/// `serve`. If the upgrade never completes `serve` is dropped with the
+/// session in it, which ends the session like a client leaving.
+pub(crate) fn websocket_response<F, Fut>(
+    ws: WebSocketUpgrade,
+    max_message_size: usize,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut response = ws
+        .max_message_size(max_message_size)
+        .max_frame_size(max_message_size)
+        .on_upgrade(serve);
+    // kube-rs and others compare this header exactly.
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    response
+}
 
 /// What a reader got from its client.
 pub(crate) enum Inbound {

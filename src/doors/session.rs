@@ -93,6 +93,19 @@ pub(crate) async fn open(
     Ok((door_session, input))
 }
 
+impl super::DoorContext {
+    /// [`open`] with this server's session manager and metrics.
+    pub(crate) async fn open_session(
+        &self,
+        id: Option<String>,
+        spec: ExecSpec,
+        reattach: Option<ReplayFrom>,
+        span: &tracing::Span,
+    ) -> Result<(DoorSession, DoorInput), SessionError> {
+        open(&self.manager, &self.metrics, id, spec, reattach, span).await
+    }
+}
+
 /// A session error as logged: the client text, escaped and bounded.
 pub(crate) fn log_error(err: &SessionError) -> String {
     LogField::with_limit(&ClientText(err).to_string(), MAX_LOGGED_ERROR).to_string()

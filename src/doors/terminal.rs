@@ -42,7 +42,7 @@ use execd_session::log_field::LogField;
 use execd_session::{ClientEvent, Door, ExecSpec, OutputStream, ReplayFrom, SessionError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use tracing::Instrument;
 
@@ -280,16 +280,10 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
     };
     // Only a client that is told its session id can come back to it.
     let reattach = (query.protocol == Protocol::PtyV1).then_some(ReplayFrom::Undelivered);
-    let (session, input) = match super::session::open(
-        &ctx.manager,
-        &ctx.metrics,
-        Some(session_id),
-        spec,
-        reattach,
-        &span,
-    )
-    .await
-    {
+    let opened = ctx
+        .open_session(Some(session_id), spec, reattach, &span)
+        .await;
+    let (session, input) = match opened {
         Ok(opened) => opened,
         Err(e) => return TerminalError::Session(e).into_response(),
     };
@@ -305,15 +299,9 @@ async fn terminal(State(ctx): State<DoorContext>, req: Request) -> Response {
         None => ws,
     };
     let protocol = query.protocol;
-    let mut response = ws
-        .max_message_size(ctx.max_message_size)
-        .max_frame_size(ctx.max_message_size)
-        .on_upgrade(move |socket| serve(socket, protocol, session, input).instrument(span));
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    response
+    super::serve::websocket_response(ws, ctx.max_message_size, move |socket| {
+        serve(socket, protocol, session, input).instrument(span)
+    })
 }
 
 /// A `sandbox.pty.v1` control event, as the SDK parses it.

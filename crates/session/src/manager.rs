@@ -19,9 +19,7 @@ use crate::error::SessionError;
 use crate::preflight::EngineGate;
 use crate::reaper::{self, ContainerRef};
 use crate::reattach::ReattachTable;
-use crate::registry::{
-    now_ms, Limits, Registration, Registry, SessionControl, SessionEntry, SessionStats,
-};
+use crate::registry::{Limits, Registration, Registry, SessionControl, SessionEntry};
 use crate::session::resize::{self, SizeWait};
 use crate::session::{self, Launch, LifecycleConfig, Session};
 
@@ -263,19 +261,9 @@ impl SessionManager {
             }
             None => new_session_id(),
         };
-        let registration = self.registry.register(SessionEntry {
-            session_id: id.clone(),
-            door: spec.door,
-            kind: spec.kind,
-            instance_id: spec.instance_id.clone(),
-            owner: spec.owner.clone(),
-            container_id: spec.container_id.clone(),
-            command: spec.effective_command(),
-            tty: spec.tty,
-            started_at_unix_ms: now_ms(),
-            stats: Arc::new(SessionStats::new()),
-            control: Arc::new(SessionControl::new(&self.shutdown)),
-        })?;
+        let registration =
+            self.registry
+                .register(SessionEntry::new(id.clone(), &spec, &self.shutdown))?;
         let control = registration.entry().control.clone();
         let size = TermSize::from_client(spec.rows, spec.cols);
         let mut abandon = self.abandon_guard(&spec, registration);

@@ -173,21 +173,24 @@ impl PodExecConfig {
         pod: &str,
         container: Option<&str>,
     ) -> Result<ExecConfig, DockerError> {
-        Ok(ExecConfig {
-            container_id: container
-                .filter(|c| !c.is_empty())
-                .unwrap_or(pod)
-                .to_string(),
-            instance_id: pod.to_string(),
-            cmd: require_cmd(self.cmd)?,
-            tty: self.tty,
+        // The engine's request in the other spelling, without what the pod
+        // API has no word for (a console size, privileged); only the
+        // instance is the pod rather than the container.
+        let engine = EngineExecConfig {
             attach_stdin: self.attach_stdin,
             attach_stdout: self.attach_stdout,
             attach_stderr: self.attach_stderr,
-            env: env_map(self.env),
-            working_dir: self.working_dir.unwrap_or_default(),
-            user: self.user.unwrap_or_default(),
-            size: None,
+            tty: self.tty,
+            env: self.env,
+            working_dir: self.working_dir,
+            user: self.user,
+            cmd: self.cmd,
+            ..EngineExecConfig::default()
+        };
+        let container_id = container.filter(|c| !c.is_empty()).unwrap_or(pod);
+        Ok(ExecConfig {
+            instance_id: pod.to_string(),
+            ..engine.into_config(container_id)?
         })
     }
 }

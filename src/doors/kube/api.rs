@@ -78,6 +78,15 @@ fn typed(content_type: &'static str, body: Value) -> Response {
     resp
 }
 
+/// A discovery answer: the aggregated form for a client that asks for it
+/// (client-go does), else the legacy one.
+fn discovery(headers: &HeaderMap, aggregated: Value, legacy: Value) -> Response {
+    if wants_aggregated(headers) {
+        return typed(AGGREGATED, aggregated);
+    }
+    axum::Json(legacy).into_response()
+}
+
 /// The token check of the stream paths: the `Status` refusal, if any.
 fn refusal(ctx: &DoorContext, req: &Request) -> Option<Response> {
     check_auth(ctx, req.headers())
@@ -104,21 +113,19 @@ async fn api(State(ctx): State<DoorContext>, req: Request) -> Response {
     if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
-    if wants_aggregated(req.headers()) {
-        return typed(
-            AGGREGATED,
-            json!({
-                "kind": "APIGroupDiscoveryList",
-                "apiVersion": "apidiscovery.k8s.io/v2",
-                "metadata": {},
-                "items": [{
-                    "metadata": {"creationTimestamp": null},
-                    "versions": [{"version": "v1", "resources": [pods_resource()], "freshness": "Current"}],
-                }],
-            }),
-        );
-    }
-    axum::Json(json!({"kind": "APIVersions", "versions": ["v1"]})).into_response()
+    discovery(
+        req.headers(),
+        json!({
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {},
+            "items": [{
+                "metadata": {"creationTimestamp": null},
+                "versions": [{"version": "v1", "resources": [pods_resource()], "freshness": "Current"}],
+            }],
+        }),
+        json!({"kind": "APIVersions", "versions": ["v1"]}),
+    )
 }
 
 /// No API groups besides the core one.
@@ -126,13 +133,11 @@ async fn apis(State(ctx): State<DoorContext>, req: Request) -> Response {
     if let Some(refused) = refusal(&ctx, &req) {
         return refused;
     }
-    if wants_aggregated(req.headers()) {
-        return typed(
-            AGGREGATED,
-            json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": []}),
-        );
-    }
-    axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})).into_response()
+    discovery(
+        req.headers(),
+        json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": []}),
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+    )
 }
 
 async fn api_v1(State(ctx): State<DoorContext>, req: Request) -> Response {

@@ -28,7 +28,7 @@ use axum::routing::{any, get, MethodRouter};
 use base64::Engine as _;
 use execd_session::log_field::LogField;
 use execd_session::{Door, ExecSpec, SessionError, SessionKind};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tower::ServiceExt;
 use tracing::Instrument;
 
@@ -95,6 +95,23 @@ pub(crate) struct StreamRequest {
     pub(crate) session_id: Option<String>,
 }
 
+impl StreamRequest {
+    /// The spec the stream's session starts with.
+    pub(crate) fn spec(&self) -> ExecSpec {
+        ExecSpec {
+            door: self.door,
+            kind: self.kind,
+            container_id: self.container_id.clone(),
+            command: self.command.clone(),
+            tty: self.tty,
+            instance_id: self.instance_id.clone(),
+            attach_stdin: self.stdin,
+            owner: self.owner.clone(),
+            ..ExecSpec::default()
+        }
+    }
+}
+
 /// The door's routes. `plain_exec` serves requests on the pod exec path
 /// that are not WebSocket upgrades (the Docker-style door's `POST`);
 /// without one they get 400 "Upgrade request required", as from the API
@@ -136,8 +153,8 @@ pub(crate) fn router(ctx: DoorContext, plain_exec: Option<MethodRouter>) -> axum
             "/api/v1/namespaces/{namespace}/pods/{pod}/attach",
             any(attach),
         )
-        .route("/exec/{token}", get(token_exec))
-        .route("/attach/{token}", get(token_attach))
+        .route("/exec/{token}", token_route(SessionKind::Exec))
+        .route("/attach/{token}", token_route(SessionKind::Attach))
         .with_state(ctx.clone())
         .merge(api::router(ctx))
 }
@@ -332,20 +349,13 @@ async fn spdy_fallback(
     refuse(&ctx, Door::Kube, why)
 }
 
-async fn token_exec(
-    State(ctx): State<DoorContext>,
-    Path(token): Path<String>,
-    req: Request,
-) -> Response {
-    token_stream(ctx, SessionKind::Exec, token, req).await
-}
-
-async fn token_attach(
-    State(ctx): State<DoorContext>,
-    Path(token): Path<String>,
-    req: Request,
-) -> Response {
-    token_stream(ctx, SessionKind::Attach, token, req).await
+/// `GET /exec/{token}` or `GET /attach/{token}`.
+fn token_route(kind: SessionKind) -> MethodRouter<DoorContext> {
+    get(
+        move |State(ctx): State<DoorContext>, Path(token): Path<String>, req: Request| {
+            token_stream(ctx, kind, token, req)
+        },
+    )
 }
 
 async fn token_stream(
@@ -430,33 +440,16 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         container_id = %LogField::new(&request.container_id),
         tty = request.tty,
     );
-    let spec = ExecSpec {
-        door: request.door,
-        kind: request.kind,
-        container_id: request.container_id.clone(),
-        command: request.command.clone(),
-        tty: request.tty,
-        instance_id: request.instance_id.clone(),
-        attach_stdin: request.stdin,
-        owner: request.owner.clone(),
-        ..ExecSpec::default()
-    };
     // A refusal is counted and logged by the start itself. Only a session
     // the client named (`session=`) can be come back to.
     let reattach = request
         .session_id
         .is_some()
         .then_some(execd_session::ReplayFrom::Undelivered);
-    let (session, input) = match crate::doors::session::open(
-        &ctx.manager,
-        &ctx.metrics,
-        Some(session_id),
-        spec,
-        reattach,
-        &span,
-    )
-    .await
-    {
+    let opened = ctx
+        .open_session(Some(session_id), request.spec(), reattach, &span)
+        .await;
+    let (session, input) = match opened {
         Ok(opened) => opened,
         Err(e) => return KubeError::Session(e).into_response(),
     };
@@ -468,24 +461,15 @@ async fn upgrade(ctx: DoorContext, request: StreamRequest, ws: WebSocketUpgrade)
         tty: request.tty,
         kind: request.kind,
     };
-    // If the upgrade never completes the callback is dropped with the
-    // session in it, which ends the session like a client leaving.
-    let mut response = ws
-        .max_message_size(ctx.max_message_size)
-        .max_frame_size(ctx.max_message_size)
-        .on_upgrade(move |socket| {
-            stream::serve(socket, protocol, streams, session, input).instrument(span)
-        });
-    // kube-rs and others compare this header exactly.
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    response
+    crate::doors::serve::websocket_response(ws, ctx.max_message_size, move |socket| {
+        stream::serve(socket, protocol, streams, session, input).instrument(span)
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -173,7 +173,9 @@ fn id_field(field: Option<&str>) -> u64 {
     field.and_then(|f| f.trim().parse().ok()).unwrap_or(0)
 }
 
-fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+/// The lines of `/etc/passwd` or `/etc/group` (`name:password:…`, blank
+/// lines skipped): each one's name and the fields after its password.
+fn colon_records(text: &str) -> impl Iterator<Item = (&str, std::str::Split<'_, char>)> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -181,29 +183,27 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
             let mut f = line.split(':');
             let name = f.next().unwrap_or_default();
             let _password = f.next();
-            PasswdEntry {
-                name,
-                uid: id_field(f.next()),
-                gid: id_field(f.next()),
-            }
+            (name, f)
         })
 }
 
+fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    colon_records(text).map(|(name, mut f)| PasswdEntry {
+        name,
+        uid: id_field(f.next()),
+        gid: id_field(f.next()),
+    })
+}
+
 fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let mut f = line.split(':');
-            let name = f.next().unwrap_or_default();
-            let _password = f.next();
-            let gid = id_field(f.next());
-            let members = f
-                .next()
-                .map(|m| m.split(',').filter(|m| !m.is_empty()).collect())
-                .unwrap_or_default();
-            GroupEntry { name, gid, members }
-        })
+    colon_records(text).map(|(name, mut f)| {
+        let gid = id_field(f.next());
+        let members = f
+            .next()
+            .map(|m| m.split(',').filter(|m| !m.is_empty()).collect())
+            .unwrap_or_default();
+        GroupEntry { name, gid, members }
+    })
 }
 
 fn checked(id: u64) -> Result<u32, SpecError> {
