@@ -1,6 +1,7 @@
 //! The Docker engine side of the tests: whether an engine and the test
 //! image are there ([`docker_or_skip`], [`need_docker!`]), the container
-//! most tests share, throwaway containers, and what runs inside them.
+//! most tests share, the containers of a test's own ([`ContainerSpec`]),
+//! and what runs inside them.
 //!
 //! Without an engine, tests skip with a message, except under `CI=true`,
 //! where they fail: CI must never pass by skipping the real thing.
@@ -45,68 +46,147 @@ pub fn docker_or_skip(test: &str) -> bool {
     if docker_available() {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: Docker engine or image {IMAGE} missing and CI=true; run scripts/docker-up");
-    }
-    eprintln!("SKIPPED {test}: no Docker engine or image {IMAGE} (run scripts/docker-up)");
+    let why = format!("no Docker engine or image {IMAGE} (run scripts/docker-up)");
+    super::skip(test, &why);
     false
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
+/// The docker CLI with `args`, and what it said.
+pub fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
         .args(args)
         .output()
         .expect("running the docker CLI")
 }
 
-/// A test container that was created and never started (so it is not
-/// running); removed when dropped.
-pub struct CreatedContainer(pub String);
+/// `docker inspect --format <format>` of `container`, trimmed.
+pub fn inspect(container: &str, format: &str) -> String {
+    let out = docker(&["inspect", "--format", format, container]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
-impl CreatedContainer {
-    pub fn new(tag: &str) -> CreatedContainer {
-        let name = format!("execd-test-{tag}-{}", std::process::id());
-        let _ = docker(&["rm", "-f", &name]);
-        let out = docker(&[
-            "create",
+/// Whether `path` exists in `container`.
+pub fn exists_in(container: &str, path: &str) -> bool {
+    docker(&["exec", container, "test", "-e", path])
+        .status
+        .success()
+}
+
+/// A container of a test's own, made by [`ContainerSpec::run`] or
+/// [`ContainerSpec::create`]: what every test container has (no network,
+/// the test image, the `execd-test=1` label the test script sweeps up by)
+/// is here once, and a test adds only its `docker run` options and
+/// command.
+pub struct ContainerSpec {
+    name: String,
+    options: Vec<String>,
+    command: Vec<String>,
+}
+
+impl ContainerSpec {
+    /// A container named `execd-test-<tag>-<pid>` that runs `command`. The
+    /// process id keeps concurrent test processes apart; the tag, tests.
+    pub fn new(tag: &str, command: &[&str]) -> ContainerSpec {
+        ContainerSpec::named(test_name(tag), command)
+    }
+
+    /// An idle container: `sleep infinity` under `--init`, a reaper for
+    /// orphans, so killed processes do not linger as zombies in `ps`
+    /// output.
+    pub fn idle(tag: &str) -> ContainerSpec {
+        ContainerSpec::idle_named(test_name(tag))
+    }
+
+    fn idle_named(name: String) -> ContainerSpec {
+        ContainerSpec::named(name, &["sleep", "infinity"]).options(&["--init"])
+    }
+
+    /// A shell as PID 1 with stdin open and a terminal (`docker run -dit`),
+    /// for the tests that attach to a container's main process.
+    pub fn shell(tag: &str) -> ContainerSpec {
+        ContainerSpec::new(tag, &["sh"]).options(&["-i", "-t"])
+    }
+
+    fn named(name: String, command: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            name,
+            options: Vec::new(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// More `docker run` options (`--user`, `--read-only`, `--cap-drop`,
+    /// `--label`, ...).
+    pub fn options(mut self, options: &[&str]) -> ContainerSpec {
+        self.options.extend(options.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// The container's hostname is its name, so a session can tell from
+    /// the inside where it runs.
+    pub fn hostname_is_name(self) -> ContainerSpec {
+        let name = self.name.clone();
+        self.options(&["--hostname", &name])
+    }
+
+    /// `docker <verb>` of this container (`run` detached).
+    fn invoke(&self, verb: &str) -> std::process::Output {
+        let mut args = vec![verb];
+        if verb == "run" {
+            args.push("-d");
+        }
+        args.extend(self.options.iter().map(String::as_str));
+        args.extend([
             "--network",
             "none",
             "--label",
             "execd-test=1",
             "--name",
-            &name,
+            self.name.as_str(),
             IMAGE,
-            "true",
         ]);
+        args.extend(self.command.iter().map(String::as_str));
+        docker(&args)
+    }
+
+    /// Runs the container (after removing any left by an earlier run).
+    pub fn run(self) -> TestContainer {
+        self.make("run")
+    }
+
+    /// Creates the container and never starts it (so it is not running).
+    pub fn create(self) -> TestContainer {
+        self.make("create")
+    }
+
+    fn make(self, verb: &str) -> TestContainer {
+        let _ = docker(&["rm", "-f", &self.name]);
+        // Removed on drop from here on, even when the assertion fails.
+        let out = self.invoke(verb);
+        let container = TestContainer(self.name);
         assert!(out.status.success(), "{out:?}");
-        CreatedContainer(name)
+        container
     }
 }
 
-impl Drop for CreatedContainer {
+fn test_name(tag: &str) -> String {
+    format!("execd-test-{tag}-{}", std::process::id())
+}
+
+/// A container of a test's own (see [`ContainerSpec`]), by name; removed
+/// when dropped.
+pub struct TestContainer(pub String);
+
+impl TestContainer {
+    pub fn running(&self) -> bool {
+        inspect(&self.0, "{{.State.Running}}") == "true"
+    }
+}
+
+impl Drop for TestContainer {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.0]);
     }
-}
-
-/// `docker run` of an idle test container named `name`, with
-/// `--network none`; `--init` gives it a reaper for orphans, so killed
-/// processes do not linger as zombies in `ps` output.
-fn run_idle_container(name: &str) -> std::process::Output {
-    docker(&[
-        "run",
-        "-d",
-        "--init",
-        "--network",
-        "none",
-        "--label",
-        "execd-test=1",
-        "--name",
-        name,
-        IMAGE,
-        "sleep",
-        "infinity",
-    ])
 }
 
 /// The container most tests share; created once per test process, and
@@ -127,7 +207,7 @@ pub fn shared_container() -> &'static str {
                 return;
             }
             if !state.status.success() {
-                let out = run_idle_container(SHARED_CONTAINER);
+                let out = ContainerSpec::idle_named(SHARED_CONTAINER.into()).invoke("run");
                 // Another test binary may have won the race: look again.
                 if out.status.success() {
                     return;
@@ -201,39 +281,4 @@ pub fn test_oci_root() -> std::path::PathBuf {
         return private;
     }
     "/run/docker/runtime-runc/moby".into()
-}
-
-/// A `docker run -dit` shell container, removed on drop.
-pub struct InteractiveContainer(pub String);
-
-impl InteractiveContainer {
-    pub fn start(tag: &str) -> InteractiveContainer {
-        let name = format!("execd-test-attach-{tag}-{}", std::process::id());
-        let _ = docker(&["rm", "-f", &name]);
-        let out = docker(&[
-            "run",
-            "-dit",
-            "--network",
-            "none",
-            "--label",
-            "execd-test=1",
-            "--name",
-            &name,
-            IMAGE,
-            "sh",
-        ]);
-        assert!(out.status.success(), "{out:?}");
-        InteractiveContainer(name)
-    }
-
-    pub fn running(&self) -> bool {
-        let out = docker(&["inspect", "--format", "{{.State.Running}}", &self.0]);
-        String::from_utf8_lossy(&out.stdout).trim() == "true"
-    }
-}
-
-impl Drop for InteractiveContainer {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{TestServer, PATIENCE};
 
-pub fn host_port(server: &TestServer) -> String {
-    server.addr.trim_start_matches("http://").to_string()
-}
+/// An upgraded (hijacked) connection, as a client reads and writes it.
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// The docker CLI pointed at execd, with a config dir of its own.
 pub struct DockerCli {
@@ -25,7 +25,7 @@ pub struct DockerCli {
 impl DockerCli {
     pub fn new(server: &TestServer) -> DockerCli {
         DockerCli {
-            host: format!("tcp://{}", host_port(server)),
+            host: format!("tcp://{}", server.host_port()),
             config: tempfile::tempdir().unwrap(),
         }
     }
@@ -82,6 +82,21 @@ pub async fn request(
     (parts.status, parts.headers, body)
 }
 
+/// A fresh HTTP/1.1 connection to `server`, driven in the background
+/// (upgrades included).
+pub async fn http1_connect(server: &TestServer) -> SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+/// One HTTP/1.1 request on a fresh connection; the answer's body is left
+/// to read (or to upgrade).
 pub async fn send(
     server: &TestServer,
     method: &str,
@@ -89,17 +104,11 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> http::Response<hyper::body::Incoming> {
-    let stream = tokio::net::TcpStream::connect(host_port(server))
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
+    let mut sender = http1_connect(server).await;
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", host_port(server))
+        .header("host", server.host_port())
         .header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -131,36 +140,49 @@ pub fn unframe(mut raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (out, err)
 }
 
+/// Creates an exec (`POST` of `body` to a create `path` of either API)
+/// with `headers`, and returns its id.
+pub async fn exec_create(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
+    let (status, _, answer) = request(server, "POST", path, headers, body).await;
+    assert_eq!(status, 201, "{}", text(&answer));
+    json(&answer)["Id"].as_str().unwrap().to_string()
+}
+
+/// Creates an exec through the pod API, in `pod` itself.
 pub async fn pod_create(server: &TestServer, pod: &str, body: serde_json::Value) -> String {
-    let (status, _, body) = request(
-        server,
-        "POST",
-        &format!("/api/v1/namespaces/default/pods/{pod}/exec"),
-        &[],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 201, "{}", text(&body));
-    let id = json(&body)["Id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/namespaces/default/pods/{pod}/exec");
+    let id = exec_create(server, &path, &[], &body.to_string()).await;
     assert!(id.starts_with("exec-"), "{id}");
     id
 }
 
-/// Starts with `Upgrade: tcp`, writes `stdin` and half-closes, reads all.
-pub async fn start_hijacked(server: &TestServer, path: &str, stdin: &[u8]) -> Vec<u8> {
-    let response = send(
-        server,
-        "POST",
-        path,
-        &[("connection", "Upgrade"), ("upgrade", "tcp")],
-        r#"{"Detach":false,"Tty":false}"#,
-    )
-    .await;
+/// POSTs `body` to `path` asking for `Upgrade: tcp` (with `headers` as
+/// well) and asserts the `101`.
+pub async fn post_upgrade(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let mut all = vec![("connection", "Upgrade"), ("upgrade", "tcp")];
+    all.extend_from_slice(headers);
+    let response = send(server, "POST", path, &all, body).await;
     assert_eq!(response.status(), 101);
-    let upgraded = hyper::upgrade::on(response).await.unwrap();
-    let mut io = TokioIo::new(upgraded);
-    io.write_all(stdin).await.unwrap();
-    io.shutdown().await.unwrap();
+    response
+}
+
+/// The raw stream a `101` hands over.
+pub async fn upgraded(response: http::Response<hyper::body::Incoming>) -> Upgraded {
+    TokioIo::new(hyper::upgrade::on(response).await.unwrap())
+}
+
+/// Everything `io` sends until it ends.
+pub async fn read_to_end(io: &mut Upgraded) -> Vec<u8> {
     let mut raw = Vec::new();
     tokio::time::timeout(PATIENCE, io.read_to_end(&mut raw))
         .await
@@ -169,11 +191,20 @@ pub async fn start_hijacked(server: &TestServer, path: &str, stdin: &[u8]) -> Ve
     raw
 }
 
+/// Starts with `Upgrade: tcp`, writes `stdin` and half-closes, reads all.
+pub async fn start_hijacked(server: &TestServer, path: &str, stdin: &[u8]) -> Vec<u8> {
+    let body = r#"{"Detach":false,"Tty":false}"#;
+    let mut io = upgraded(post_upgrade(server, path, &[], body).await).await;
+    io.write_all(stdin).await.unwrap();
+    io.shutdown().await.unwrap();
+    read_to_end(&mut io).await
+}
+
 /// Types `line` into an attached shell (raw tty stream) until its output
 /// shows `needle`: right after attaching, the attach client may still be
 /// setting up its terminal and drop what arrives meanwhile, so like a
 /// person this types again.
-pub async fn type_until(io: &mut TokioIo<hyper::upgrade::Upgraded>, line: &[u8], needle: &str) {
+pub async fn type_until(io: &mut Upgraded, line: &[u8], needle: &str) {
     let mut seen = Vec::new();
     for _ in 0..10 {
         io.write_all(line).await.unwrap();

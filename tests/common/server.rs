@@ -1,12 +1,13 @@
 //! A real execd server in the test process, on an ephemeral loopback port
-//! ([`start_server`]), and a small client that records everything a
-//! session sends back ([`Exec`], [`Transcript`]).
+//! ([`start_server`], with tokens: [`with_tokens`]), and a small client
+//! that records everything a session sends back ([`Exec`], [`Transcript`]).
 
 use std::time::{Duration, Instant};
 
 use execd::{Listener, ServerConfig};
 use execd_client::{Addr, Connector};
 use execd_proto::admin::session_admin_client::SessionAdminClient;
+use execd_proto::admin::{ListSessionsRequest, ListSessionsResponse};
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_output_data::StreamType;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
@@ -20,6 +21,10 @@ use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::{test_oci_root, PATIENCE};
+
+/// The largest message the tests' clients take: more than the server
+/// sends, so that a test sees the server's limits, never the client's.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// A running server on an ephemeral loopback port.
 pub struct TestServer {
@@ -129,7 +134,7 @@ impl TestServer {
 
     pub async fn client(&self) -> ExecServiceClient<Channel> {
         let channel = self.shared.get_or_init(|| self.channel()).await.clone();
-        ExecServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
+        ExecServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
     }
 
     pub async fn admin(&self) -> SessionAdminClient<Channel> {
@@ -138,24 +143,84 @@ impl TestServer {
 
     /// Opens a session stream that starts with `first`.
     pub async fn open(&self, first: ExecMessage) -> Exec {
-        let mut client = self.client().await;
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(first).await.unwrap();
-        let stream = client
-            .exec_stream(ReceiverStream::new(rx))
+        open_on(self.client().await, first, None, None)
             .await
             .expect("ExecStream call")
-            .into_inner();
-        Exec {
-            started_seen: false,
-            tx: Some(tx),
-            rx: stream,
-            _client: client,
-        }
+    }
+
+    /// Opens a session stream that starts with `first`, with the bearer
+    /// `token` if any, on a connection of its own that [`Exec::vanish`]
+    /// cuts.
+    pub async fn open_cuttable(&self, first: ExecMessage, token: Option<&str>) -> Exec {
+        let (channel, cut) = self.cuttable_channel().await;
+        let mut exec = open_stream(channel, first, token, None)
+            .await
+            .expect("ExecStream call");
+        exec.cut = Some(cut);
+        exec
+    }
+
+    /// Starts a session whose client vanishes right after STARTED.
+    pub async fn start_and_vanish(&self, first: ExecMessage, token: Option<&str>) {
+        let mut exec = self.open_cuttable(first, token).await;
+        exec.started().await;
+        exec.vanish(Duration::from_millis(300)).await;
     }
 
     pub async fn exec(&self, req: ExecStartRequest) -> Exec {
         self.open(start_msg("", req)).await
+    }
+
+    /// Runs `req` to its end.
+    pub async fn run(&self, req: ExecStartRequest) -> Transcript {
+        self.exec(req).await.finish().await
+    }
+
+    /// Starts `req` and reads its output until `needle` shows, so that the
+    /// process is known to run.
+    pub async fn exec_until(&self, req: ExecStartRequest, needle: &str) -> Exec {
+        let mut exec = self.exec(req).await;
+        exec.started().await;
+        exec.read_until(needle).await;
+        exec
+    }
+
+    /// Starts `sleep <marker>` in `container` as the session's own process
+    /// and returns the session once it runs, and the marker.
+    pub async fn exec_sleeper(&self, container: &str) -> (Exec, u32) {
+        let n = super::marker();
+        let script = format!("echo up; exec sleep {n}");
+        let sleeper = req(container, &["sh", "-c", &script]);
+        (self.exec_until(sleeper, "up").await, n)
+    }
+
+    /// The admin API's session list (of `instance`; every instance's if
+    /// empty).
+    pub async fn sessions(&self, instance: &str) -> ListSessionsResponse {
+        self.admin()
+            .await
+            .list_sessions(ListSessionsRequest {
+                instance_id: instance.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// How many sessions the admin API counts for `instance`.
+    pub async fn active(&self, instance: &str) -> u32 {
+        let listed = self.sessions(instance).await;
+        listed
+            .active_per_instance
+            .get(instance)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `host:port` of the listener, as HTTP clients name it.
+    pub fn host_port(&self) -> &str {
+        self.addr.trim_start_matches("http://")
     }
 
     pub async fn stop(self) {
@@ -166,6 +231,76 @@ impl TestServer {
             .expect("server task")
             .expect("server result");
     }
+}
+
+/// Opens an ExecStream with `client` that starts with `first`, sending the
+/// bearer `token` and the output `offset` a returning client kept, if any;
+/// the status a refused call ends with is the `Err`.
+async fn open_on(
+    mut client: ExecServiceClient<Channel>,
+    first: ExecMessage,
+    token: Option<&str>,
+    offset: Option<u64>,
+) -> Result<Exec, tonic::Status> {
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(first).await.unwrap();
+    let mut call = tonic::Request::new(ReceiverStream::new(rx));
+    let metadata = call.metadata_mut();
+    if let Some(token) = token {
+        let bearer = format!("Bearer {token}");
+        metadata.insert("authorization", bearer.parse().unwrap());
+    }
+    if let Some(offset) = offset {
+        metadata.insert("execd-output-offset", offset.to_string().parse().unwrap());
+    }
+    let rx = client.exec_stream(call).await?.into_inner();
+    Ok(Exec {
+        started_seen: false,
+        tx: Some(tx),
+        rx,
+        cut: None,
+        _client: client,
+    })
+}
+
+/// [`open_on`] a client of `channel` of the tests' own.
+pub async fn open_stream(
+    channel: Channel,
+    first: ExecMessage,
+    token: Option<&str>,
+    offset: Option<u64>,
+) -> Result<Exec, tonic::Status> {
+    let client = ExecServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    open_on(client, first, token, offset).await
+}
+
+/// Runs `req` to its end on `channel` as a client with the bearer `token`
+/// (if any) would; the status a refused call or the session's RPC ended
+/// with is the `Err`.
+pub async fn exec_with_token(
+    channel: Channel,
+    token: Option<&str>,
+    req: ExecStartRequest,
+) -> Result<Transcript, tonic::Status> {
+    let mut t = open_stream(channel, start_msg("", req), token, None)
+        .await?
+        .finish()
+        .await;
+    match t.rpc.take() {
+        Some(status) => Err(status),
+        None => Ok(t),
+    }
+}
+
+/// `cfg` with tokens required: `tokens` (a token file's text, a token a
+/// line) in a file of a fresh temporary directory, which the caller keeps
+/// for as long as the server may read the file again.
+pub fn with_tokens(mut cfg: ServerConfig, tokens: &str) -> (ServerConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, tokens).unwrap();
+    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    (cfg, dir)
 }
 
 // The message builders live in execd-client (shared with the example
@@ -258,6 +393,8 @@ pub struct Exec {
     started_seen: bool,
     pub tx: Option<mpsc::Sender<ExecMessage>>,
     pub rx: Streaming<ExecMessage>,
+    /// Set when opened by [`TestServer::open_cuttable`].
+    cut: Option<Cutter>,
     _client: ExecServiceClient<Channel>,
 }
 
@@ -291,6 +428,44 @@ impl Exec {
             }
             other => panic!("expected STARTED first, got {other:?}"),
         }
+    }
+
+    /// The first status (skipping anything before it), or the status the
+    /// RPC ended with instead.
+    pub async fn first_status(&mut self) -> Result<WireStatus, tonic::Status> {
+        loop {
+            let msg = self.next().await.expect("a status before the end")?;
+            if let Some(Payload::Status(s)) = msg.payload {
+                let status = WireStatus::try_from(s.status).expect("known status");
+                self.started_seen |= status == WireStatus::Started;
+                return Ok(status);
+            }
+        }
+    }
+
+    /// The client vanishes (its connection just ends: no half-close, no
+    /// reset); the server is given `notice` to see that.
+    pub async fn vanish(mut self, notice: Duration) {
+        let cut = self.cut.take().expect("a stream of open_cuttable");
+        cut.cut();
+        drop(self);
+        tokio::time::sleep(notice).await;
+    }
+
+    /// Reads output until at least `n` bytes arrived.
+    pub async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let msg = self
+                .next()
+                .await
+                .expect("stream open")
+                .expect("no RPC error");
+            if let Some(Payload::OutputData(o)) = msg.payload {
+                out.extend_from_slice(&o.data);
+            }
+        }
+        out
     }
 
     /// Reads output until `needle` appears (returns everything read so far).

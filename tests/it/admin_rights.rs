@@ -271,13 +271,9 @@ async fn oversized_or_control_character_instance_ids_are_refused() {
 
 #[tokio::test]
 async fn exec_tokens_cannot_administer_and_each_token_is_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let exec_file = dir.path().join("exec-tokens");
+    let (mut cfg, dir) = with_tokens(host_config(), "exec-a\nexec-b\n");
     let admin_file = dir.path().join("admin-tokens");
-    std::fs::write(&exec_file, "exec-a\nexec-b\n").unwrap();
     std::fs::write(&admin_file, "admin-1\n").unwrap();
-    let mut cfg = host_config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&exec_file).unwrap());
     cfg.admin_auth = Some(execd::auth::TokenStore::load(&admin_file).unwrap());
     cfg.manager.limits.max_sessions_per_owner = 2;
     let server = start_server(cfg).await;
@@ -362,11 +358,7 @@ async fn exec_tokens_cannot_administer_and_each_token_is_limited() {
 /// every instance; another token's session is as if unknown.
 #[tokio::test]
 async fn without_admin_tokens_an_exec_token_administers_its_own_sessions_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let exec_file = dir.path().join("exec-tokens");
-    std::fs::write(&exec_file, "exec-a\nexec-b\n").unwrap();
-    let mut cfg = host_config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&exec_file).unwrap());
+    let (cfg, _tokens) = with_tokens(host_config(), "exec-a\nexec-b\n");
     let server = start_server(cfg).await;
     let channel = server.channel().await;
     let instance = format!("own-{}", marker());
@@ -445,11 +437,7 @@ async fn without_admin_tokens_an_exec_token_administers_its_own_sessions_only() 
 /// instance ids it names: inventing new ones (or none) does not dodge it.
 #[tokio::test]
 async fn invented_instance_ids_do_not_dodge_the_per_token_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let exec_file = dir.path().join("exec-tokens");
-    std::fs::write(&exec_file, "exec-a\n").unwrap();
-    let mut cfg = host_config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&exec_file).unwrap());
+    let (mut cfg, _tokens) = with_tokens(host_config(), "exec-a\n");
     cfg.manager.limits.max_sessions_per_owner = 3;
     let server = start_server(cfg).await;
     let channel = server.channel().await;

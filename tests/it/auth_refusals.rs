@@ -95,19 +95,13 @@ async fn grpc_with(server: &TestServer, n: u32, auth: &[&str]) -> Result<(), ton
 /// door's refusals show in `/metrics`; one right field passes.
 #[tokio::test]
 async fn two_authorization_fields_are_refused_on_every_door() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("{RIGHT}\n")).unwrap();
+    need_docker!();
     let metrics_port = common::free_port();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&tokens).unwrap());
+    let (mut cfg, _tokens) = with_tokens(config(), &format!("{RIGHT}\n"));
     cfg.web.enabled = true;
     cfg.metrics_listen = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap());
     let server = start_server(cfg).await;
-    let host_port = server.addr.trim_start_matches("http://").to_string();
+    let host_port = server.host_port().to_string();
     let container = shared_container();
     let right = format!("Bearer {RIGHT}");
     let wrong = format!("Bearer {WRONG}");

@@ -6,6 +6,7 @@
 //! counted in `/metrics`.
 
 use crate::common;
+use crate::common::docker_api;
 
 use std::time::Duration;
 
@@ -21,10 +22,6 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-fn host_port(server: &TestServer) -> String {
-    server.addr.trim_start_matches("http://").to_string()
-}
-
 /// A gRPC-framed message (uncompressed, length-prefixed), as a page can
 /// put in a `text/plain` body.
 fn grpc_frame(msg: &impl Message) -> Bytes {
@@ -35,67 +32,50 @@ fn grpc_frame(msg: &impl Message) -> Bytes {
     Bytes::from(framed)
 }
 
-/// Whether `path` exists in the shared container.
-fn exists_in_container(path: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["exec", shared_container(), "test", "-e", path])
-        .status()
-        .expect("docker exec")
-        .success()
+/// How a request goes: HTTP/1.1, or HTTP/2 with prior knowledge.
+#[derive(Clone, Copy, PartialEq)]
+enum Http {
+    V1,
+    V2,
 }
 
-/// One request over a fresh HTTP/1.1 connection: status and body.
-async fn http1(
+/// One POST over a fresh connection: status and body.
+async fn post(
+    http: Http,
     server: &TestServer,
     path: &str,
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(host_port(server))
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::builder().method("POST").uri(path);
+    // HTTP/2 names the authority in the URI; HTTP/1.1 in the `host`
+    // header, which is the caller's to send.
+    let uri = match http {
+        Http::V1 => path.to_string(),
+        Http::V2 => format!("http://{}{path}", server.host_port()),
+    };
+    let mut req = http::Request::builder().method("POST").uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender
-        .send_request(req.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// One request over a fresh HTTP/2 (prior knowledge) connection.
-async fn http2(
-    server: &TestServer,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(host_port(server))
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}{path}", host_port(server)));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    let req = req.body(Full::new(body)).unwrap();
+    let resp = match http {
+        Http::V1 => {
+            let mut sender = docker_api::http1_connect(server).await;
+            sender.send_request(req).await
+        }
+        Http::V2 => {
+            let stream = tokio::net::TcpStream::connect(server.host_port())
+                .await
+                .unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await
+        }
     }
-    let resp = sender
-        .send_request(req.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
+    .unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -114,14 +94,15 @@ async fn grpc_paths_take_only_http2_grpc_requests() {
     let pwned = format!("/tmp/execd-pwned-{}", marker());
     let start = grpc_frame(&start_msg("", req(shared_container(), &["touch", &pwned])));
     let exec_path = "/exec_service.ExecService/ExecStream";
-    let host = host_port(&server);
+    let host = server.host_port();
 
     // The attack as reported: HTTP/1.1, text/plain, a foreign Origin.
-    let (status, body) = http1(
+    let (status, body) = post(
+        Http::V1,
         &server,
         exec_path,
         &[
-            ("host", &host),
+            ("host", host),
             ("content-type", "text/plain"),
             ("origin", "http://evil.example"),
         ],
@@ -131,10 +112,11 @@ async fn grpc_paths_take_only_http2_grpc_requests() {
     assert_eq!(status, 403, "{body}");
     // Without the Origin (an older browser, a form): still not gRPC.
     for content_type in ["text/plain", "application/grpc"] {
-        let (status, body) = http1(
+        let (status, body) = post(
+            Http::V1,
             &server,
             exec_path,
-            &[("host", &host), ("content-type", content_type)],
+            &[("host", host), ("content-type", content_type)],
             start.clone(),
         )
         .await;
@@ -149,7 +131,8 @@ async fn grpc_paths_take_only_http2_grpc_requests() {
         "/grpc.health.v1.Health/Check",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     ] {
-        let (status, body) = http2(
+        let (status, body) = post(
+            Http::V2,
             &server,
             path,
             &[("content-type", "text/plain")],
@@ -157,10 +140,11 @@ async fn grpc_paths_take_only_http2_grpc_requests() {
         )
         .await;
         assert_eq!(status, 415, "{path}: {body}");
-        let (status, _) = http1(
+        let (status, _) = post(
+            Http::V1,
             &server,
             path,
-            &[("host", &host), ("content-type", "application/grpc")],
+            &[("host", host), ("content-type", "application/grpc")],
             Bytes::new(),
         )
         .await;
@@ -168,16 +152,12 @@ async fn grpc_paths_take_only_http2_grpc_requests() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !exists_in_container(&pwned),
+        !exists_in(shared_container(), &pwned),
         "a refused request ran its command"
     );
 
     // A real gRPC client on the same listener is served.
-    let t = server
-        .exec(req(shared_container(), &["echo", "fine"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["echo", "fine"])).await;
     assert_eq!(t.stdout_str(), "fine\n");
 
     let scraped = scrape_metrics(metrics).await;
@@ -221,7 +201,8 @@ fn with_header(
 async fn rebinding_and_cross_site_requests_reach_no_service() {
     need_docker!();
     let server = start_server(config()).await;
-    let port = host_port(&server)
+    let port = server
+        .host_port()
         .rsplit_once(':')
         .map(|(_, p)| p.to_string())
         .unwrap();
@@ -263,7 +244,7 @@ async fn rebinding_and_cross_site_requests_reach_no_service() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !exists_in_container(&pwned),
+        !exists_in(shared_container(), &pwned),
         "a refused request ran its command"
     );
 
@@ -291,11 +272,12 @@ async fn unserved_paths_are_counted() {
     let mut cfg = config();
     cfg.metrics_listen = Some(metrics);
     let server = start_server(cfg).await;
-    let host = host_port(&server);
-    let (status, body) = http1(
+    let host = server.host_port();
+    let (status, body) = post(
+        Http::V1,
         &server,
         "/no/such/path?secret=1",
-        &[("host", &host)],
+        &[("host", host)],
         Bytes::new(),
     )
     .await;

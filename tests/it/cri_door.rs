@@ -35,6 +35,19 @@ fn url_path(server: &TestServer, url: &str) -> String {
         .to_string()
 }
 
+/// The path of the Exec URL `server` issues for `cmd` in the shared
+/// container.
+async fn exec_url_path(server: &TestServer, cmd: &[&str]) -> String {
+    let url = cri(server)
+        .await
+        .exec(exec_req(shared_container(), cmd))
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    url_path(server, &url)
+}
+
 #[tokio::test]
 async fn exec_sync_returns_output_and_exit_code_and_kills_on_timeout() {
     need_docker!();
@@ -76,19 +89,9 @@ async fn exec_sync_returns_output_and_exit_code_and_kills_on_timeout() {
 async fn exec_url_streams_once_and_only_once() {
     need_docker!();
     let server = start_server(config()).await;
-    let mut client = cri(&server).await;
-    let url = client
-        .exec(exec_req(
-            shared_container(),
-            &["sh", "-c", "echo via-cri; exit 4"],
-        ))
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url;
-    let path = url_path(&server, &url);
-    assert!(path.starts_with("/exec/"), "{url}");
-    assert_eq!(path.len(), "/exec/".len() + 32, "128-bit token: {url}");
+    let path = exec_url_path(&server, &["sh", "-c", "echo via-cri; exit 4"]).await;
+    assert!(path.starts_with("/exec/"), "{path}");
+    assert_eq!(path.len(), "/exec/".len() + 32, "128-bit token: {path}");
     let mut ws = connect(&server.addr, &path, V5, &[])
         .await
         .expect("upgraded");
@@ -111,13 +114,8 @@ async fn exec_url_streams_once_and_only_once() {
     .expect("unknown");
     assert_eq!(unknown.code, 404);
     // An exec URL is not an attach URL.
-    let url = client
-        .exec(exec_req(shared_container(), &["true"]))
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let swapped = url_path(&server, &url).replacen("/exec/", "/attach/", 1);
+    let path = exec_url_path(&server, &["true"]).await;
+    let swapped = path.replacen("/exec/", "/attach/", 1);
     assert_eq!(
         connect(&server.addr, &swapped, V5, &[])
             .await
@@ -135,15 +133,9 @@ async fn expired_urls_are_gone_and_outstanding_ones_are_bounded() {
     let mut cfg = config();
     cfg.stream_token_ttl = Duration::from_millis(300);
     let server = start_server(cfg).await;
-    let mut client = cri(&server).await;
-    let url = client
-        .exec(exec_req(shared_container(), &["true"]))
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let path = exec_url_path(&server, &["true"]).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let r = connect(&server.addr, &url_path(&server, &url), V5, &[])
+    let r = connect(&server.addr, &path, V5, &[])
         .await
         .err()
         .expect("expired");
@@ -212,7 +204,7 @@ async fn requests_are_validated_before_a_url_is_issued() {
         assert_eq!(err.code(), code, "{shown}: {err:?}");
     }
     // Created, never started: not running.
-    let created = CreatedContainer::new("cri-created");
+    let created = ContainerSpec::new("cri-created", &["true"]).create();
     let name = created.0.clone();
     let err = client
         .exec(exec_req(&name, &["true"]))
@@ -262,7 +254,7 @@ async fn requests_are_validated_before_a_url_is_issued() {
 async fn attach_url_joins_pid1_and_leaving_keeps_it_running() {
     need_docker!();
     let server = start_server(config()).await;
-    let c = InteractiveContainer::start("cri");
+    let c = ContainerSpec::shell("attach-cri").run();
     let name = c.0.clone();
     let mut client = cri(&server).await;
     let url = client
@@ -292,11 +284,7 @@ async fn attach_url_joins_pid1_and_leaving_keeps_it_running() {
 #[tokio::test]
 async fn cri_calls_need_the_token_but_urls_are_the_capability() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens");
-    std::fs::write(&path, "cri-s3cret\n").unwrap();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    let (cfg, _tokens) = with_tokens(config(), "cri-s3cret\n");
     let server = start_server(cfg).await;
     let mut client = cri(&server).await;
     let err = client
@@ -315,30 +303,11 @@ async fn cri_calls_need_the_token_but_urls_are_the_capability() {
     server.stop().await;
 }
 
-/// A plain HTTP/1.1 GET, answered status line first.
-async fn plain_get(base: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn a_url_survives_refused_requests_and_upgrades_exactly_once() {
     need_docker!();
     let server = start_server(config()).await;
-    let mut client = cri(&server).await;
-    let url = client
-        .exec(exec_req(shared_container(), &["echo", "only-once"]))
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url;
-    let path = url_path(&server, &url);
+    let path = exec_url_path(&server, &["echo", "only-once"]).await;
     // A prefetcher's plain GET, and an offer of nothing execd speaks, are
     // refused without spending the URL.
     let plain = plain_get(&server.addr, &path).await;
@@ -372,11 +341,7 @@ async fn a_url_survives_refused_requests_and_upgrades_exactly_once() {
 async fn outstanding_urls_are_capped_per_token() {
     need_docker!();
     use execd::doors::kube::tokens::MAX_PENDING_PER_OWNER;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens");
-    std::fs::write(&path, "cri-a\ncri-b\n").unwrap();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    let (mut cfg, _tokens) = with_tokens(config(), "cri-a\ncri-b\n");
     cfg.stream_token_ttl = Duration::from_secs(600);
     let server = start_server(cfg).await;
     let client = cri(&server).await;

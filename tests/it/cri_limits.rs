@@ -70,9 +70,7 @@ fn judge(outcome: Result<tonic::Response<ExecSyncResponse>, tonic::Status>) -> J
 
 #[tokio::test]
 async fn exec_sync_output_is_capped_per_call_and_budgeted_across_calls() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let execd = ExecdProcess::start(&[]).await;
     // Replies of both capped streams are larger than tonic's default 4 MiB;
     // kubelet and crictl accept 16 MiB.

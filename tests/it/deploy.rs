@@ -30,12 +30,8 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use crate::common::{free_port, Reach, SpawnedExecd};
 use clap::CommandFactory;
-use execd_proto::exec_service::exec_message::Payload;
-use execd_proto::exec_service::exec_service_client::ExecServiceClient;
-use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use pki::ServerPki;
 use shipped::*;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 const TOKEN: &str = "deploy-test-token";
@@ -108,46 +104,10 @@ fn mode(path: &Path) -> u32 {
 /// `echo deployed` in the shared container; returns the output, or the
 /// status the call or the stream ended with.
 async fn echo(channel: Channel, token: Option<&str>) -> Result<String, tonic::Status> {
-    let value =
-        token.map(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {t}")).unwrap());
-    let mut client =
-        ExecServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            if let Some(v) = &value {
-                req.metadata_mut().insert("authorization", v.clone());
-            }
-            Ok(req)
-        });
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(start_msg(
-        "",
-        req(shared_container(), &["echo", "deployed"]),
-    ))
-    .await
-    .unwrap();
-    let mut stream = client
-        .exec_stream(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut statuses = Vec::new();
-    let mut out = Vec::new();
-    while let Some(msg) = tokio::time::timeout(PATIENCE, stream.message())
-        .await
-        .expect("a message in time")?
-    {
-        match msg.payload {
-            Some(Payload::OutputData(o)) => out.extend_from_slice(&o.data),
-            Some(Payload::Status(s)) => statuses.push((s.status, s.exit_code)),
-            other => panic!("server sent {other:?}"),
-        }
-    }
-    assert_eq!(
-        statuses,
-        [
-            (WireStatus::Started as i32, 0),
-            (WireStatus::Exited as i32, 0)
-        ]
-    );
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let request = req(shared_container(), &["echo", "deployed"]);
+    let t = exec_with_token(channel, token, request).await?;
+    assert_eq!(t.assert_exited(), 0);
+    Ok(t.stdout_str())
 }
 
 /// What a started deployment declared, after mapping.

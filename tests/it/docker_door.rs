@@ -195,49 +195,18 @@ async fn killed_cli_kills_the_process_in_the_container() {
     server.stop().await;
 }
 
-/// The interpreter of the interop tests when it has docker-py; `None` (the
-/// test skips) when it does not, outside CI.
-fn docker_py(test: &str) -> Option<std::ffi::OsString> {
-    let python = std::env::var_os("EXECD_TEST_PYTHON").unwrap_or_else(|| "python3".into());
-    let usable = Command::new(&python)
-        .args(["-c", "import docker"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "{python:?} cannot import docker and CI=true (pip install -r tests/python/requirements.txt)"
-        );
-        eprintln!("SKIPPED {test}: no docker-py in {python:?}");
-        return None;
-    }
-    Some(python)
-}
-
-/// Runs `tests/python/docker_sdk.py` against `server` and reads its JSON.
+/// Runs `tests/python/docker_sdk.py` (docker-py) with `python` against
+/// `server` and reads its JSON.
 async fn docker_sdk(
-    python: std::ffi::OsString,
+    python: &std::path::Path,
     server: &TestServer,
-    container: &'static str,
+    container: &str,
     args: &[&str],
 ) -> serde_json::Value {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/docker_sdk.py");
-    let addr = host_port(server);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg("-B")
-            .arg(script)
-            .args([addr.as_str(), container])
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut sdk = python_script(python, "docker_sdk.py");
+    sdk.args([server.host_port(), container]).args(args);
+    // Only stops a hang: docker-py bounds its own calls.
+    json_of(&mut sdk, Duration::from_secs(300)).await
 }
 
 /// docker-py's low-level API (`exec_create`, `exec_start`, `exec_inspect`),
@@ -245,12 +214,13 @@ async fn docker_sdk(
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_py_exec_through_execd() {
     need_docker!();
-    let Some(python) = docker_py("docker_py_exec_through_execd") else {
+    let Some(python) = python_with("docker_py_exec_through_execd", "import docker", "docker-py")
+    else {
         return;
     };
     let c = shared_container();
     let server = start_server(config()).await;
-    let v = docker_sdk(python, &server, c, &[]).await;
+    let v = docker_sdk(&python, &server, c, &[]).await;
     assert_eq!(v["api_version"], execd::doors::docker::API_VERSION);
     assert_eq!(v["stdout"], "out\n", "{v}");
     assert_eq!(v["stderr"], "err\n", "{v}");
@@ -272,12 +242,16 @@ async fn docker_py_exec_through_execd() {
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_py_exec_run_keeps_every_byte() {
     need_docker!();
-    let Some(python) = docker_py("docker_py_exec_run_keeps_every_byte") else {
+    let Some(python) = python_with(
+        "docker_py_exec_run_keeps_every_byte",
+        "import docker",
+        "docker-py",
+    ) else {
         return;
     };
     let c = shared_container();
     let server = start_server(config()).await;
-    let v = docker_sdk(python, &server, c, &["every-byte", "30"]).await;
+    let v = docker_sdk(&python, &server, c, &["every-byte", "30"]).await;
     assert_eq!(v["execs"], 60, "{v}");
     let wrong = v["wrong"].as_array().map_or(usize::MAX, Vec::len);
     assert!(wrong <= 2, "{v}");

@@ -11,8 +11,7 @@ use crate::common::*;
 use bytes::Bytes;
 use docker_api::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_api_upgrade_frames_and_exit_code() {
@@ -65,16 +64,13 @@ async fn pod_api_stdin_half_close_and_plain_200() {
     let c = shared_container();
     let server = start_server(config()).await;
     // The pod counts the session; ?container= names the container.
-    let (status, _, body) = request(
+    let cat = exec_create(
         &server,
-        "POST",
         &format!("/api/v1/namespaces/default/pods/my-pod/exec?container={c}"),
         &[],
         r#"{"attachStdin":true,"attachStdout":true,"cmd":["cat"]}"#,
     )
     .await;
-    assert_eq!(status, 201, "{}", text(&body));
-    let cat = json(&body)["Id"].as_str().unwrap().to_string();
     let raw = start_hijacked(
         &server,
         &format!("/api/v1/exec/{cat}/start"),
@@ -84,16 +80,13 @@ async fn pod_api_stdin_half_close_and_plain_200() {
     assert_eq!(unframe(&raw).0, b"hello\x00bytes");
 
     // Without the upgrade header: 200 and the frames on the body.
-    let (status, _, body) = request(
+    let plain = exec_create(
         &server,
-        "POST",
         &format!("/api/v1/namespaces/default/pods/x/exec?container={c}"),
         &[],
         r#"{"attachStdout":true,"attachStderr":true,"cmd":["sh","-c","echo hi; echo oops >&2"]}"#,
     )
     .await;
-    assert_eq!(status, 201);
-    let plain = json(&body)["Id"].as_str().unwrap().to_string();
     let (status, headers, body) = request(
         &server,
         "POST",
@@ -117,19 +110,7 @@ async fn pod_api_refusals_and_resize() {
     need_docker!();
     let c = shared_container();
     let server = start_server(config()).await;
-    let create = |body: &'static str| {
-        let server = &server;
-        async move {
-            request(
-                server,
-                "POST",
-                &format!("/api/v1/namespaces/default/pods/p/exec?container={c}"),
-                &[],
-                body,
-            )
-            .await
-        }
-    };
+    let create_path = format!("/api/v1/namespaces/default/pods/p/exec?container={c}");
     for bad in [
         "{",
         r#"{"cmd":"sh"}"#,
@@ -137,7 +118,7 @@ async fn pod_api_refusals_and_resize() {
         r#"{"cmd":["sh"],"workingDir":"relative"}"#,
         r#"{"cmd":["sh"],"user":"-u"}"#,
     ] {
-        let (status, _, body) = create(bad).await;
+        let (status, _, body) = request(&server, "POST", &create_path, &[], bad).await;
         assert_eq!(status, 400, "{bad}: {}", text(&body));
         assert!(json(&body)["message"].is_string(), "{bad}");
     }
@@ -167,8 +148,8 @@ async fn pod_api_refusals_and_resize() {
 
     // Resize before the start becomes the initial size; one right after
     // the start is applied too.
-    let (_, _, body) = create(r#"{"tty":true,"attachStdin":true,"attachStdout":true,"cmd":["sh","-c","sleep 1; stty size"]}"#).await;
-    let id = json(&body)["Id"].as_str().unwrap().to_string();
+    let body = r#"{"tty":true,"attachStdin":true,"attachStdout":true,"cmd":["sh","-c","sleep 1; stty size"]}"#;
+    let id = exec_create(&server, &create_path, &[], body).await;
     for bad in ["h=-1&w=5", "h=5", "w=5", "h=x&w=5", ""] {
         let (status, _, body) = request(
             &server,
@@ -189,15 +170,7 @@ async fn pod_api_refusals_and_resize() {
     )
     .await;
     assert_eq!(status, 200);
-    let response = send(
-        &server,
-        "POST",
-        &format!("/api/v1/exec/{id}/start"),
-        &[("connection", "Upgrade"), ("upgrade", "tcp")],
-        "",
-    )
-    .await;
-    assert_eq!(response.status(), 101);
+    let response = post_upgrade(&server, &format!("/api/v1/exec/{id}/start"), &[], "").await;
     assert_eq!(
         response.headers()["content-type"],
         "application/vnd.docker.raw-stream"
@@ -211,12 +184,7 @@ async fn pod_api_refusals_and_resize() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, io.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    let raw = read_to_end(&mut upgraded(response).await).await;
     assert!(text(&raw).contains("25 90"), "{}", text(&raw));
     server.stop().await;
 }
@@ -275,16 +243,13 @@ async fn engine_api_paths_versions_and_privileged() {
     )
     .await;
     assert_eq!(status, 403, "{}", text(&body));
-    let (status, _, body) = request(
+    let id = exec_create(
         &server,
-        "POST",
         &format!("/v1.44/containers/{c}/exec"),
         &[],
         r#"{"Cmd":["true"],"AttachStdout":true}"#,
     )
     .await;
-    assert_eq!(status, 201);
-    let id = json(&body)["Id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 64);
     let (_, _, body) = request(&server, "GET", &format!("/exec/{id}/json"), &[], "").await;
     assert_eq!(json(&body)["Running"], false);
@@ -305,11 +270,7 @@ async fn engine_api_paths_versions_and_privileged() {
 async fn tokens_guard_every_path_but_ping_and_version() {
     need_docker!();
     let c = shared_container();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "s3cret\n").unwrap();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&tokens).unwrap());
+    let (cfg, _tokens) = with_tokens(config(), "s3cret\n");
     let server = start_server(cfg).await;
     for path in ["/_ping", "/version", "/v1.44/_ping", "/v1.44/version"] {
         let (status, _, _) = request(&server, "GET", path, &[], "").await;
@@ -368,19 +329,10 @@ async fn tokens_guard_every_path_but_ping_and_version() {
 async fn engine_attach_reaches_pid1_and_leaving_keeps_it_running() {
     need_docker!();
     let server = start_server(config()).await;
-    let c = InteractiveContainer::start("docker");
+    let c = ContainerSpec::shell("attach-docker").run();
     let name = c.0.clone();
     let path = format!("/v1.41/containers/{name}/attach?stream=1&stdin=1&stdout=1&stderr=1");
-    let response = send(
-        &server,
-        "POST",
-        &path,
-        &[("connection", "Upgrade"), ("upgrade", "tcp")],
-        "",
-    )
-    .await;
-    assert_eq!(response.status(), 101);
-    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    let mut io = upgraded(post_upgrade(&server, &path, &[], "").await).await;
     // $((6*7)) is computed by the shell: seeing 42 means PID 1 ran it.
     type_until(&mut io, b"echo attached-$((6*7))\n", "attached-42").await;
     io.shutdown().await.unwrap();
@@ -404,13 +356,7 @@ async fn engine_attach_reaches_pid1_and_leaving_keeps_it_running() {
 #[tokio::test]
 async fn token_less_tcp_answers_only_addresses_and_localhost() {
     let server = start_server(config()).await;
-    let stream = tokio::net::TcpStream::connect(host_port(&server))
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_connect(&server).await;
     for (host, expected) in [
         ("rb.attacker.example:50051", 403),
         ("localhost:50051", 200),
@@ -441,29 +387,20 @@ async fn resize_right_after_start_is_applied() {
     need_docker!();
     let c = shared_container();
     let server = start_server(config()).await;
-    let (status, _, body) = request(
+    let id = exec_create(
         &server,
-        "POST",
         &format!("/v1.44/containers/{c}/exec"),
         &[("content-type", "application/json")],
         r#"{"Tty":true,"AttachStdin":true,"AttachStdout":true,"Cmd":["sh","-c","read x; stty size"]}"#,
     )
     .await;
-    assert_eq!(status, 201, "{}", text(&body));
-    let id = json(&body)["Id"].as_str().unwrap().to_string();
-    let response = send(
+    let response = post_upgrade(
         &server,
-        "POST",
         &format!("/v1.44/exec/{id}/start"),
-        &[
-            ("connection", "Upgrade"),
-            ("upgrade", "tcp"),
-            ("content-type", "application/json"),
-        ],
+        &[("content-type", "application/json")],
         r#"{"Detach":false,"Tty":true}"#,
     )
     .await;
-    assert_eq!(response.status(), 101);
     let (status, _, _) = request(
         &server,
         "POST",
@@ -473,13 +410,9 @@ async fn resize_right_after_start_is_applied() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    let mut io = upgraded(response).await;
     io.write_all(b"go\n").await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, io.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    let raw = read_to_end(&mut io).await;
     assert!(text(&raw).contains("33 101"), "{}", text(&raw));
     server.stop().await;
 }
@@ -492,21 +425,14 @@ async fn resize_right_after_start_is_applied() {
 async fn execs_belong_to_their_token_and_are_capped_per_token() {
     need_docker!();
     let c = shared_container();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "alice-token\nbob-token\n").unwrap();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&tokens).unwrap());
+    let (cfg, _tokens) = with_tokens(config(), "alice-token\nbob-token\n");
     let server = start_server(cfg).await;
     const ALICE: &[(&str, &str)] = &[("authorization", "Bearer alice-token")];
     const BOB: &[(&str, &str)] = &[("authorization", "Bearer bob-token")];
-    let create = |who: &'static [(&'static str, &'static str)], path: String| {
-        let server = &server;
-        async move {
-            let body = r#"{"Cmd":["echo","mine"],"cmd":["echo","mine"],"AttachStdout":true,"attachStdout":true}"#;
-            request(server, "POST", &path, who, body).await
-        }
-    };
+    // One body for both APIs: each reads its own spelling.
+    const MINE: &str =
+        r#"{"Cmd":["echo","mine"],"cmd":["echo","mine"],"AttachStdout":true,"attachStdout":true}"#;
+    let create = |who, path| request(&server, "POST", path, who, MINE);
     for (path, prefix) in [
         (format!("/v1.44/containers/{c}/exec"), "/v1.44/exec"),
         (
@@ -514,9 +440,7 @@ async fn execs_belong_to_their_token_and_are_capped_per_token() {
             "/api/v1/exec",
         ),
     ] {
-        let (status, _, body) = create(ALICE, path).await;
-        assert_eq!(status, 201, "{}", text(&body));
-        let id = json(&body)["Id"].as_str().unwrap().to_string();
+        let id = exec_create(&server, &path, ALICE, MINE).await;
         for (method, op) in [
             ("POST", "start"),
             ("POST", "resize?h=10&w=20"),
@@ -550,10 +474,10 @@ async fn execs_belong_to_their_token_and_are_capped_per_token() {
     let cap = execd::doors::docker::MAX_CREATED_PER_OWNER;
     let bob_creates = format!("/v1.44/containers/{c}/exec");
     for _ in 0..cap {
-        let (status, _, body) = create(BOB, bob_creates.clone()).await;
+        let (status, _, body) = create(BOB, &bob_creates).await;
         assert_eq!(status, 201, "{}", text(&body));
     }
-    let (status, _, body) = create(BOB, bob_creates.clone()).await;
+    let (status, _, body) = create(BOB, &bob_creates).await;
     assert_eq!(status, 429, "{}", text(&body));
     assert!(
         json(&body)["message"]
@@ -563,7 +487,7 @@ async fn execs_belong_to_their_token_and_are_capped_per_token() {
         "{}",
         text(&body)
     );
-    let (status, _, body) = create(ALICE, bob_creates).await;
+    let (status, _, body) = create(ALICE, &bob_creates).await;
     assert_eq!(status, 201, "alice is not bob: {}", text(&body));
     server.stop().await;
 }

@@ -26,22 +26,12 @@ fn engine_config(socket: PathBuf) -> execd::ServerConfig {
 
 #[tokio::test]
 async fn engine_gone_mid_session_ends_it_unavailable_without_a_hang() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("engine.sock");
     let engine = UnixProxy::start(&socket, "/var/run/docker.sock".into());
     let server = start_server(engine_config(socket)).await;
-    let n = marker();
-    let mut exec = server
-        .exec(req(
-            shared_container(),
-            &["sh", "-c", &format!("echo up; exec sleep {n}")],
-        ))
-        .await;
-    exec.started().await;
-    exec.read_until("up").await;
+    let (exec, n) = server.exec_sleeper(shared_container()).await;
     engine.stop();
     // Bounded well above the engine client's own timeouts (connect 5 s,
     // answer 30 s), so a hang fails; 20 s was once exceeded on a fully
@@ -55,35 +45,23 @@ async fn engine_gone_mid_session_ends_it_unavailable_without_a_hang() {
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
     // And new sessions are refused as unavailable, not hung.
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     t.assert_error(Code::Unavailable);
 }
 
 #[tokio::test]
 async fn no_engine_at_start_is_unavailable() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(engine_config(dir.path().join("nobody.sock"))).await;
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     let msg = t.assert_error(Code::Unavailable);
     assert!(msg.contains("engine"), "{msg}");
 }
 
 #[tokio::test]
 async fn tty_output_survives_stdin_eof_before_the_process_writes() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     // The engine closes a tty exec's console when its input is closed, so
     // a client's EOF must become the terminal's EOF character, never a
     // half-close that would swallow what the process prints next.

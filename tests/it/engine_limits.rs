@@ -35,42 +35,6 @@ use tokio::net::{UnixListener, UnixStream};
 const FLOOD: usize = 200;
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
-/// A running idle container of the test's own, removed when dropped.
-struct Idle(String);
-
-impl Idle {
-    fn new(tag: &str) -> Idle {
-        let name = format!("execd-test-{tag}-{}", std::process::id());
-        let docker = |args: &[&str]| std::process::Command::new("docker").args(args).output();
-        let _ = docker(&["rm", "-f", &name]);
-        let out = docker(&[
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--label",
-            "execd-test=1",
-            "--name",
-            &name,
-            IMAGE,
-            "sleep",
-            "infinity",
-        ])
-        .expect("docker run");
-        assert!(out.status.success(), "{out:?}");
-        Idle(name)
-    }
-}
-
-impl Drop for Idle {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .output();
-    }
-}
-
 /// How the slow engine is reached.
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -294,7 +258,7 @@ async fn every_door_refuses(server: &TestServer, slow: &str) {
 async fn engine_calls_outside_sessions_are_bounded(route: Route) {
     need_docker!();
     let session_container = shared_container();
-    let slow = Idle::new(&format!("limits-{route:?}").to_lowercase());
+    let slow = ContainerSpec::idle(&format!("limits-{route:?}").to_lowercase()).run();
     let (engine, manager) = SlowEngine::start(route, &slow.0);
     let mut cfg = config();
     cfg.manager = manager;

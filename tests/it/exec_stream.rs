@@ -29,11 +29,7 @@ async fn echo_reports_started_output_exited_with_session_id_everywhere() {
 async fn generated_session_id_is_128_bit_hex() {
     need_docker!();
     let server = start_server(config()).await;
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     t.assert_exited();
     let id = &t.session_ids[0];
     assert_eq!(id.len(), 32, "{id}");
@@ -63,9 +59,7 @@ async fn killed_by_signal_is_128_plus_signal() {
     need_docker!();
     let server = start_server(config()).await;
     let t = server
-        .exec(req(shared_container(), &["sh", "-c", "kill -KILL $$"]))
-        .await
-        .finish()
+        .run(req(shared_container(), &["sh", "-c", "kill -KILL $$"]))
         .await;
     assert_eq!(t.assert_exited(), 137);
 }
@@ -75,9 +69,7 @@ async fn command_not_found_exits_127() {
     need_docker!();
     let server = start_server(config()).await;
     let t = server
-        .exec(req(shared_container(), &["/no/such/binary"]))
-        .await
-        .finish()
+        .run(req(shared_container(), &["/no/such/binary"]))
         .await;
     let code = t.assert_exited();
     assert!(code == 127 || code == 126, "{t:#?}");
@@ -139,9 +131,7 @@ async fn no_trailing_output_is_lost() {
     need_docker!();
     let server = start_server(config()).await;
     let t = server
-        .exec(req(shared_container(), &["seq", "1", "200000"]))
-        .await
-        .finish()
+        .run(req(shared_container(), &["seq", "1", "200000"]))
         .await;
     assert_eq!(t.assert_exited(), 0);
     let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
@@ -154,7 +144,7 @@ async fn hundred_megabytes_of_output_arrive_whole() {
     need_docker!();
     let server = start_server(config()).await;
     let t = server
-        .exec(req(
+        .run(req(
             shared_container(),
             &[
                 "sh",
@@ -162,8 +152,6 @@ async fn hundred_megabytes_of_output_arrive_whole() {
                 "dd if=/dev/zero bs=1048576 count=100 2>/dev/null",
             ],
         ))
-        .await
-        .finish()
         .await;
     assert_eq!(t.assert_exited(), 0);
     assert_eq!(t.stdout.len(), 100 * 1024 * 1024);
@@ -181,7 +169,7 @@ async fn env_workdir_and_user_are_honoured() {
     r.env.insert("FOO".into(), "bar baz".into());
     r.working_dir = "/tmp".into();
     r.user = "1000".into();
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert_eq!(t.assert_exited(), 0);
     // No TERM is added without a terminal.
     assert_eq!(t.stdout_str(), "bar baz|/tmp|1000|\n");
@@ -200,7 +188,7 @@ async fn tty_gets_term_and_merged_output() {
         ],
     );
     r.tty = true;
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert_eq!(t.assert_exited(), 0);
     let out = t.stdout_str();
     assert!(out.contains("xterm\r\n"), "{out:?}");

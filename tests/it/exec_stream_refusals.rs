@@ -14,9 +14,7 @@ async fn missing_container_is_not_found_without_started() {
     need_docker!();
     let server = start_server(config()).await;
     let t = server
-        .exec(req("execd-no-such-container", &["echo", "x"]))
-        .await
-        .finish()
+        .run(req("execd-no-such-container", &["echo", "x"]))
         .await;
     let msg = t.assert_error(Code::NotFound);
     assert!(msg.contains("No such container"), "{msg}");
@@ -31,10 +29,10 @@ async fn missing_container_is_not_found_without_started() {
 #[tokio::test]
 async fn stopped_container_is_failed_precondition() {
     need_docker!();
-    let stopped = CreatedContainer::new("stopped");
+    let stopped = ContainerSpec::new("stopped", &["true"]).create();
     let name = stopped.0.clone();
     let server = start_server(config()).await;
-    let t = server.exec(req(&name, &["echo", "x"])).await.finish().await;
+    let t = server.run(req(&name, &["echo", "x"])).await;
     let msg = t.assert_error(Code::FailedPrecondition);
     assert!(msg.contains("not running"), "{msg}");
 }
@@ -44,7 +42,7 @@ async fn flag_injection_in_container_id_is_refused() {
     // No Docker needed: nothing may be spawned at all.
     let server = start_server(config()).await;
     for bad in ["--privileged", "-it", "a/b", "a b"] {
-        let t = server.exec(req(bad, &["id"])).await.finish().await;
+        let t = server.run(req(bad, &["id"])).await;
         let msg = t.assert_error(Code::InvalidArgument);
         assert!(msg.contains("container_id"), "{msg}");
     }
@@ -53,7 +51,7 @@ async fn flag_injection_in_container_id_is_refused() {
 #[tokio::test]
 async fn empty_container_id_is_refused_without_host_exec() {
     let server = start_server(config()).await;
-    let t = server.exec(req("", &["id"])).await.finish().await;
+    let t = server.run(req("", &["id"])).await;
     t.assert_error(Code::InvalidArgument);
 }
 
@@ -166,7 +164,7 @@ async fn invalid_requests_get_clear_errors() {
         (req("\u{263a}", &["id"]), "container_id"),
     ];
     for (r, needle) in cases {
-        let t = server.exec(r).await.finish().await;
+        let t = server.run(r).await;
         let msg = t.assert_error(Code::InvalidArgument);
         assert!(msg.contains(needle), "{msg} should mention {needle}");
     }
@@ -199,11 +197,7 @@ async fn messages_after_the_terminal_status_are_ignored() {
         .await;
     assert!(exec.next().await.is_none_or(|r| r.is_ok()));
     // Still serving.
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     t.assert_exited();
 }
 
@@ -245,7 +239,7 @@ async fn missing_runtime_cli_is_failed_precondition() {
         program: "/nonexistent/docker".into(),
     };
     let server = start_server(cfg).await;
-    let t = server.exec(req("web", &["id"])).await.finish().await;
+    let t = server.run(req("web", &["id"])).await;
     let msg = t.assert_error(Code::FailedPrecondition);
     assert!(msg.contains("not found"), "{msg}");
 }
@@ -271,7 +265,7 @@ async fn unreachable_engine_is_unavailable() {
         program: cli.to_string_lossy().into_owned(),
     };
     let server = start_server(cfg).await;
-    let t = server.exec(req("web", &["id"])).await.finish().await;
+    let t = server.run(req("web", &["id"])).await;
     let msg = t.assert_error(Code::Unavailable);
     assert!(msg.to_lowercase().contains("docker"), "{msg}");
 }
@@ -291,7 +285,7 @@ async fn host_exec_runs_on_the_host_with_env_and_workdir() {
     );
     r.env.insert("GREETING".into(), "hi".into());
     r.working_dir = "/".into();
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert_eq!(t.assert_exited(), 2);
     assert_eq!(t.stdout_str(), "hi /\n");
     assert_eq!(t.stderr_str(), "oops\n");
@@ -300,7 +294,7 @@ async fn host_exec_runs_on_the_host_with_env_and_workdir() {
     r.tty = true;
     r.rows = 12;
     r.cols = 34;
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert_eq!(t.assert_exited(), 0);
     assert!(
         t.stdout_str().contains("12 34") && t.stdout_str().contains("is-a-tty"),
@@ -308,7 +302,7 @@ async fn host_exec_runs_on_the_host_with_env_and_workdir() {
         t.stdout_str()
     );
     // A container id makes no sense here.
-    let t = server.exec(req("web", &["id"])).await.finish().await;
+    let t = server.run(req("web", &["id"])).await;
     t.assert_error(Code::InvalidArgument);
 }
 
@@ -342,10 +336,6 @@ async fn oversized_input_message_is_resource_exhausted() {
     exec.send(input_msg(vec![b'a'; 128 * 1024])).await;
     let t = exec.finish().await;
     t.assert_error(Code::ResourceExhausted);
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     t.assert_exited();
 }

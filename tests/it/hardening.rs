@@ -120,18 +120,6 @@ fn kill_in_container(needle: &str) {
     }
 }
 
-async fn active(server: &TestServer, instance: &str) -> u32 {
-    use execd_proto::admin::ListSessionsRequest;
-    let resp = server
-        .admin()
-        .await
-        .list_sessions(ListSessionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    resp.active_per_instance.get(instance).copied().unwrap_or(0)
-}
-
 /// A client that gives up while the container is still being checked: the
 /// session keeps counting until what it started in the container is gone,
 /// so the instance is not reported idle while its process still runs.
@@ -150,10 +138,10 @@ async fn a_start_cancelled_during_the_check_counts_until_its_process_is_gone() {
     r.instance_id = instance.clone();
     let exec = server.exec(r).await;
     wait_until_running(shared_container(), &format!("sleep {n}")).await;
-    assert_eq!(active(&server, &instance).await, 1);
+    assert_eq!(server.active(&instance).await, 1);
     drop(exec);
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while active(&server, &instance).await > 0 {
+    while server.active(&instance).await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "never idle");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -180,9 +168,7 @@ async fn a_failed_container_check_still_ends_what_the_exec_started() {
     let server = start_server(with_cli(&cli)).await;
     let n = marker();
     let t = server
-        .exec(req(shared_container(), &["sleep", &n.to_string()]))
-        .await
-        .finish()
+        .run(req(shared_container(), &["sleep", &n.to_string()]))
         .await;
     let msg = t.assert_error(tonic::Code::FailedPrecondition);
     assert!(msg.contains("500"), "{msg}");
@@ -211,9 +197,7 @@ async fn background_processes_are_ended_after_the_exit_unless_kept() {
         let n = marker();
         let script = format!("sleep {n} & exit 0");
         let t = server
-            .exec(req(shared_container(), &["sh", "-c", &script]))
-            .await
-            .finish()
+            .run(req(shared_container(), &["sh", "-c", &script]))
             .await;
         assert_eq!(t.assert_exited(), 0);
         let needle = format!("sleep {n}");

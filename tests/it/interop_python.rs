@@ -22,40 +22,16 @@ use serde::Deserialize;
 
 macro_rules! need_docker_and_python {
     () => {{
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
-        match python_or_skip(module_path!()) {
+        need_docker!();
+        match python_with(
+            module_path!(),
+            "import grpc, grpc_tools.protoc",
+            "grpcio and grpcio-tools",
+        ) {
             Some(python) => python,
             None => return,
         }
     }};
-}
-
-/// A Python with grpcio and grpc_tools, or None (after saying why) when
-/// there is none and this is not CI.
-fn python_or_skip(test: &str) -> Option<PathBuf> {
-    let python = std::env::var_os("EXECD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into());
-    let usable = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools.protoc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if usable {
-        return Some(python);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: {} cannot import grpc and grpc_tools and CI=true; run scripts/test or set EXECD_TEST_PYTHON to a venv with tests/python/requirements.txt",
-            python.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED {test}: {} has no grpcio/grpcio-tools (pip install -r tests/python/requirements.txt, then set EXECD_TEST_PYTHON)",
-        python.display()
-    );
-    None
 }
 
 /// The Python client's working set: interpreter plus stubs generated from
@@ -93,40 +69,14 @@ impl PyClient {
         target: &str,
         extra: &[&str],
     ) -> T {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/python")
-            .join(script);
-        let run = tokio::process::Command::new(&self.python)
-            .arg(&script)
-            .arg("--stubs")
+        let mut run = python_script(&self.python, script);
+        run.arg("--stubs")
             .arg(self.stubs.path())
             .args(["--target", target, "--container", shared_container()])
             .args(extra)
             // C-core's own diagnostics stay in stderr, shown on failure.
-            .env("GRPC_VERBOSITY", "ERROR")
-            // No __pycache__ next to the scripts in the source tree.
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .kill_on_drop(true)
-            .output();
-        // The scripts bound every call themselves; this only stops a hang.
-        let out = tokio::time::timeout(Duration::from_secs(300), run)
-            .await
-            .expect("python client finishes")
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{} failed ({}):\n{stderr}",
-            script.display(),
-            out.status
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{}: output is not the expected JSON ({e}):\n{}\n{stderr}",
-                script.display(),
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+            .env("GRPC_VERBOSITY", "ERROR");
+        json_of(&mut run, Duration::from_secs(300)).await
     }
 }
 

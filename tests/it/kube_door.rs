@@ -5,7 +5,6 @@
 
 use crate::common::kube_ws;
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -271,32 +270,18 @@ async fn refusals_come_before_the_upgrade_as_status_objects() {
     server.stop().await;
 }
 
-/// A plain HTTP/1.1 GET, answered status line first.
-async fn plain_get(base: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn auth_config(dir: &tempfile::TempDir) -> execd::ServerConfig {
-    let path = dir.path().join("tokens");
-    std::fs::write(&path, "kube-s3cret\n").unwrap();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
-    cfg
+/// A server configuration that takes the token `kube-s3cret`, and the
+/// directory of its token file.
+fn auth_config() -> (execd::ServerConfig, tempfile::TempDir) {
+    with_tokens(config(), "kube-s3cret\n")
 }
 
 #[tokio::test]
 async fn bearer_token_in_header_or_subprotocol_never_in_the_query() {
     need_docker!();
     use base64::Engine as _;
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_server(auth_config(&dir)).await;
+    let (cfg, _tokens) = auth_config();
+    let server = start_server(cfg).await;
     let path = exec_path(shared_container(), &["echo", "ok"], "stdout=true");
     for (protocols, headers) in [
         (V5.to_string(), vec![]),
@@ -343,7 +328,7 @@ async fn bearer_token_in_header_or_subprotocol_never_in_the_query() {
 async fn attach_to_pid1_shell_twice_and_leaving_keeps_it_running() {
     need_docker!();
     let server = start_server(config()).await;
-    let c = InteractiveContainer::start("kube");
+    let c = ContainerSpec::shell("attach-kube").run();
     let path = format!(
         "/api/v1/namespaces/default/pods/pod-x/attach?container={}&stdin=true&stdout=true&tty=true",
         c.0
@@ -383,50 +368,17 @@ async fn attach_to_pid1_shell_twice_and_leaving_keeps_it_running() {
 #[tokio::test]
 async fn python_kubernetes_client_exec_and_attach() {
     need_docker!();
-    let python = std::env::var_os("EXECD_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "python3".into());
-    let usable = Command::new(&python)
-        .args(["-c", "import kubernetes"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "{} cannot import kubernetes and CI=true; install tests/python/requirements.txt",
-                python.display()
-            );
-        }
-        eprintln!("SKIPPED: {} has no kubernetes package", python.display());
+    let Some(python) = python_with(module_path!(), "import kubernetes", "kubernetes package")
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_server(auth_config(&dir)).await;
-    let c = InteractiveContainer::start("py");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kube_client.py");
-    let (addr, shared, attach) = (
-        server.addr.clone(),
-        shared_container().to_string(),
-        c.0.clone(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg("-B")
-            .arg(script)
-            .args([&addr, "kube-s3cret", &shared, &attach])
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    };
+    let (cfg, _tokens) = auth_config();
+    let server = start_server(cfg).await;
+    let c = ContainerSpec::shell("attach-py").run();
+    let mut client = python_script(&python, "kube_client.py");
+    client.args([&server.addr, "kube-s3cret", shared_container(), &c.0]);
+    // Only stops a hang: the client bounds its own calls.
+    let report: serde_json::Value = json_of(&mut client, Duration::from_secs(300)).await;
     assert_eq!(report["split"]["stdout"], "out\n", "{report}");
     assert_eq!(report["split"]["stderr"], "err\n", "{report}");
     assert_eq!(report["split"]["returncode"], 3, "{report}");
@@ -536,8 +488,7 @@ async fn sessions_of_every_door_are_listed_and_closed_by_the_admin_api() {
 #[tokio::test]
 async fn the_per_token_limit_holds_on_the_kube_door() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = auth_config(&dir);
+    let (mut cfg, _tokens) = auth_config();
     cfg.manager.limits.max_sessions_per_owner = 1;
     let server = start_server(cfg).await;
     let m = marker();

@@ -22,9 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// server with `$config` and a plain-HTTP kubectl for it.
 macro_rules! need {
     ($config:expr) => {{
-        if !docker_or_skip(module_path!()) {
-            return;
-        }
+        need_docker!();
         let Some(bin) = kubectl_or_skip(module_path!()) else {
             return;
         };
@@ -51,11 +49,8 @@ fn kubectl_or_skip(test: &str) -> Option<PathBuf> {
     if usable {
         return bin;
     }
-    let why = format!("no kubectl next to EXECD_TEST_PYTHON ({python:?})");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {why} and CI=true; run scripts/test");
-    }
-    eprintln!("SKIPPED {test}: {why}; pip install -r tests/python/requirements.txt into that venv");
+    let why = format!("no kubectl next to EXECD_TEST_PYTHON ({python:?}); run scripts/test, or pip install -r tests/python/requirements.txt into that venv");
+    skip(test, &why);
     None
 }
 
@@ -266,7 +261,7 @@ impl Pty {
 }
 
 /// A docker command run when dropped, so that a failed assertion cleans
-/// up too: `rm -f` of a container, `exec … rm -rf` of copied files.
+/// up too: `exec … rm -rf` of copied files.
 struct DockerOnDrop(Vec<String>);
 
 impl Drop for DockerOnDrop {
@@ -387,16 +382,11 @@ async fn exec_tty_takes_the_initial_size_and_resizes() {
 #[tokio::test]
 async fn attach_without_a_terminal() {
     let (server, k) = need!(config());
-    let name = format!("execd-test-kubectl-attach-{}", marker());
-    let run = "run -d -i --network none --label execd-test=1 --name";
-    let mut docker = Command::new("docker");
-    docker.args(run.split(' ')).args([&name, IMAGE, "sh", "-c"]);
-    let out = docker
-        .arg("while read l; do echo got-$l; done")
-        .output()
-        .unwrap();
-    let _container = DockerOnDrop(vec!["rm".into(), "-f".into(), name.clone()]);
-    assert!(out.status.success(), "{out:?}");
+    let script = "while read l; do echo got-$l; done";
+    let container = ContainerSpec::new("kubectl-attach", &["sh", "-c", script])
+        .options(&["-i"])
+        .run();
+    let name = container.0.clone();
 
     let mut attach = k.command(&["attach", "-i", &name]);
     attach.stdin(Stdio::piped()).stdout(Stdio::piped());
@@ -434,7 +424,7 @@ async fn attach_without_a_terminal() {
 #[tokio::test]
 async fn attach_with_a_terminal() {
     let (server, k) = need!(config());
-    let container = InteractiveContainer::start("kubectl");
+    let container = ContainerSpec::shell("attach-kubectl").run();
     let mut pty = k.spawn_pty(&["attach", "-it", &container.0], 24, 80);
     // Only the shell computes 42: the terminal's echo shows the sum.
     pty.type_until("echo att-$((6*7))\r", "att-42").await;
@@ -490,7 +480,7 @@ async fn exec_refusals_say_the_real_reason() {
     // A created, never started container is a Pending pod: kubectl gets to
     // the upgrade, which is refused, and retries with SPDY; it shows only
     // that second answer, which must carry the real reason.
-    let created = CreatedContainer::new("kubectl-pending");
+    let created = ContainerSpec::new("kubectl-pending", &["true"]).create();
     let run = k.run(&["exec", &created.0, "--", "true"]).await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("not running"), "{run:?}");
@@ -520,15 +510,12 @@ async fn sigterm_to_kubectl_ends_the_remote_process() {
 #[tokio::test]
 async fn https_with_a_bearer_token() {
     let pki = pki::ServerPki::generate();
-    let tokens = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tokens.path(), "kubectl-token\n").unwrap();
-    let mut cfg = config();
+    let (mut cfg, _tokens) = with_tokens(config(), "kubectl-token\n");
     cfg.tls = Some(execd::config::TlsConfig {
         cert_pem: pki.cert_pem.clone().into_bytes(),
         key_pem: pki.key_pem.clone().into_bytes(),
         client_ca_pem: None,
     });
-    cfg.auth = Some(execd::auth::TokenStore::load(tokens.path()).unwrap());
     let (server, plain) = need!(cfg);
     let c = shared_container();
 

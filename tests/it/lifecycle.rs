@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 use execd_proto::admin::close_sessions_request::Target;
 use execd_proto::admin::instance_event::Kind;
-use execd_proto::admin::{CloseSessionsRequest, ListSessionsRequest, WatchInstancesRequest};
+use execd_proto::admin::{CloseSessionsRequest, InstanceEvent, WatchInstancesRequest};
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use tonic::Code;
 
@@ -17,23 +17,19 @@ use tonic::Code;
 /// keeps a loaded CI machine from flaking.
 const GONE_WITHIN: Duration = Duration::from_secs(6);
 
-async fn active(server: &TestServer, instance: &str) -> u32 {
-    let resp = server
-        .admin()
-        .await
-        .list_sessions(ListSessionsRequest {
-            instance_id: instance.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    resp.active_per_instance.get(instance).copied().unwrap_or(0)
+/// The admin API's instance events (of `instance`; every instance's if
+/// empty).
+async fn instance_events(server: &TestServer, instance: &str) -> tonic::Streaming<InstanceEvent> {
+    let request = WatchInstancesRequest {
+        instance_id: instance.to_string(),
+    };
+    let events = server.admin().await.watch_instances(request).await;
+    events.unwrap().into_inner()
 }
 
 async fn wait_active(server: &TestServer, instance: &str, want: u32) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while active(server, instance).await != want {
+    while server.active(instance).await != want {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{instance} never reached {want}"
@@ -53,7 +49,7 @@ async fn cancel_leaves_nothing(tty: bool) {
     exec.started().await;
     wait_until_running(shared_container(), &format!("sleep {}", n + 1)).await;
     wait_until_running(shared_container(), &format!("sleep {n}")).await;
-    assert_eq!(active(&server, &r.instance_id).await, 1);
+    assert_eq!(server.active(&r.instance_id).await, 1);
     drop(exec);
     let left = wait_until_gone(shared_container(), &format!("sleep {}", n), GONE_WITHIN).await;
     assert!(left.is_empty(), "left in container after cancel: {left:?}");
@@ -112,65 +108,38 @@ async fn admin_lists_and_closes_sessions() {
         exec.started().await;
         sessions.push(exec);
     }
-    let mut admin = server.admin().await;
-    let list = admin
-        .list_sessions(ListSessionsRequest {
-            instance_id: instance.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = server.sessions(&instance).await;
     assert_eq!(list.sessions.len(), 2);
     assert_eq!(list.active_per_instance.get(&instance), Some(&2));
     assert_eq!(list.sessions[0].container_id, shared_container());
     assert_eq!(list.sessions[0].command, ["sleep", &n.to_string()]);
     assert!(list.sessions[1].tty);
 
+    let close = |target: Option<Target>, reason: &str| {
+        let server = &server;
+        let request = CloseSessionsRequest {
+            target,
+            reason: reason.into(),
+        };
+        async move {
+            let closed = server.admin().await.close_sessions(request).await;
+            closed.map(|r| r.into_inner().closed)
+        }
+    };
     // Unknown targets close nothing and are not errors.
-    let closed = admin
-        .close_sessions(CloseSessionsRequest {
-            target: Some(Target::SessionId("nope".into())),
-            reason: "x".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .closed;
-    assert_eq!(closed, 0);
-    let err = admin
-        .close_sessions(CloseSessionsRequest {
-            target: None,
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let nope = Some(Target::SessionId("nope".into()));
+    assert_eq!(close(nope, "x").await.unwrap(), 0);
+    let err = close(None, "").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    let closed = admin
-        .close_sessions(CloseSessionsRequest {
-            target: Some(Target::SessionId(format!("adm-{n}-0"))),
-            reason: "maintenance".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .closed;
-    assert_eq!(closed, 1);
+    let by_id = Some(Target::SessionId(format!("adm-{n}-0")));
+    assert_eq!(close(by_id, "maintenance").await.unwrap(), 1);
     let first = sessions.remove(0).finish().await;
     let msg = first.assert_error(Code::Aborted);
     assert_eq!(msg, "closed: maintenance");
 
-    let closed = admin
-        .close_sessions(CloseSessionsRequest {
-            target: Some(Target::InstanceId(instance.clone())),
-            reason: "evicted".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .closed;
-    assert_eq!(closed, 1);
+    let by_instance = Some(Target::InstanceId(instance.clone()));
+    assert_eq!(close(by_instance, "evicted").await.unwrap(), 1);
     let second = sessions.remove(0).finish().await;
     assert_eq!(second.assert_error(Code::Aborted), "closed: evicted");
     for i in 0..2 {
@@ -203,9 +172,7 @@ async fn idle_sessions_are_ended_and_killed() {
         .await;
     assert_eq!(chatty.assert_exited(), 0);
     let t = server
-        .exec(req(shared_container(), &["sleep", &n.to_string()]))
-        .await
-        .finish()
+        .run(req(shared_container(), &["sleep", &n.to_string()]))
         .await;
     assert_eq!(t.assert_error(Code::DeadlineExceeded), "idle timeout");
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
@@ -229,7 +196,7 @@ async fn limits_refuse_new_sessions_with_resource_exhausted() {
     }
     let mut r = req(shared_container(), &["true"]);
     r.instance_id = "lim-a".into();
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert!(t
         .assert_error(Code::ResourceExhausted)
         .contains("--max-sessions-per-instance=2"));
@@ -239,22 +206,14 @@ async fn limits_refuse_new_sessions_with_resource_exhausted() {
     let mut third = server.exec(r).await;
     third.started().await;
     live.push(third);
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     assert!(t
         .assert_error(Code::ResourceExhausted)
         .contains("--max-sessions=3"));
     drop(live);
     wait_active(&server, "lim-a", 0).await;
     // Capacity is back.
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     t.assert_exited();
 }
 
@@ -265,15 +224,7 @@ async fn limits_refuse_new_sessions_with_resource_exhausted() {
 async fn counts_and_events_are_exact_under_concurrency() {
     need_docker!();
     let server = Arc::new(start_server(config()).await);
-    let mut watch = server
-        .admin()
-        .await
-        .watch_instances(WatchInstancesRequest {
-            instance_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = instance_events(&server, "").await;
     let prefix = format!("conc-{}", marker());
     let total = 200;
     let permits = Arc::new(tokio::sync::Semaphore::new(24));
@@ -355,15 +306,7 @@ async fn watch_starts_with_a_snapshot_and_filters_by_instance() {
     r.instance_id = instance.clone();
     let mut exec = server.exec(r.clone()).await;
     exec.started().await;
-    let mut watch = server
-        .admin()
-        .await
-        .watch_instances(WatchInstancesRequest {
-            instance_id: instance.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = instance_events(&server, &instance).await;
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(Kind::try_from(first.kind).unwrap(), Kind::Snapshot);
     assert_eq!(
@@ -374,7 +317,7 @@ async fn watch_starts_with_a_snapshot_and_filters_by_instance() {
     let mut other = r.clone();
     other.instance_id = format!("{instance}-other");
     other.command = vec!["true".into()];
-    server.exec(other).await.finish().await.assert_exited();
+    server.run(other).await.assert_exited();
     let mut second = server.exec(r).await;
     second.started().await;
     let ev = watch.message().await.unwrap().unwrap();
@@ -403,15 +346,7 @@ async fn a_watcher_that_never_reads_does_not_stall_sessions() {
     let mut cfg = config();
     cfg.manager.backend = execd_session::BackendConfig::Host;
     let server = Arc::new(start_server(cfg).await);
-    let _stalled = server
-        .admin()
-        .await
-        .watch_instances(WatchInstancesRequest {
-            instance_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let _stalled = instance_events(&server, "").await;
     let run = async {
         let mut tasks = Vec::new();
         for i in 0..400 {
@@ -419,7 +354,7 @@ async fn a_watcher_that_never_reads_does_not_stall_sessions() {
             tasks.push(tokio::spawn(async move {
                 let mut r = req("", &["true"]);
                 r.instance_id = format!("stall-{}", i % 8);
-                server.exec(r).await.finish().await.assert_exited();
+                server.run(r).await.assert_exited();
             }));
         }
         for t in tasks {

@@ -32,76 +32,36 @@ fn oci_config() -> execd::ServerConfig {
     cfg
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("running the docker CLI")
+/// The host pid of `container`'s init.
+fn init_pid(container: &str) -> String {
+    inspect(container, "{{.State.Pid}}")
 }
 
-/// A `docker run -d --init` idle container with extra options, removed on
-/// drop.
-struct Container(String);
-
-impl Container {
-    fn run(tag: &str, options: &[&str]) -> Container {
-        let name = format!("execd-test-oci-{tag}-{}", std::process::id());
-        let _ = docker(&["rm", "-f", &name]);
-        let mut args = vec![
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--label",
-            "execd-test=1",
-            "--name",
-            &name,
-        ];
-        args.extend_from_slice(options);
-        args.extend_from_slice(&[IMAGE, "sleep", "infinity"]);
-        let out = docker(&args);
-        assert!(out.status.success(), "{out:?}");
-        Container(name)
-    }
-
-    fn init_pid(&self) -> i32 {
-        let out = docker(&["inspect", "--format", "{{.State.Pid}}", &self.0]);
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    }
-
-    /// The session cgroups (`execd-*`) below the container's own, in every
-    /// hierarchy execd uses.
-    fn session_cgroups(&self) -> Vec<String> {
-        let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", self.init_pid())).unwrap();
-        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        let mut found = Vec::new();
-        for line in cgroup.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) =
-                (parts.next(), parts.next().unwrap(), parts.next().unwrap());
-            let dir = match controllers {
-                "" if v2 => format!("/sys/fs/cgroup{path}"),
-                c if c.split(',').any(|c| c == "pids" || c == "freezer") => {
-                    format!("/sys/fs/cgroup/{c}{path}")
-                }
-                _ => continue,
-            };
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("execd-") {
-                    found.push(format!("{dir}/{name}"));
-                }
+/// The session cgroups (`execd-*`) below `container`'s own, in every
+/// hierarchy execd uses.
+fn session_cgroups(container: &str) -> Vec<String> {
+    let pid = init_pid(container);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut found = Vec::new();
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let dir = match controllers {
+            "" if v2 => format!("/sys/fs/cgroup{path}"),
+            c if c.split(',').any(|c| c == "pids" || c == "freezer") => {
+                format!("/sys/fs/cgroup/{c}{path}")
+            }
+            _ => continue,
+        };
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("execd-") {
+                found.push(format!("{dir}/{name}"));
             }
         }
-        found
     }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
+    found
 }
 
 /// What a process can tell about itself from the inside.
@@ -151,7 +111,7 @@ async fn probe_oci(
     r.tty = tty;
     r.user = user.into();
     r.working_dir = dir.into();
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert_eq!(t.assert_exited(), 0, "{t:#?}");
     t.stdout_str().replace('\r', "")
 }
@@ -190,7 +150,9 @@ async fn the_process_is_what_docker_exec_would_start() {
         ),
     ];
     for (tag, options, users) in cases {
-        let container = Container::run(tag, options);
+        let container = ContainerSpec::idle(&format!("oci-{tag}"))
+            .options(options)
+            .run();
         for tty in [false, true] {
             for user in users {
                 for dir in ["", "/tmp"] {
@@ -201,7 +163,7 @@ async fn the_process_is_what_docker_exec_would_start() {
                         "{tag} tty={tty} user={user:?} dir={dir:?}:\n--- oci\n{got}\n--- docker exec\n{want}"
                     );
                     // Every namespace is the container's init's.
-                    let init = container.init_pid();
+                    let init = init_pid(&container.0);
                     let mut seen = 0;
                     for line in got.lines().filter(|l| l.starts_with("ns ")) {
                         let mut f = line.split_whitespace().skip(1);
@@ -227,7 +189,7 @@ async fn an_unknown_user_fails_like_docker_exec() {
     let docker_says = String::from_utf8_lossy(&out.stderr).trim().to_string();
     let mut r = req(shared_container(), &["true"]);
     r.user = "nosuch".into();
-    let t = server.exec(r).await.finish().await;
+    let t = server.run(r).await;
     assert_eq!(t.assert_exited(), out.status.code().unwrap());
     assert!(
         t.stderr_str().contains(&docker_says),
@@ -243,7 +205,7 @@ async fn an_unknown_user_fails_like_docker_exec() {
 async fn escaped_processes_die_with_the_session() {
     need_docker!();
     let server = start_server(oci_config()).await;
-    let container = Container::run("escape", &[]);
+    let container = ContainerSpec::idle("oci-escape").run();
     for client_leaves in [false, true] {
         let n = marker();
         let hide = format!(
@@ -252,12 +214,12 @@ async fn escaped_processes_die_with_the_session() {
              echo up; read line; exit 0",
             n + 1
         );
-        let mut exec = server.exec(req(&container.0, &["sh", "-c", &hide])).await;
-        exec.started().await;
-        exec.read_until("up").await;
+        let exec = server
+            .exec_until(req(&container.0, &["sh", "-c", &hide]), "up")
+            .await;
         wait_until_running(&container.0, &format!("sleep {n}")).await;
         wait_until_running(&container.0, &format!("sleep {}", n + 1)).await;
-        assert_eq!(container.session_cgroups().len(), expected_hierarchies());
+        assert_eq!(session_cgroups(&container.0).len(), expected_hierarchies());
         if client_leaves {
             drop(exec);
         } else {
@@ -269,10 +231,10 @@ async fn escaped_processes_die_with_the_session() {
             assert!(left.is_empty(), "client_leaves={client_leaves}: {left:?}");
         }
         let deadline = std::time::Instant::now() + GONE_WITHIN;
-        while !container.session_cgroups().is_empty() && std::time::Instant::now() < deadline {
+        while !session_cgroups(&container.0).is_empty() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(container.session_cgroups(), Vec::<String>::new());
+        assert_eq!(session_cgroups(&container.0), Vec::<String>::new());
     }
 }
 
@@ -297,12 +259,12 @@ async fn kept_background_processes_stay() {
     let mut cfg = oci_config();
     cfg.manager.lifecycle.keep_background_processes = true;
     let server = start_server(cfg).await;
-    let container = Container::run("keep", &[]);
+    let container = ContainerSpec::idle("oci-keep").run();
     let n = marker();
     let script = format!("sleep {n} & echo up; read line; exit 0");
-    let mut exec = server.exec(req(&container.0, &["sh", "-c", &script])).await;
-    exec.started().await;
-    exec.read_until("up").await;
+    let exec = server
+        .exec_until(req(&container.0, &["sh", "-c", &script]), "up")
+        .await;
     wait_until_running(&container.0, &format!("sleep {n}")).await;
     exec.send(eof_msg()).await;
     assert_eq!(exec.finish().await.assert_exited(), 0);
@@ -315,21 +277,10 @@ async fn kept_background_processes_stay() {
 async fn the_process_is_execds_child_and_no_runtime_stays() {
     need_docker!();
     let server = start_server(oci_config()).await;
-    let n = marker();
-    let mut exec = server
-        .exec(req(
-            shared_container(),
-            &["sh", "-c", &format!("echo up; exec sleep {n}")],
-        ))
-        .await;
-    exec.started().await;
-    exec.read_until("up").await;
+    let (exec, n) = server.exec_sleeper(shared_container()).await;
     let me = std::process::id().to_string();
     let wanted = format!("sleep\0{n}\0");
-    let inspected = docker(&["inspect", "--format", "{{.Id}}", shared_container()]);
-    let shared_id = String::from_utf8_lossy(&inspected.stdout)
-        .trim()
-        .to_string();
+    let shared_id = inspect(shared_container(), "{{.Id}}");
     let mut parent = None;
     let mut runtimes = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -396,15 +347,11 @@ fn zombie_children() -> Vec<String> {
 async fn missing_and_stopped_containers_are_errors() {
     need_docker!();
     let server = start_server(oci_config()).await;
-    let t = server
-        .exec(req("execd-no-such-container", &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req("execd-no-such-container", &["true"])).await;
     let msg = t.assert_error(Code::NotFound);
     assert!(msg.contains("No such container"), "{msg}");
-    let stopped = CreatedContainer::new("oci-stopped");
-    let t = server.exec(req(&stopped.0, &["true"])).await.finish().await;
+    let stopped = ContainerSpec::new("oci-stopped", &["true"]).create();
+    let t = server.run(req(&stopped.0, &["true"])).await;
     let msg = t.assert_error(Code::FailedPrecondition);
     assert!(msg.contains("not running"), "{msg}");
 }
@@ -448,16 +395,8 @@ fn a_missing_root_or_runtime_is_refused_at_start() {
 async fn a_container_killed_under_a_session_ends_it_and_stops() {
     need_docker!();
     let server = start_server(oci_config()).await;
-    let container = Container::run("killed", &[]);
-    let n = marker();
-    let mut exec = server
-        .exec(req(
-            &container.0,
-            &["sh", "-c", &format!("echo up; exec sleep {n}")],
-        ))
-        .await;
-    exec.started().await;
-    exec.read_until("up").await;
+    let container = ContainerSpec::idle("oci-killed").run();
+    let (exec, _) = server.exec_sleeper(&container.0).await;
     // Off the test's one runtime thread, which the in-process execd needs
     // to reap its child while the engine waits for the container's exit.
     let name = container.0.clone();
@@ -486,11 +425,7 @@ async fn a_root_that_is_not_the_engines_is_named() {
         cli: "docker".into(),
     };
     let server = start_server(cfg).await;
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     let msg = t.assert_error(Code::FailedPrecondition);
     assert!(msg.contains("--oci-root"), "{msg}");
 }

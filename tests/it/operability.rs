@@ -87,11 +87,7 @@ async fn health_follows_the_engine() {
         ServingStatus::Serving
     );
     // Sessions meanwhile fail with UNAVAILABLE, not "exit 1".
-    let t = server
-        .exec(req(shared_container(), &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req(shared_container(), &["true"])).await;
     t.assert_error(tonic::Code::Unavailable);
     std::os::unix::fs::symlink(real, &link).unwrap();
     wait_health(&server, "", ServingStatus::Serving).await;
@@ -99,10 +95,45 @@ async fn health_follows_the_engine() {
     server.stop().await;
 }
 
+/// The answer of reflection API `$api` (`v1` or `v1alpha`: the same
+/// messages in two packages) on `$server` to the request `$ask($arg)`.
+macro_rules! reflect {
+    ($api:ident, $server:expr, $ask:ident($arg:expr)) => {{
+        use tonic_reflection::pb::$api::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$api::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$api::ServerReflectionRequest;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::$ask($arg)),
+        };
+        let mut client = ServerReflectionClient::new($server.channel().await);
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        responses.message().await.unwrap().unwrap().message_response
+    }};
+}
+
+/// The services reflection API `$api` on `$server` lists.
+macro_rules! listed_services {
+    ($api:ident, $server:expr) => {{
+        use tonic_reflection::pb::$api::server_reflection_response::MessageResponse;
+        match reflect!($api, $server, ListServices(String::new())) {
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<BTreeSet<String>>(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }};
+}
+
 #[tokio::test]
 async fn reflection_lists_every_service_in_v1_and_v1alpha() {
-    use tonic_reflection::pb::v1;
-    use tonic_reflection::pb::v1alpha;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let server = start_server(config()).await;
     let expected: BTreeSet<String> = [
         "exec_service.ExecService",
@@ -112,78 +143,17 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     .into_iter()
     .map(String::from)
     .collect();
-
-    let mut client =
-        v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = responses.message().await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        resp.message_response
-    else {
-        panic!("unexpected {resp:?}");
-    };
-    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = listed_services!(v1, server);
     assert!(names.is_superset(&expected), "{names:?}");
-
     // `describe` needs the file that defines a symbol.
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "exec_service.ExecMessage".into(),
-            ),
-        ),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = responses.message().await.unwrap().unwrap();
+    let symbol = "exec_service.ExecMessage".to_string();
+    let found = reflect!(v1, server, FileContainingSymbol(symbol));
     assert!(matches!(
-        resp.message_response,
-        Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        found,
+        Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
     ));
-
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = responses.message().await.unwrap().unwrap();
-    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        resp.message_response
-    else {
-        panic!("unexpected {resp:?}");
-    };
-    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = listed_services!(v1alpha, server);
     assert!(names.is_superset(&expected), "{names:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -201,9 +171,7 @@ async fn metrics_count_sessions_bytes_and_outcomes_exactly() {
     );
 
     let t = server
-        .exec(req(shared_container(), &["echo", "hello"]))
-        .await
-        .finish()
+        .run(req(shared_container(), &["echo", "hello"]))
         .await;
     assert_eq!(t.assert_exited(), 0);
     let t = server
@@ -222,11 +190,7 @@ async fn metrics_count_sessions_bytes_and_outcomes_exactly() {
     exec.send(input_msg("abc")).await;
     exec.read_until("abc").await;
     drop(exec);
-    let t = server
-        .exec(req("execd-no-such-container", &["true"]))
-        .await
-        .finish()
-        .await;
+    let t = server.run(req("execd-no-such-container", &["true"])).await;
     t.assert_error(tonic::Code::NotFound);
 
     let deadline = tokio::time::Instant::now() + PATIENCE;

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use crate::common::*;
 use bytes::Bytes;
-use execd_proto::admin::session_admin_client::SessionAdminClient;
-use execd_proto::admin::ListSessionsRequest;
 use execd_proto::exec_service::exec_message::Payload;
 use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
@@ -251,11 +249,7 @@ fn registry_drains_after_random_sessions() {
         }
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let list = SessionAdminClient::new(f.server.channel().await)
-                .list_sessions(ListSessionsRequest::default())
-                .await
-                .unwrap()
-                .into_inner();
+            let list = f.server.sessions("").await;
             if list.sessions.is_empty() {
                 break;
             }

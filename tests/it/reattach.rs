@@ -7,13 +7,9 @@ use crate::common::proxy;
 use std::time::Duration;
 
 use crate::common::*;
-use execd_proto::admin::ListSessionsRequest;
-use execd_proto::exec_service::exec_message::Payload;
-use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use execd_proto::exec_service::ExecMessage;
 use execd_session::ReattachConfig;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 const GONE_WITHIN: Duration = Duration::from_secs(6);
@@ -28,66 +24,9 @@ fn reattach_config(grace: Duration, buffer: usize) -> execd::ServerConfig {
     cfg
 }
 
-/// Opens the first stream of a session on a connection of its own;
-/// cutting it is the client vanishing.
-async fn first_stream(server: &TestServer, first: ExecMessage) -> (Exec2, Cutter) {
-    let (channel, cutter) = server.cuttable_channel().await;
-    let (tx, rx) = open_with(channel, first, None, None).await;
-    (
-        Exec2 {
-            _tx: tx,
-            rx: rx.expect("the call"),
-        },
-        cutter,
-    )
-}
-
-/// Starts a session whose client vanishes right after STARTED.
-async fn start_and_vanish(server: &TestServer, first: ExecMessage) {
-    let (mut stream, cut) = first_stream(server, first).await;
-    stream.started().await;
-    cut.cut();
-    drop(stream);
-    // The server notices the connection is gone.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-struct Exec2 {
-    _tx: tokio::sync::mpsc::Sender<ExecMessage>,
-    rx: tonic::Streaming<ExecMessage>,
-}
-
-impl Exec2 {
-    async fn next_payload(&mut self) -> Payload {
-        tokio::time::timeout(PATIENCE, self.rx.message())
-            .await
-            .expect("a message in time")
-            .expect("no RPC error")
-            .expect("stream open")
-            .payload
-            .expect("a payload")
-    }
-
-    async fn started(&mut self) {
-        match self.next_payload().await {
-            Payload::Status(s) => assert_eq!(s.status, WireStatus::Started as i32),
-            other => panic!("expected STARTED, got {other:?}"),
-        }
-    }
-
-    async fn send(&self, text: &str) {
-        self._tx.send(input_msg(text.to_string())).await.unwrap();
-    }
-
-    async fn read_until(&mut self, needle: &str) {
-        let mut seen = Vec::new();
-        while !String::from_utf8_lossy(&seen).contains(needle) {
-            match self.next_payload().await {
-                Payload::OutputData(o) => seen.extend_from_slice(&o.data),
-                other => panic!("{other:?} before {needle:?}"),
-            }
-        }
-    }
+/// The usual reattach server: a grace of 10 s and a 1 MiB ring.
+async fn reattach_server() -> TestServer {
+    start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await
 }
 
 /// A start message naming `id` (what a returning client sends).
@@ -97,116 +36,65 @@ fn start_named(id: &str, command: &[&str], tty: bool) -> ExecMessage {
     start_msg(id, r)
 }
 
-/// Opens a stream on `channel` with `first`, optional token and output
-/// offset metadata; returns the sender (kept open) and the response stream.
-async fn open_with(
-    channel: tonic::transport::Channel,
+/// Comes back to a session with `first` on a connection of its own (with
+/// the bearer `token` and the output `offset` kept, if any) and reads the
+/// stream to its end.
+async fn come_back(
+    server: &TestServer,
     first: ExecMessage,
     token: Option<&str>,
     offset: Option<u64>,
-) -> (
-    tokio::sync::mpsc::Sender<ExecMessage>,
-    Result<tonic::Streaming<ExecMessage>, tonic::Status>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    if let Some(offset) = offset {
-        request
-            .metadata_mut()
-            .insert("execd-output-offset", offset.to_string().parse().unwrap());
-    }
-    let answer = ExecServiceClient::new(channel)
-        .exec_stream(request)
-        .await
-        .map(|r| r.into_inner());
-    (tx, answer)
+) -> Transcript {
+    let channel = server.channel().await;
+    let stream = open_stream(channel, first, token, offset).await;
+    stream.expect("the call").finish().await
 }
 
-/// Reads a stream to its end: statuses, output, and the RPC status.
-async fn drain(
-    mut rx: tonic::Streaming<ExecMessage>,
-) -> (
-    Vec<(WireStatus, i32, String)>,
-    Vec<u8>,
-    Option<tonic::Status>,
-) {
-    let (mut statuses, mut out) = (Vec::new(), Vec::new());
-    loop {
-        match tokio::time::timeout(PATIENCE, rx.message())
-            .await
-            .expect("a message in time")
-        {
-            Ok(Some(msg)) => match msg.payload {
-                Some(Payload::Status(s)) => statuses.push((
-                    WireStatus::try_from(s.status).unwrap(),
-                    s.exit_code,
-                    s.error_message,
-                )),
-                Some(Payload::OutputData(o)) => out.extend_from_slice(&o.data),
-                _ => {}
-            },
-            Ok(None) => return (statuses, out, None),
-            Err(status) => return (statuses, out, Some(status)),
-        }
-    }
+/// Asserts that a returning client came back to the running session
+/// (RUNNING first) and saw it exit with `code`.
+fn assert_resumed_until_exit(back: &Transcript, code: i32) {
+    let statuses = &back.statuses;
+    let first = statuses.first().map(|s| s.0);
+    assert_eq!(first, Some(WireStatus::Running), "{statuses:?}");
+    let last = statuses.last().map(|s| (s.0, s.1));
+    assert_eq!(last, Some((WireStatus::Exited, code)), "{statuses:?}");
+}
+
+fn refusal(back: &Transcript) -> Option<Code> {
+    back.rpc.as_ref().map(|s| s.code())
 }
 
 #[tokio::test]
 async fn a_cancelled_client_comes_back_to_late_output_and_the_exit_code() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    need_docker!();
+    let server = reattach_server().await;
     let id = format!("reattach-{}", marker());
     let cmd = ["sh", "-c", "sleep 1; echo late; exit 4"];
-    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
+    server
+        .start_and_vanish(start_named(&id, &cmd, false), None)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_tx, rx) = open_with(
-        server.channel().await,
-        start_named(&id, &cmd, false),
-        None,
-        None,
-    )
-    .await;
-    let (statuses, out, rpc) = drain(rx.unwrap()).await;
-    assert_eq!(
-        statuses.first().map(|s| s.0),
-        Some(WireStatus::Running),
-        "{statuses:?}"
-    );
-    assert_eq!(String::from_utf8_lossy(&out), "late\n");
-    assert_eq!(
-        statuses.last(),
-        Some(&(WireStatus::Exited, 4, String::new()))
-    );
-    assert!(rpc.is_none(), "{rpc:?}");
+    let back = come_back(&server, start_named(&id, &cmd, false), None, None).await;
+    assert_resumed_until_exit(&back, 4);
+    assert_eq!(String::from_utf8_lossy(&back.stdout), "late\n");
+    assert_eq!(back.statuses.last().unwrap().2, "");
+    assert!(back.rpc.is_none(), "{:?}", back.rpc);
 }
 
 #[tokio::test]
 async fn a_tty_shell_keeps_what_was_typed_across_a_dropped_connection() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    need_docker!();
+    let server = reattach_server().await;
     let id = format!("reattach-tty-{}", marker());
-    let (mut first, cut) = first_stream(&server, start_named(&id, &["sh"], true)).await;
+    let mut first = server
+        .open_cuttable(start_named(&id, &["sh"], true), None)
+        .await;
     first.started().await;
-    first.send("echo a-$((40+2))\n").await;
+    first.send(input_msg("echo a-$((40+2))\n")).await;
     first.read_until("a-42").await;
-    cut.cut();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.vanish(Duration::from_millis(500)).await;
     let mut again = server.open(start_named(&id, &["sh"], true)).await;
-    match again.next().await.unwrap().unwrap().payload {
-        Some(Payload::Status(s)) => assert_eq!(s.status, WireStatus::Running as i32),
-        other => panic!("expected RUNNING, got {other:?}"),
-    }
+    assert_eq!(again.first_status().await.unwrap(), WireStatus::Running);
     again.send(input_msg("echo b-$((50+5))\n")).await;
     let seen = again.read_until("b-55").await;
     again.send(input_msg("exit 3\n")).await;
@@ -217,23 +105,17 @@ async fn a_tty_shell_keeps_what_was_typed_across_a_dropped_connection() {
 
 #[tokio::test]
 async fn a_flood_while_detached_keeps_the_newest_bytes_and_counts_the_rest() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let ring = 64 * 1024;
     let server = start_server(reattach_config(Duration::from_secs(10), ring)).await;
     let id = format!("reattach-flood-{}", marker());
     // 4 MiB of numbered lines, then a last line to look for.
     let cmd = ["sh", "-c", "sleep 0.5; seq 1 600000; echo the-end; sleep 4"];
-    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
+    server
+        .start_and_vanish(start_named(&id, &cmd, false), None)
+        .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let listed = server
-        .admin()
-        .await
-        .list_sessions(ListSessionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = server.sessions("").await;
     let info = listed
         .sessions
         .iter()
@@ -241,19 +123,9 @@ async fn a_flood_while_detached_keeps_the_newest_bytes_and_counts_the_rest() {
         .unwrap_or_else(|| panic!("a detached session is listed: {listed:?}"));
     assert!(info.detached_at_unix_ms > 0, "{info:?}");
     assert!(info.replay_dropped_bytes > 3 << 20, "{info:?}");
-    let (_tx, rx) = open_with(
-        server.channel().await,
-        start_named(&id, &cmd, false),
-        None,
-        None,
-    )
-    .await;
-    let (statuses, out, _) = drain(rx.unwrap()).await;
-    assert_eq!(statuses.first().map(|s| s.0), Some(WireStatus::Running));
-    assert_eq!(
-        statuses.last().map(|s| (s.0, s.1)),
-        Some((WireStatus::Exited, 0))
-    );
+    let back = come_back(&server, start_named(&id, &cmd, false), None, None).await;
+    assert_resumed_until_exit(&back, 0);
+    let out = back.stdout;
     let text = String::from_utf8_lossy(&out);
     assert!(
         text.ends_with("599999\n600000\nthe-end\n"),
@@ -269,14 +141,14 @@ async fn a_flood_while_detached_keeps_the_newest_bytes_and_counts_the_rest() {
 
 #[tokio::test]
 async fn nobody_back_within_the_grace_ends_the_session_and_its_processes() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let server = start_server(reattach_config(Duration::from_secs(1), 1 << 20)).await;
     let n = marker();
     let id = format!("reattach-expire-{n}");
     let cmd = ["sleep", &n.to_string()];
-    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
+    server
+        .start_and_vanish(start_named(&id, &cmd, false), None)
+        .await;
     assert_eq!(
         container_processes(shared_container(), &format!("sleep {n}")).len(),
         1,
@@ -305,79 +177,46 @@ async fn nobody_back_within_the_grace_ends_the_session_and_its_processes() {
 
 #[tokio::test]
 async fn only_the_same_client_may_reattach_and_only_once_at_a_time() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "alice-token\nbob-token\n").unwrap();
-    let mut cfg = reattach_config(Duration::from_secs(10), 1 << 20);
-    cfg.auth = Some(execd::auth::TokenStore::load(&tokens).unwrap());
+    need_docker!();
+    let (cfg, _tokens) = with_tokens(
+        reattach_config(Duration::from_secs(10), 1 << 20),
+        "alice-token\nbob-token\n",
+    );
     let server = start_server(cfg).await;
     let n = marker();
     let id = format!("reattach-owner-{n}");
     let cmd = ["sleep", &n.to_string()];
-    let channel = server.channel().await;
-    let (alice, cut) = server.cuttable_channel().await;
-    let (tx, rx) = open_with(
-        alice,
-        start_named(&id, &cmd, false),
-        Some("alice-token"),
-        None,
-    )
-    .await;
-    let mut rx = rx.unwrap();
-    rx.message().await.unwrap().unwrap(); // STARTED
-    cut.cut();
-    drop((tx, rx));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = start_named(&id, &cmd, false);
+    let mut alice = server.open_cuttable(first, Some("alice-token")).await;
+    alice.started().await;
+    alice.vanish(Duration::from_millis(300)).await;
 
-    let (_tx, rx) = open_with(
-        channel.clone(),
+    let bob = come_back(
+        &server,
         start_named(&id, &cmd, false),
         Some("bob-token"),
         None,
     )
     .await;
-    let (_, _, rpc) = drain(rx.unwrap()).await;
-    assert_eq!(rpc.map(|s| s.code()), Some(Code::PermissionDenied));
+    assert_eq!(refusal(&bob), Some(Code::PermissionDenied));
 
     let mut other = req("some-other-container", &cmd);
     other.tty = false;
-    let (_tx, rx) = open_with(
-        channel.clone(),
-        start_msg(&id, other),
-        Some("alice-token"),
-        None,
-    )
-    .await;
-    let (_, _, rpc) = drain(rx.unwrap()).await;
-    assert_eq!(rpc.map(|s| s.code()), Some(Code::InvalidArgument));
+    let elsewhere = come_back(&server, start_msg(&id, other), Some("alice-token"), None).await;
+    assert_eq!(refusal(&elsewhere), Some(Code::InvalidArgument));
 
-    let (alice_again, cut) = server.cuttable_channel().await;
-    let (_keep, rx) = open_with(
-        alice_again,
+    let again = start_named(&id, &cmd, false);
+    let mut attached = server.open_cuttable(again, Some("alice-token")).await;
+    assert_eq!(attached.first_status().await.unwrap(), WireStatus::Running);
+    let twice = come_back(
+        &server,
         start_named(&id, &cmd, false),
         Some("alice-token"),
         None,
     )
     .await;
-    let mut attached = rx.unwrap();
-    let msg = attached.message().await.unwrap().unwrap();
-    assert!(
-        matches!(msg.payload, Some(Payload::Status(s)) if s.status == WireStatus::Running as i32)
-    );
-    let (_tx, rx) = open_with(
-        channel,
-        start_named(&id, &cmd, false),
-        Some("alice-token"),
-        None,
-    )
-    .await;
-    let (_, _, rpc) = drain(rx.unwrap()).await;
-    assert_eq!(rpc.map(|s| s.code()), Some(Code::AlreadyExists));
-    cut.cut();
-    drop(attached);
+    assert_eq!(refusal(&twice), Some(Code::AlreadyExists));
+    attached.vanish(Duration::ZERO).await;
     let left = wait_until_gone(
         shared_container(),
         &format!("sleep {n}"),
@@ -389,55 +228,40 @@ async fn only_the_same_client_may_reattach_and_only_once_at_a_time() {
 
 #[tokio::test]
 async fn an_output_offset_replays_from_that_byte() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    need_docker!();
+    let server = reattach_server().await;
     let id = format!("reattach-offset-{}", marker());
     let cmd = ["sh", "-c", "echo 0123456789; sleep 2"];
-    let (mut first, cut) = first_stream(&server, start_named(&id, &cmd, false)).await;
+    let mut first = server
+        .open_cuttable(start_named(&id, &cmd, false), None)
+        .await;
     first.started().await;
     first.read_until("9").await;
-    cut.cut();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.vanish(Duration::from_millis(300)).await;
     // The client says it kept only 4 bytes of what it was sent.
-    let (_tx, rx) = open_with(
-        server.channel().await,
-        start_named(&id, &cmd, false),
-        None,
-        Some(4),
-    )
-    .await;
-    let (statuses, out, _) = drain(rx.unwrap()).await;
-    assert_eq!(statuses.first().map(|s| s.0), Some(WireStatus::Running));
-    assert_eq!(String::from_utf8_lossy(&out), "456789\n");
-    assert_eq!(
-        statuses.last().map(|s| (s.0, s.1)),
-        Some((WireStatus::Exited, 0))
-    );
+    let back = come_back(&server, start_named(&id, &cmd, false), None, Some(4)).await;
+    assert_eq!(String::from_utf8_lossy(&back.stdout), "456789\n");
+    assert_resumed_until_exit(&back, 0);
 }
 
 #[tokio::test]
 async fn without_reattach_a_dropped_client_still_ends_the_session() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let server = start_server(config()).await;
     let n = marker();
     let id = format!("no-reattach-{n}");
     let cmd = ["sleep", &n.to_string()];
-    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
+    server
+        .start_and_vanish(start_named(&id, &cmd, false), None)
+        .await;
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]
 async fn a_pod_exec_websocket_comes_back_with_session_in_the_query() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    need_docker!();
+    let server = reattach_server().await;
     let id = format!("reattach-ws-{}", marker());
     let path = kube_ws::exec_path(
         shared_container(),
@@ -490,9 +314,7 @@ fn seq(n: u32) -> String {
 
 #[tokio::test]
 async fn the_example_client_reconnects_through_a_dropped_connection_without_loss() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let execd = ExecdProcess::start(&["--reattach-grace", "20s"]).await;
     let dir = tempfile::tempdir().unwrap();
     let front = dir.path().join("flaky.sock");
@@ -530,9 +352,7 @@ async fn the_example_client_reconnects_through_a_dropped_connection_without_loss
 
 #[tokio::test]
 async fn the_example_client_reattaches_by_id_after_being_killed() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let execd = ExecdProcess::start(&["--reattach-grace", "20s"]).await;
     let id = format!("example-{}", marker());
     let script = "sleep 1; echo after; exit 5";
@@ -566,39 +386,33 @@ async fn the_example_client_reattaches_by_id_after_being_killed() {
 
 #[tokio::test]
 async fn a_tty_client_coming_back_gets_a_sigwinch_to_redraw() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
-    let server = start_server(reattach_config(Duration::from_secs(10), 1 << 20)).await;
+    need_docker!();
+    let server = reattach_server().await;
     let id = format!("reattach-winch-{}", marker());
     let script = "trap 'echo got-winch' WINCH; echo ready; while true; do sleep 0.1; done";
-    let (mut first, cut) =
-        first_stream(&server, start_named(&id, &["sh", "-c", script], true)).await;
+    let mut first = server
+        .open_cuttable(start_named(&id, &["sh", "-c", script], true), None)
+        .await;
     first.started().await;
     first.read_until("ready").await;
-    cut.cut();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.vanish(Duration::from_millis(300)).await;
     let mut again = server
         .open(start_named(&id, &["sh", "-c", script], true))
         .await;
-    match again.next().await.unwrap().unwrap().payload {
-        Some(Payload::Status(s)) => assert_eq!(s.status, WireStatus::Running as i32),
-        other => panic!("expected RUNNING, got {other:?}"),
-    }
+    assert_eq!(again.first_status().await.unwrap(), WireStatus::Running);
     again.read_until("got-winch").await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_detached_sessions_too() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let server = start_server(reattach_config(Duration::from_secs(60), 1 << 20)).await;
     let n = marker();
     let id = format!("reattach-shutdown-{n}");
     let cmd = ["sleep", &n.to_string()];
-    start_and_vanish(&server, start_named(&id, &cmd, false)).await;
+    server
+        .start_and_vanish(start_named(&id, &cmd, false), None)
+        .await;
     server.stop().await;
     let left = wait_until_gone(shared_container(), &format!("sleep {n}"), GONE_WITHIN).await;
     assert!(left.is_empty(), "{left:?}");
@@ -606,9 +420,7 @@ async fn shutdown_ends_detached_sessions_too() {
 
 #[tokio::test]
 async fn a_ring_smaller_than_a_read_never_holds_back_an_attached_session() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let server = start_server(reattach_config(Duration::from_secs(10), 16 * 1024)).await;
     let id = format!("reattach-small-ring-{}", marker());
     let t = server

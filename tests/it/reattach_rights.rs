@@ -12,32 +12,29 @@ use std::time::Duration;
 use crate::common::*;
 use execd_proto::admin::session_admin_client::SessionAdminClient;
 use execd_proto::admin::{ListSessionsRequest, SessionInfo};
-use execd_proto::exec_service::exec_message::Payload;
-use execd_proto::exec_service::exec_service_client::ExecServiceClient;
 use execd_proto::exec_service::exec_status_response::Status as WireStatus;
 use execd_proto::exec_service::ExecMessage;
 use execd_session::ReattachConfig;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Code;
 
 const ALICE: &str = "alice-0123456789abcdef0123456789abcdef";
 const BOB: &str = "bob-0123456789abcdef0123456789abcdef";
 
-/// A reattach-enabled server; with tokens for alice and bob when `tokens`.
-fn server_config(tokens: Option<&tempfile::TempDir>, total: usize) -> execd::ServerConfig {
+/// A reattach-enabled server with `total` bytes of replay in all.
+fn server_config(total: usize) -> execd::ServerConfig {
     let mut cfg = config();
     cfg.manager.reattach = Some(ReattachConfig {
         grace: Duration::from_secs(30),
         buffer: 1 << 20,
         total,
     });
-    if let Some(dir) = tokens {
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, format!("{ALICE}\n{BOB}\n")).unwrap();
-        cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
-    }
     cfg
+}
+
+/// `cfg` with the tokens of alice and bob (see [`with_tokens`]).
+fn with_owners(cfg: execd::ServerConfig) -> (execd::ServerConfig, tempfile::TempDir) {
+    with_tokens(cfg, &format!("{ALICE}\n{BOB}\n"))
 }
 
 /// A start naming session `id` in the shared container, instance `instance`.
@@ -55,98 +52,15 @@ fn bearer<T>(request: &mut tonic::Request<T>, token: Option<&str>) {
     }
 }
 
-/// A stream opened with `first`; the sender is kept so the stream stays.
-struct Stream {
-    _tx: tokio::sync::mpsc::Sender<ExecMessage>,
-    rx: tonic::Streaming<ExecMessage>,
+/// A stream on `channel` that starts with `first`, as `token` (if any).
+async fn open(channel: Channel, first: ExecMessage, token: Option<&str>) -> Exec {
+    let stream = open_stream(channel, first, token, None).await;
+    stream.expect("the call is accepted")
 }
 
-async fn open(channel: Channel, first: ExecMessage, token: Option<&str>) -> Stream {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    bearer(&mut request, token);
-    let rx = ExecServiceClient::new(channel)
-        .exec_stream(request)
-        .await
-        .expect("the call is accepted")
-        .into_inner();
-    Stream { _tx: tx, rx }
-}
-
-/// Everything a stream says: its statuses, its output, the RPC's status.
-struct Ending {
-    statuses: Vec<(WireStatus, i32)>,
-    output: Vec<u8>,
-    rpc: Option<tonic::Status>,
-}
-
-impl Stream {
-    async fn first_status(&mut self) -> Result<WireStatus, tonic::Status> {
-        loop {
-            let msg = tokio::time::timeout(PATIENCE, self.rx.message())
-                .await
-                .expect("an answer in time")?
-                .expect("a status before the end");
-            if let Some(Payload::Status(s)) = msg.payload {
-                return Ok(WireStatus::try_from(s.status).unwrap());
-            }
-        }
-    }
-
-    async fn drain(mut self) -> Ending {
-        let mut end = Ending {
-            statuses: Vec::new(),
-            output: Vec::new(),
-            rpc: None,
-        };
-        loop {
-            match tokio::time::timeout(PATIENCE, self.rx.message())
-                .await
-                .expect("a message in time")
-            {
-                Ok(Some(msg)) => match msg.payload {
-                    Some(Payload::Status(s)) => end
-                        .statuses
-                        .push((WireStatus::try_from(s.status).unwrap(), s.exit_code)),
-                    Some(Payload::OutputData(o)) => end.output.extend_from_slice(&o.data),
-                    _ => {}
-                },
-                Ok(None) => return end,
-                Err(status) => {
-                    end.rpc = Some(status);
-                    return end;
-                }
-            }
-        }
-    }
-
-    /// Reads output until `n` bytes arrived.
-    async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let msg = tokio::time::timeout(PATIENCE, self.rx.message())
-                .await
-                .expect("output in time")
-                .expect("no RPC error")
-                .expect("stream open");
-            if let Some(Payload::OutputData(o)) = msg.payload {
-                out.extend_from_slice(&o.data);
-            }
-        }
-        out
-    }
-}
-
-/// Starts a session on a connection of its own, waits for STARTED, then
-/// cuts the connection (the client vanishes) and lets the server notice.
-async fn start_and_vanish(server: &TestServer, first: ExecMessage, token: Option<&str>) {
-    let (channel, cut) = server.cuttable_channel().await;
-    let mut stream = open(channel, first, token).await;
-    assert_eq!(stream.first_status().await.unwrap(), WireStatus::Started);
-    cut.cut();
-    drop(stream);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// The terminal status and exit code a stream ended with.
+fn ending(t: &Transcript) -> Option<(WireStatus, i32)> {
+    t.statuses.last().map(|s| (s.0, s.1))
 }
 
 async fn listed(server: &TestServer, token: &str) -> Vec<SessionInfo> {
@@ -167,17 +81,17 @@ async fn listed(server: &TestServer, token: &str) -> Vec<SessionInfo> {
 #[tokio::test]
 async fn another_client_is_told_nothing_about_the_session() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_config(Some(&dir), 64 << 20)).await;
+    let (cfg, _tokens) = with_owners(server_config(64 << 20));
+    let server = start_server(cfg).await;
     let n = marker();
     let id = format!("rights-{n}");
     let instance = format!("secret-instance-{n}");
     let cmd = ["sleep", &n.to_string()];
-    let (alice, cut) = server.cuttable_channel().await;
-    let mut first = open(alice, start(&id, &cmd, &instance), Some(ALICE)).await;
+    let first = start(&id, &cmd, &instance);
+    let mut first = server.open_cuttable(first, Some(ALICE)).await;
     assert_eq!(first.first_status().await.unwrap(), WireStatus::Started);
 
-    let denied = |end: Ending| {
+    let denied = |end: Transcript| {
         let status = end.rpc.expect("the call fails");
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         for secret in [shared_container(), instance.as_str()] {
@@ -189,17 +103,15 @@ async fn another_client_is_told_nothing_about_the_session() {
     denied(
         open(channel.clone(), start(&id, &cmd, &instance), Some(BOB))
             .await
-            .drain()
+            .finish()
             .await,
     );
-    cut.cut();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.vanish(Duration::from_millis(300)).await;
     // Detached, naming the right container or another one: the same.
     let mut elsewhere = req("some-other-container", &cmd);
     elsewhere.instance_id = "other".into();
     for probe in [start(&id, &cmd, &instance), start_msg(&id, elsewhere)] {
-        denied(open(channel.clone(), probe, Some(BOB)).await.drain().await);
+        denied(open(channel.clone(), probe, Some(BOB)).await.finish().await);
     }
     let mut back = open(channel, start(&id, &cmd, &instance), Some(ALICE)).await;
     assert_eq!(back.first_status().await.unwrap(), WireStatus::Running);
@@ -212,12 +124,12 @@ async fn another_client_is_told_nothing_about_the_session() {
 #[tokio::test]
 async fn racing_reattaches_cannot_take_the_session_from_each_other() {
     need_docker!();
-    let server = start_server(server_config(None, 64 << 20)).await;
+    let server = start_server(server_config(64 << 20)).await;
     let id = format!("race-{}", marker());
     let script =
         "sleep 1; i=0; while [ $i -lt 20 ]; do echo line-$i; i=$((i+1)); sleep 0.05; done; exit 7";
     let cmd = ["sh", "-c", script];
-    start_and_vanish(&server, start(&id, &cmd, ""), None).await;
+    server.start_and_vanish(start(&id, &cmd, ""), None).await;
     // Connected first, then all at once, so the requests overlap.
     let racing = 8;
     let gate = std::sync::Arc::new(tokio::sync::Barrier::new(racing));
@@ -231,7 +143,7 @@ async fn racing_reattaches_cannot_take_the_session_from_each_other() {
             let mut stream = open(channel, first, None).await;
             // A refusal is an ERROR status, then the RPC's code.
             let status = stream.first_status().await;
-            let end = stream.drain().await;
+            let end = stream.finish().await;
             match status {
                 Ok(WireStatus::Running) => Ok(end),
                 _ => Err(end.rpc.expect("a refusal ends the call with a code")),
@@ -248,8 +160,8 @@ async fn racing_reattaches_cannot_take_the_session_from_each_other() {
     assert_eq!(winners.len(), 1, "exactly one reattach wins");
     let end = winners.pop().unwrap();
     let expected: String = (0..20).map(|i| format!("line-{i}\n")).collect();
-    assert_eq!(String::from_utf8_lossy(&end.output), expected);
-    assert_eq!(end.statuses.last(), Some(&(WireStatus::Exited, 7)));
+    assert_eq!(String::from_utf8_lossy(&end.stdout), expected);
+    assert_eq!(ending(&end), Some((WireStatus::Exited, 7)));
     server.stop().await;
 }
 
@@ -259,8 +171,8 @@ async fn racing_reattaches_cannot_take_the_session_from_each_other() {
 #[tokio::test]
 async fn one_client_cannot_take_every_replay_byte() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_config(Some(&dir), 1 << 20)).await;
+    let (cfg, _tokens) = with_owners(server_config(1 << 20));
+    let server = start_server(cfg).await;
     let n = marker();
     for i in 0..4 {
         // About 1.3 MB each, more than the whole total.
@@ -269,14 +181,14 @@ async fn one_client_cannot_take_every_replay_byte() {
             &["sh", "-c", "seq 1 200000; sleep 60"],
             "",
         );
-        start_and_vanish(&server, flood, Some(ALICE)).await;
+        server.start_and_vanish(flood, Some(ALICE)).await;
     }
     let wanted = 150_000;
     let quiet_id = format!("quiet-{n}");
     // Written once the floods sit in their rings.
     let script = format!("sleep 3; head -c {wanted} /dev/zero | tr '\\0' b; sleep 60");
     let quiet = start(&quiet_id, &["sh", "-c", &script], "");
-    start_and_vanish(&server, quiet.clone(), Some(BOB)).await;
+    server.start_and_vanish(quiet.clone(), Some(BOB)).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let bobs = loop {
         let bobs = listed(&server, BOB).await;
@@ -309,8 +221,8 @@ async fn one_client_cannot_take_every_replay_byte() {
 #[tokio::test]
 async fn a_pod_exec_session_obeys_the_owner_rule_from_grpc() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_server(server_config(Some(&dir), 64 << 20)).await;
+    let (cfg, _tokens) = with_owners(server_config(64 << 20));
+    let server = start_server(cfg).await;
     let id = format!("kube-owner-{}", marker());
     let pod = shared_container();
     let path = kube_ws::exec_path(
@@ -337,14 +249,14 @@ async fn a_pod_exec_session_obeys_the_owner_rule_from_grpc() {
     let channel = server.channel().await;
     let end = open(channel.clone(), start_msg(&id, again.clone()), Some(BOB))
         .await
-        .drain()
+        .finish()
         .await;
     assert_eq!(end.rpc.map(|s| s.code()), Some(Code::PermissionDenied));
     let mut back = open(channel, start_msg(&id, again), Some(ALICE)).await;
     assert_eq!(back.first_status().await.unwrap(), WireStatus::Running);
-    back._tx.send(input_msg("exit 3\n")).await.unwrap();
-    let end = back.drain().await;
-    assert_eq!(end.statuses.last(), Some(&(WireStatus::Exited, 3)));
+    back.send(input_msg("exit 3\n")).await;
+    let end = back.finish().await;
+    assert_eq!(ending(&end), Some((WireStatus::Exited, 3)));
     server.stop().await;
 }
 
@@ -369,20 +281,20 @@ async fn mtls_channel(addr: &str, server: &pki::ServerPki, identity: &pki::Serve
 }
 
 /// A server with tokens and reattach, on TLS requiring a client
-/// certificate from `ours`' CA or `theirs`' (so both clients get in).
+/// certificate from `ours`' CA or `theirs`' (so both clients get in); the
+/// directory of its token file.
 fn mtls_config(
-    dir: &tempfile::TempDir,
     ours: &pki::ServerPki,
     theirs: &pki::ServerPki,
-) -> execd::ServerConfig {
-    let mut cfg = server_config(Some(dir), 64 << 20);
+) -> (execd::ServerConfig, tempfile::TempDir) {
+    let (mut cfg, tokens) = with_owners(server_config(64 << 20));
     let client_cas = format!("{}{}", ours.ca_pem, theirs.ca_pem);
     cfg.tls = Some(execd::config::TlsConfig {
         cert_pem: ours.cert_pem.clone().into_bytes(),
         key_pem: ours.key_pem.clone().into_bytes(),
         client_ca_pem: Some(client_cas.into_bytes()),
     });
-    cfg
+    (cfg, tokens)
 }
 
 /// The admin API's ListSessions and CloseSessions as `token` over `channel`:
@@ -430,8 +342,7 @@ async fn list_and_close(
 #[tokio::test]
 async fn with_mutual_tls_the_certificate_is_part_of_the_owner() {
     let (ours, theirs) = (pki::ServerPki::generate(), pki::ServerPki::generate());
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = mtls_config(&dir, &ours, &theirs);
+    let (mut cfg, _tokens) = mtls_config(&ours, &theirs);
     cfg.manager.backend = execd_session::BackendConfig::Host;
     let server = start_server(cfg).await;
     let id = format!("mtls-owner-{}", marker());
@@ -449,7 +360,7 @@ async fn with_mutual_tls_the_certificate_is_part_of_the_owner() {
     assert_eq!(closed, 0, "another certificate closed the session");
     let end = open(stranger().await, first(), Some(ALICE))
         .await
-        .drain()
+        .finish()
         .await;
     assert_eq!(end.rpc.map(|s| s.code()), Some(Code::PermissionDenied));
 
@@ -462,7 +373,7 @@ async fn with_mutual_tls_the_certificate_is_part_of_the_owner() {
     assert_eq!(closed, 0, "another certificate closed the session");
     let (_, closed) = list_and_close(alice().await, ALICE, &id, true).await;
     assert_eq!(closed, 1);
-    let end = back.drain().await;
+    let end = back.finish().await;
     assert_eq!(
         end.statuses.last().map(|s| s.0),
         Some(WireStatus::Error),
@@ -478,8 +389,8 @@ async fn with_mutual_tls_the_certificate_is_part_of_the_owner() {
 async fn with_mutual_tls_a_pod_exec_session_is_the_certificates_too() {
     need_docker!();
     let (ours, theirs) = (pki::ServerPki::generate(), pki::ServerPki::generate());
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_server(mtls_config(&dir, &ours, &theirs)).await;
+    let (cfg, _tokens) = mtls_config(&ours, &theirs);
+    let server = start_server(cfg).await;
     let id = format!("mtls-kube-{}", marker());
     let pod = shared_container();
     let path = kube_ws::exec_path(
@@ -498,14 +409,14 @@ async fn with_mutual_tls_a_pod_exec_session_is_the_certificates_too() {
     let stranger = mtls_channel(&server.addr, &ours, &theirs).await;
     let end = open(stranger, start_msg(&id, again.clone()), Some(ALICE))
         .await
-        .drain()
+        .finish()
         .await;
     assert_eq!(end.rpc.map(|s| s.code()), Some(Code::PermissionDenied));
     let alice = mtls_channel(&server.addr, &ours, &ours).await;
     let mut back = open(alice, start_msg(&id, again), Some(ALICE)).await;
     assert_eq!(back.first_status().await.unwrap(), WireStatus::Running);
-    back._tx.send(input_msg("exit 3\n")).await.unwrap();
-    let end = back.drain().await;
-    assert_eq!(end.statuses.last(), Some(&(WireStatus::Exited, 3)));
+    back.send(input_msg("exit 3\n")).await;
+    let end = back.finish().await;
+    assert_eq!(ending(&end), Some((WireStatus::Exited, 3)));
     server.stop().await;
 }

@@ -20,47 +20,17 @@ fn host_config() -> execd::ServerConfig {
     cfg
 }
 
-fn token_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
-    let path = dir.path().join("tokens");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// Runs `echo ok` through ExecStream with an optional bearer token and
 /// returns the first error status, or the transcript's stdout.
 async fn echo_with_token(channel: Channel, token: Option<&str>) -> Result<String, tonic::Status> {
-    let value =
-        token.map(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {t}")).unwrap());
-    let mut client =
-        ExecServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            if let Some(v) = &value {
-                req.metadata_mut().insert("authorization", v.clone());
-            }
-            Ok(req)
-        });
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(start_msg("", req("", &["echo", "ok"])))
-        .await
-        .unwrap();
-    let mut stream = client
-        .exec_stream(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(msg) = stream.message().await? {
-        if let Some(execd_proto::exec_service::exec_message::Payload::OutputData(o)) = msg.payload {
-            out.extend_from_slice(&o.data);
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let t = exec_with_token(channel, token, req("", &["echo", "ok"])).await?;
+    Ok(t.stdout_str())
 }
 
 #[tokio::test]
 async fn tokens_guard_exec_and_admin_but_not_health() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = token_file(&dir, "# rotation: old and new\nold-token\nnew-token\n");
-    let mut cfg = host_config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    let rotation = "# rotation: old and new\nold-token\nnew-token\n";
+    let (cfg, _tokens) = with_tokens(host_config(), rotation);
     let server = start_server(cfg).await;
     let channel = server.channel().await;
 
@@ -171,7 +141,8 @@ async fn tls_and_mutual_tls() {
 #[tokio::test]
 async fn binary_reloads_tokens_on_sighup_and_honours_socket_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = token_file(&dir, "first\n");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "first\n").unwrap();
     let socket = dir.path().join("execd.sock");
     // A stale socket file nobody listens on: execd must replace it.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());

@@ -7,7 +7,6 @@
 use crate::common::kube_ws;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -18,30 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 /// A Python that has `websockets` and the two upstream clients, or None
 /// (after saying why) when there is none and this is not CI.
 fn yr_python(test: &str) -> Option<PathBuf> {
-    let python = std::env::var_os("EXECD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into());
     let probe = "import websockets, sysconfig, pathlib; \
         p = pathlib.Path(sysconfig.get_paths()['platlib']); \
         assert (p / 'yr/cli/exec.py').exists() and (p / 'yr_sandbox/_pty_transport.py').exists()";
-    let usable = Command::new(&python)
-        .args(["-c", probe])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if usable {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "{test}: {} lacks websockets or the yr clients and CI=true (pip install -r tests/python/requirements.txt)",
-        python.display()
-    );
-    eprintln!("SKIPPED {test}: no python with the yr clients (set EXECD_TEST_PYTHON)");
-    None
-}
-
-fn host_port(server: &TestServer) -> String {
-    server.addr.trim_start_matches("http://").to_string()
+    python_with(test, probe, "websockets or the yr clients")
 }
 
 async fn run_yr_clients(
@@ -50,27 +29,12 @@ async fn run_yr_clients(
     container: &str,
     extra: &[&str],
 ) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/yr_clients.py");
-    let run = tokio::process::Command::new(python)
-        .arg("-B")
-        .arg(script)
-        .args(["--target", &host_port(server), "--container", container])
+    let mut clients = python_script(python, "yr_clients.py");
+    clients
+        .args(["--target", server.host_port(), "--container", container])
         .args(["--marker", &marker().to_string()])
-        .args(extra)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(600), run)
-        .await
-        .expect("yr clients finish")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "yr_clients.py failed:\n{stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+        .args(extra);
+    json_of(&mut clients, Duration::from_secs(600)).await
 }
 
 /// Every operation of the upstream clients: `yr exec` without and with a
@@ -239,11 +203,7 @@ async fn refusals_and_the_end_of_a_session() {
 #[tokio::test]
 async fn tokens_admit_by_query_header_or_subprotocol() {
     need_docker!();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "terminal-secret-token-0123456789\n").unwrap();
-    let mut cfg = config();
-    cfg.auth = Some(execd::auth::TokenStore::load(&tokens).unwrap());
+    let (cfg, _tokens) = with_tokens(config(), "terminal-secret-token-0123456789\n");
     let server = start_server(cfg).await;
     let c = shared_container();
     let echo = path(c, "&command=echo&command=ok");
@@ -279,21 +239,10 @@ async fn tokens_admit_by_query_header_or_subprotocol() {
 #[tokio::test]
 async fn instances_found_by_label() {
     need_docker!();
-    let name = format!("execd-test-terminal-label-{}", std::process::id());
     let instance = format!("inst-{}", marker());
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-    let run = Command::new("docker")
-        .args(["run", "-d", "--network", "none", "--label", "execd-test=1"])
-        .args([
-            "--label",
-            &format!("yr.instance={instance}"),
-            "--name",
-            &name,
-        ])
-        .args([IMAGE, "sleep", "infinity"])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{run:?}");
+    let labelled = ContainerSpec::new("terminal-label", &["sleep", "infinity"])
+        .options(&["--label", &format!("yr.instance={instance}")])
+        .run();
     let mut cfg = config();
     cfg.terminal_instance_label = Some("yr.instance".into());
     let server = start_server(cfg).await;
@@ -306,13 +255,9 @@ async fn instances_found_by_label() {
     .await
     .expect("upgrade");
     let (out, _, _) = read_to_close(&mut ws).await;
-    let hostname = Command::new("docker")
-        .args(["inspect", "--format", "{{.Config.Hostname}}", &name])
-        .output()
-        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out).trim(),
-        String::from_utf8_lossy(&hostname.stdout).trim()
+        inspect(&labelled.0, "{{.Config.Hostname}}")
     );
     let refused = connect(
         &server.addr,
@@ -325,5 +270,4 @@ async fn instances_found_by_label() {
     .expect("refused");
     assert_eq!(refused.code, 404);
     server.stop().await;
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
 }

@@ -47,22 +47,14 @@ fn web_config(allowed_origins: &[&str]) -> execd::ServerConfig {
 
 /// A server with tokens required; the temp dir holds the token file.
 async fn server_with_token() -> (TestServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens");
-    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    let mut cfg = web_config(&[]);
-    cfg.auth = Some(execd::auth::TokenStore::load(&path).unwrap());
+    let (cfg, dir) = with_tokens(web_config(&[]), &format!("{TOKEN}\n"));
     (start_server(cfg).await, dir)
-}
-
-fn host_port(server: &TestServer) -> &str {
-    server.addr.trim_start_matches("http://")
 }
 
 /// One raw HTTP/1.1 request; returns the status code, the head and the
 /// body (read until close, or just the head for a 101).
 async fn http(server: &TestServer, head: &str) -> (u16, String, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(host_port(server))
+    let mut stream = tokio::net::TcpStream::connect(server.host_port())
         .await
         .unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -97,7 +89,7 @@ async fn http(server: &TestServer, head: &str) -> (u16, String, Vec<u8>) {
 }
 
 async fn get(server: &TestServer, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
-    let host = host_port(server).to_string();
+    let host = server.host_port().to_string();
     http(
         server,
         &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
@@ -110,10 +102,6 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 #[tokio::test]
@@ -177,9 +165,7 @@ async fn page_is_embedded_with_a_strict_policy() {
 
 #[tokio::test]
 async fn container_list_comes_from_the_engine_behind_the_token() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let container = shared_container();
     let (server, _dir) = server_with_token().await;
     let (code, head, _) = get(&server, "/api/containers", "").await;
@@ -203,7 +189,7 @@ async fn container_list_comes_from_the_engine_behind_the_token() {
 
 /// A WebSocket upgrade of the pod exec path with `origin`; the status code.
 async fn upgrade(server: &TestServer, container: &str, origin: Option<&str>) -> u16 {
-    let host = host_port(server).to_string();
+    let host = server.host_port().to_string();
     let origin = origin
         .map(|o| format!("Origin: {o}\r\n"))
         .unwrap_or_default();
@@ -218,13 +204,11 @@ async fn upgrade(server: &TestServer, container: &str, origin: Option<&str>) -> 
 
 #[tokio::test]
 async fn cross_origin_websockets_are_refused() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let container = shared_container();
     // The guard is on without --web too: it protects the kube door itself.
     let server = start_server(web_config(&["https://ops.example"])).await;
-    let own = format!("http://{}", host_port(&server));
+    let own = format!("http://{}", server.host_port());
     assert_eq!(upgrade(&server, container, None).await, 101);
     assert_eq!(upgrade(&server, container, Some(&own)).await, 101);
     assert_eq!(
@@ -251,13 +235,8 @@ async fn cross_origin_websockets_are_refused() {
 /// The Python with selenium, chromium and chromedriver, or None (after
 /// saying why) when something is missing and this is not CI.
 fn browser_or_skip(test: &str) -> Option<PathBuf> {
-    let python = std::env::var_os("EXECD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into());
-    let selenium = Command::new(&python)
-        .args(["-c", "import selenium"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let python = test_python();
+    let selenium = python_runs(&python, "import selenium");
     let browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
         .iter()
         .all(|p| Path::new(p).exists());
@@ -269,36 +248,19 @@ fn browser_or_skip(test: &str) -> Option<PathBuf> {
         python.display(),
         execd::doors::web::assets::BUNDLED
     );
-    if in_ci() {
-        panic!("{test}: {why}, and CI=true; run scripts/test");
-    }
-    eprintln!("SKIPPED {test}: {why} (scripts/test sets all of them up)");
+    skip(test, &format!("{why} (scripts/test sets all of them up)"));
     None
 }
 
 async fn drive(python: &Path, server: &TestServer, scenario: &str, extra: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/web_terminal.py");
-    let run = tokio::process::Command::new(python)
-        .arg(script)
+    let mut browser = python_script(python, "web_terminal.py");
+    browser
         .args(["--url", &server.addr, "--container", shared_container()])
         .args(["--scenario", scenario])
         .args(extra)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
         // Selenium must use the chromedriver given, never fetch one.
-        .env("SE_OFFLINE", "true")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("browser script finishes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "web_terminal.py {scenario} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        .env("SE_OFFLINE", "true");
+    json_of(&mut browser, Duration::from_secs(240)).await
 }
 
 fn no_policy_violations(seen: &Value) {
@@ -313,9 +275,7 @@ fn no_policy_violations(seen: &Value) {
 
 #[tokio::test]
 async fn browser_session_echo_resize_and_exit_banner() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let Some(python) = browser_or_skip(module_path!()) else {
         return;
     };
@@ -362,9 +322,7 @@ async fn browser_session_echo_resize_and_exit_banner() {
 
 #[tokio::test]
 async fn browser_asks_for_the_token_once_and_keeps_it_out_of_urls() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let Some(python) = browser_or_skip(module_path!()) else {
         return;
     };
@@ -386,9 +344,7 @@ async fn browser_asks_for_the_token_once_and_keeps_it_out_of_urls() {
 
 #[tokio::test]
 async fn browser_cannot_open_a_websocket_from_another_origin() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let Some(python) = browser_or_skip(module_path!()) else {
         return;
     };
@@ -399,25 +355,9 @@ async fn browser_cannot_open_a_websocket_from_another_origin() {
     server.stop().await;
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("running the docker CLI")
-}
-
-/// Whether `path` exists in `container`.
-fn exists_in(container: &str, path: &str) -> bool {
-    docker(&["exec", container, "test", "-e", path])
-        .status
-        .success()
-}
-
 #[tokio::test]
 async fn browser_link_fills_the_form_and_runs_nothing_until_open() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let Some(python) = browser_or_skip(module_path!()) else {
         return;
     };
@@ -467,52 +407,15 @@ async fn browser_link_fills_the_form_and_runs_nothing_until_open() {
     server.stop().await;
 }
 
-/// A running test container whose hostname is its name; removed when
-/// dropped.
-struct RunningContainer(String);
-
-impl RunningContainer {
-    fn new(tag: &str) -> RunningContainer {
-        let name = format!("execd-test-web-{tag}-{}", std::process::id());
-        let _ = docker(&["rm", "-f", &name]);
-        let out = docker(&[
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--label",
-            "execd-test=1",
-            "--name",
-            &name,
-            "--hostname",
-            &name,
-            IMAGE,
-            "sleep",
-            "infinity",
-        ]);
-        assert!(out.status.success(), "{out:?}");
-        RunningContainer(name)
-    }
-}
-
-impl Drop for RunningContainer {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
-}
-
 #[tokio::test]
 async fn browser_picker_shows_the_container_the_link_opened() {
-    if !docker_or_skip(module_path!()) {
-        return;
-    }
+    need_docker!();
     let Some(python) = browser_or_skip(module_path!()) else {
         return;
     };
     let shared = shared_container();
     // Sorted by name, the shared container comes before this one.
-    let picked = RunningContainer::new("picked");
+    let picked = ContainerSpec::idle("web-picked").hostname_is_name().run();
     let server = start_server(web_config(&[])).await;
     let seen = drive(&python, &server, "picker", &["--picked", &picked.0]).await;
     let before = &seen["before_open"];
