@@ -268,17 +268,44 @@ pub fn marker() -> u32 {
     100_000 + (std::process::id() % 20_000) * 100_000 + (n % 10_000) * 10
 }
 
-/// The runtime root of the engine the tests use: the private dockerd's
-/// (scripts/docker-up, `--exec-root target/dockerd/exec`) if there is
-/// one, else Docker's default. `EXECD_OCI_ROOT` wins.
+/// The runtime root of the engine the tests use. `EXECD_OCI_ROOT` wins;
+/// else the root under the running dockerd's `--exec-root` (a private
+/// engine another checkout started has its root there, not under this
+/// one's `target/`), else Docker's default.
 pub fn test_oci_root() -> std::path::PathBuf {
     if let Some(root) = std::env::var_os("EXECD_OCI_ROOT") {
         return root.into();
     }
-    let private = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/dockerd/exec/runtime-runc/moby");
-    if private.is_dir() {
-        return private;
-    }
-    "/run/docker/runtime-runc/moby".into()
+    running_engine_exec_roots()
+        .into_iter()
+        .map(|exec_root| exec_root.join("runtime-runc/moby"))
+        .find(|root| root.is_dir())
+        .unwrap_or_else(|| "/run/docker/runtime-runc/moby".into())
+}
+
+/// The `--exec-root` of every dockerd running on the host (Docker's
+/// default, `/var/run/docker`, when it has none), read from its command
+/// line: the engine API does not say where its runtime keeps state.
+fn running_engine_exec_roots() -> Vec<std::path::PathBuf> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "dockerd")
+        })
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|cmdline| {
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let flag = args.iter().enumerate().find_map(|(i, a)| match a.as_str() {
+                "--exec-root" => args.get(i + 1).cloned(),
+                _ => a.strip_prefix("--exec-root=").map(str::to_string),
+            });
+            flag.unwrap_or_else(|| "/var/run/docker".into()).into()
+        })
+        .collect()
 }
