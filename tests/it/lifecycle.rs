@@ -154,7 +154,10 @@ async fn admin_lists_and_closes_sessions() {
 async fn idle_sessions_are_ended_and_killed() {
     need_docker!();
     let mut cfg = config();
-    cfg.manager.lifecycle.idle_timeout = Some(Duration::from_secs(3));
+    // Well above the chatty session's gaps *and* the time a busy engine
+    // takes to report an exit after the output ended (the Engine API
+    // backend asks for it): seconds, with the suite running in parallel.
+    cfg.manager.lifecycle.idle_timeout = Some(Duration::from_secs(6));
     let server = start_server(cfg).await;
     let n = marker();
     // A chatty session is not idle.
