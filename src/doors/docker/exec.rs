@@ -296,15 +296,10 @@ async fn launch(
         id: Some(id.clone()),
     };
     // A refusal is counted and logged by the start itself.
-    let opened = crate::doors::session::open(
-        &state.ctx.manager,
-        &state.ctx.metrics,
-        Some(id.clone()),
-        spec,
-        None,
-        &span,
-    )
-    .await;
+    let opened = state
+        .ctx
+        .open_session(Some(id.clone()), spec, None, &span)
+        .await;
     let (session, input) = match opened {
         Ok(opened) => opened,
         Err(err) => {
